@@ -1,0 +1,273 @@
+"""Post-processing of anomaly maps: smoothing, resizing, foreground masks, normalisation, boxes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+__all__ = [
+    "Box",
+    "foreground_mask",
+    "gaussian_blur",
+    "hotspots",
+    "resize_map",
+    "robust_normalize",
+]
+
+MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
+
+
+# --------------------------------------------------------------------------------------------
+# smoothing and resizing
+# --------------------------------------------------------------------------------------------
+
+
+def _gaussian_kernel(sigma: float) -> list[float]:
+    """Normalised 1-D Gaussian weights with radius ``int(4 * sigma + 0.5)`` (as scipy's default)."""
+    radius = int(4.0 * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (kernel / kernel.sum()).tolist()
+
+
+def _pad(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
+    """Reflect-pad ``x [B, 1, H, W]`` along ``dim`` (-1 or -2); replicate if the map is tiny."""
+    size = x.shape[dim]
+    mode = "reflect" if radius < size else "replicate"  # reflect needs padding < size
+    pad = (radius, radius, 0, 0) if dim == -1 else (0, 0, radius, radius)
+    return F.pad(x, pad, mode=mode)
+
+
+def _convolve(x: torch.Tensor, kernel: list[float], dim: int) -> torch.Tensor:
+    """1-D 'valid' convolution along ``dim`` by shifted multiply-adds (faster than a
+    single-channel conv2d on CPU)."""
+    size = x.shape[dim] - len(kernel) + 1
+    out = x.narrow(dim, 0, size) * kernel[0]
+    for shift, weight in enumerate(kernel[1:], start=1):
+        out.add_(x.narrow(dim, shift, size), alpha=weight)
+    return out
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of maps ``[B, H, W]`` (also ``[H, W]``, ``[B, 1, H, W]``).
+
+    Reflect padding (``d c b | a b c d``), kernel radius ``int(4 * sigma + 0.5)``; maps not
+    larger than the radius use edge replication. ``sigma <= 0`` returns the input unchanged.
+    The output has the input's shape and device (integer maps become float32).
+    """
+    if sigma <= 0:
+        return maps
+    shape = maps.shape
+    if maps.ndim not in (2, 3, 4) or (maps.ndim == 4 and shape[1] != 1):
+        raise ValueError(f"maps must be [B, H, W], [H, W] or [B, 1, H, W], got {tuple(shape)}")
+    x = maps.reshape(-1, 1, shape[-2], shape[-1])
+    if not x.is_floating_point():
+        x = x.float()
+    kernel = _gaussian_kernel(sigma)
+    radius = len(kernel) // 2
+    x = _convolve(_pad(x, radius, -1), kernel, -1)
+    x = _convolve(_pad(x, radius, -2), kernel, -2)
+    return x.reshape(shape)
+
+
+def resize_map(anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize (OpenCV, half-pixel centres) of a 2-D map to ``shape = (H, W)``, float32."""
+    m = np.asarray(anomaly_map, dtype=np.float32)
+    if m.ndim != 2:
+        raise ValueError(f"anomaly_map must be 2-D, got shape {m.shape}")
+    height, width = int(shape[0]), int(shape[1])
+    if height <= 0 or width <= 0:
+        raise ValueError(f"target shape must be positive, got {tuple(shape)}")
+    if m.shape == (height, width):
+        return m.copy()
+    return cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+# --------------------------------------------------------------------------------------------
+# foreground
+# --------------------------------------------------------------------------------------------
+
+
+def _to_gray(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {image.dtype}")
+    if image.ndim == 2:
+        return image
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        return cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2GRAY)
+    raise ValueError(f"image must be H x W or H x W x 3, got shape {image.shape}")
+
+
+def _border_pixels(gray: np.ndarray, width: int) -> np.ndarray:
+    return np.concatenate(
+        [
+            gray[:width].ravel(),
+            gray[-width:].ravel(),
+            gray[:, :width].ravel(),
+            gray[:, -width:].ravel(),
+        ]
+    )
+
+
+def _ellipse(size: int) -> np.ndarray:
+    size = max(1, size) | 1  # odd
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+
+
+def _keep_large_components(mask: np.ndarray, min_area: int) -> np.ndarray:
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    keep = np.zeros(n, dtype=bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area
+    return keep[labels]
+
+
+def foreground_mask(
+    image_rgb: np.ndarray,
+    *,
+    textures: bool = False,
+    min_fraction: float = 0.05,
+    max_fraction: float = 0.95,
+    min_contrast: float = 10.0,
+    margin: float = 0.01,
+) -> np.ndarray:
+    """Boolean ``H x W`` mask of the object in front of a plain background.
+
+    Steps: gray image, Gaussian blur, Otsu threshold; the side of the threshold where most border
+    pixels fall is background. Then morphological close and open, components smaller than 1% of
+    the image are dropped, holes are filled and the mask is dilated by ``margin`` times the
+    shorter side (so defects on the object's outline stay inside).
+
+    Returns all-True (i.e. "use the whole image") when ``textures`` is set, or when the result is
+    implausible: foreground below ``min_fraction`` or above ``max_fraction`` of the image, or the
+    two Otsu classes differ by less than ``min_contrast`` gray levels.
+    """
+    gray = _to_gray(image_rgb)
+    height, width = gray.shape
+    everything = np.ones((height, width), dtype=bool)
+    if textures or min(height, width) < 8:
+        return everything
+    side = min(height, width)
+    blurred = cv2.GaussianBlur(gray, (0, 0), sigmaX=max(1.0, side / 200))
+    threshold, _ = cv2.threshold(blurred, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    above = blurred > threshold
+    if not above.any() or above.all():
+        return everything
+    if abs(float(blurred[above].mean()) - float(blurred[~above].mean())) < min_contrast:
+        return everything
+    border = _border_pixels(blurred, max(1, side // 50))
+    background_is_bright = np.mean(border > threshold) > 0.5
+    mask = ~above if background_is_bright else above
+
+    kernel = _ellipse(side // 50)
+    mask_u8 = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, kernel)
+    mask_u8 = cv2.morphologyEx(mask_u8, cv2.MORPH_OPEN, kernel)
+    mask = _keep_large_components(mask_u8, int(0.01 * height * width))
+    mask = ndimage.binary_fill_holes(mask)
+    if margin > 0:
+        mask = cv2.dilate(mask.astype(np.uint8), _ellipse(2 * round(margin * side) + 1)) > 0
+
+    fraction = float(mask.mean())
+    if not min_fraction <= fraction <= max_fraction:
+        return everything
+    return mask
+
+
+# --------------------------------------------------------------------------------------------
+# normalisation and hotspots
+# --------------------------------------------------------------------------------------------
+
+
+def robust_normalize(
+    anomaly_map: np.ndarray, mask: np.ndarray | None = None, eps: float = 1e-6
+) -> np.ndarray:
+    """``(map - median) / max(1.4826 * MAD, eps)`` with median and MAD over the mask pixels.
+
+    ``mask`` (bool, same shape) selects the pixels the statistics come from (all if None); the
+    whole map is normalised. Float output (float32 stays float32, others become float64).
+    """
+    m = np.asarray(anomaly_map)
+    if m.dtype != np.float32:
+        m = m.astype(np.float64)
+    values = m
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != m.shape:
+            raise ValueError(f"mask has shape {mask.shape} but anomaly_map has shape {m.shape}")
+        values = m[mask]
+    if values.size == 0:
+        raise ValueError("no pixels to compute the median from (empty map or empty mask)")
+    median = np.median(values.astype(np.float64))
+    mad = np.median(np.abs(values.astype(np.float64) - median))
+    scale = max(MAD_TO_SIGMA * float(mad), eps)
+    return ((m - median) / scale).astype(m.dtype)
+
+
+@dataclass(frozen=True)
+class Box:
+    """A hotspot: pixel box ``[x0, x1) x [y0, y1)`` (end exclusive, like slicing
+    ``map[y0:y1, x0:x1]``), the highest map value inside it and its area in pixels."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    score: float
+    area: int
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def hotspots(
+    anomaly_map: np.ndarray,
+    threshold: float,
+    min_area: int = 16,
+    top_k: int | None = 10,
+) -> list[Box]:
+    """Boxes around the 8-connected regions where ``map >= threshold``, highest score first.
+
+    Regions with fewer than ``min_area`` pixels are dropped; at most ``top_k`` boxes are
+    returned (all if None). ``score`` is the map's maximum inside the region.
+    """
+    m = np.asarray(anomaly_map, dtype=np.float32)
+    if m.ndim != 2:
+        raise ValueError(f"anomaly_map must be 2-D, got shape {m.shape}")
+    if not np.isfinite(m).all():
+        raise ValueError(f"anomaly_map contains {int(np.sum(~np.isfinite(m)))} NaN/inf values")
+    if math.isnan(threshold):
+        raise ValueError("threshold is NaN")
+    above = (m >= threshold).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=8)
+    if n <= 1:
+        return []
+    index = np.arange(1, n)
+    peaks = ndimage.maximum(m, labels, index)
+    boxes = [
+        Box(
+            x0=int(stats[i, cv2.CC_STAT_LEFT]),
+            y0=int(stats[i, cv2.CC_STAT_TOP]),
+            x1=int(stats[i, cv2.CC_STAT_LEFT] + stats[i, cv2.CC_STAT_WIDTH]),
+            y1=int(stats[i, cv2.CC_STAT_TOP] + stats[i, cv2.CC_STAT_HEIGHT]),
+            score=float(peak),
+            area=int(stats[i, cv2.CC_STAT_AREA]),
+        )
+        for i, peak in zip(index, peaks, strict=True)
+        if stats[i, cv2.CC_STAT_AREA] >= min_area
+    ]
+    boxes.sort(key=lambda b: b.score, reverse=True)
+    return boxes if top_k is None else boxes[:top_k]
