@@ -1,0 +1,246 @@
+"""What every detector shares: the Prediction it returns, checkpoint files, thresholds.
+
+A detector follows scikit-learn: the constructor stores a config dataclass, ``fit`` returns
+``self``, ``predict(images)`` returns a :class:`Prediction`. ``save(dir)`` writes
+``config.json`` (method name, config, calibration, format version) and ``model.safetensors``
+(tensors only; nothing is ever unpickled); ``load(dir)`` restores it bit-for-bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from anomalens.errors import AnomalensError
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class NotFittedError(AnomalensError):
+    """``predict`` or ``save`` was called before ``fit``."""
+
+
+class CheckpointError(AnomalensError):
+    """A checkpoint folder is missing, incomplete or was written by another method."""
+
+
+@dataclass
+class Prediction:
+    """Detector output for a batch of images.
+
+    scores: ``[B]`` float32 image anomaly scores (higher = more anomalous).
+    maps: one float32 ``H x W`` anomaly map per image, at that image's own resolution.
+    threshold: calibrated image-score threshold (None when the detector is not calibrated).
+    pixel_threshold: calibrated threshold on map values, used for hotspots and boxes.
+    """
+
+    scores: np.ndarray
+    maps: list[np.ndarray]
+    threshold: float | None = None
+    pixel_threshold: float | None = None
+
+    @property
+    def is_defective(self) -> np.ndarray | None:
+        """``[B]`` booleans ``score >= threshold``, or None when there is no threshold."""
+        if self.threshold is None:
+            return None
+        return self.scores >= self.threshold
+
+
+@dataclass
+class Calibration:
+    """Thresholds learned from good images only (leave-out scores of the training images).
+
+    threshold: ``quantile`` of the held-out good image scores.
+    pixel_threshold: ``quantile`` of the held-out good images' map maxima.
+    n_images: how many good images the thresholds come from.
+    """
+
+    threshold: float | None = None
+    pixel_threshold: float | None = None
+    quantile: float = 0.99
+    n_images: int = 0
+    good_scores: list[float] = field(default_factory=list)
+
+    @classmethod
+    def from_scores(
+        cls, scores: Sequence[float], map_maxima: Sequence[float], quantile: float
+    ) -> Calibration:
+        """Thresholds as the ``quantile`` (linear interpolation) of good scores and map maxima."""
+        s = np.asarray(scores, dtype=np.float64)
+        m = np.asarray(map_maxima, dtype=np.float64)
+        if s.size == 0:
+            return cls(quantile=quantile)
+        return cls(
+            threshold=float(np.quantile(s, quantile)),
+            pixel_threshold=float(np.quantile(m, quantile)),
+            quantile=quantile,
+            n_images=int(s.size),
+            good_scores=[float(v) for v in s],
+        )
+
+
+def check_finite_scores(scores: np.ndarray, maps: Sequence[np.ndarray], what: str) -> None:
+    """Raise ValueError when a score or map is NaN/inf (e.g. a broken backbone)."""
+    bad = [i for i, s in enumerate(np.asarray(scores).reshape(-1)) if not math.isfinite(float(s))]
+    bad += [i for i, m in enumerate(maps) if not np.isfinite(m).all() and i not in bad]
+    if bad:
+        raise ValueError(
+            f"{what} produced NaN/inf anomaly scores for images {sorted(bad)[:10]}; "
+            "check the backbone precision (try fp32) and the input images"
+        )
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A config dataclass as a JSON-ready dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a config dataclass; unknown keys are an error, lists become tuples."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise CheckpointError(f"unknown {cls.__name__} fields in checkpoint: {unknown}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def write_checkpoint(
+    folder: str | Path, method: str, config: Any, extra: dict[str, Any], tensors: dict
+) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` into ``folder`` (created if needed)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "method": method,
+        "format_version": FORMAT_VERSION,
+        "config": config_to_dict(config),
+        **extra,
+    }
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"method": method})
+    (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return folder
+
+
+def read_checkpoint(folder: str | Path, method: str) -> tuple[dict[str, Any], dict]:
+    """``(meta, tensors)`` of a checkpoint folder written by ``write_checkpoint``."""
+    folder = Path(folder)
+    cfg_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    for path in (cfg_path, weights_path):
+        if not path.is_file():
+            raise CheckpointError(
+                f"{path}: not found (a checkpoint folder holds {CONFIG_FILE} and {WEIGHTS_FILE})"
+            )
+    try:
+        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from exc
+    if meta.get("method") != method:
+        raise CheckpointError(
+            f"{folder}: checkpoint of method {meta.get('method')!r}, expected {method!r}"
+        )
+    if int(meta.get("format_version", -1)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{folder}: written by a newer anomalens (format {meta.get('format_version')})"
+        )
+    try:
+        tensors = load_file(str(weights_path))
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{weights_path}: cannot read safetensors file ({exc})") from exc
+    return meta, tensors
+
+
+def batches(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of ``size`` items (the last may be shorter)."""
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def select_shots(n_images: int, shots: int | None, seed: int) -> list[int]:
+    """Indices of the good images used for ``shots`` (sorted; all when None or too few)."""
+    if shots is None or shots >= n_images:
+        return list(range(n_images))
+    rng = np.random.default_rng(seed)
+    return sorted(int(i) for i in rng.choice(n_images, size=shots, replace=False))
+
+
+class Detector:
+    """Base class: subclasses set ``method``, implement ``fit``/``predict``/``_state``."""
+
+    method: ClassVar[str] = "detector"
+    config_class: ClassVar[type]
+
+    calibration: Calibration
+
+    def fit(self, images: Iterable[np.ndarray], progress: bool = True) -> Detector:
+        """Learn from good RGB uint8 images (``H x W x 3``); returns ``self``."""
+        raise NotImplementedError
+
+    def predict(self, images: Sequence[np.ndarray], progress: bool = False) -> Prediction:
+        """Scores and maps for RGB uint8 images."""
+        raise NotImplementedError
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` into ``folder``."""
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Detector:
+        """Restore a detector written by ``save``."""
+        raise NotImplementedError
+
+    def is_fitted(self) -> bool:
+        raise NotImplementedError
+
+    def _require_fitted(self) -> None:
+        if not self.is_fitted():
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit first")
+
+    @property
+    def threshold(self) -> float | None:
+        """The calibrated image-score threshold (None before calibration)."""
+        cal = getattr(self, "calibration", None)
+        return None if cal is None else cal.threshold
+
+
+def load_detector(folder: str | Path) -> Detector:
+    """Load any saved detector, dispatching on the ``method`` in its ``config.json``."""
+    from anomalens.methods import METHODS
+
+    cfg_path = Path(folder) / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{cfg_path}: not found; is {folder} a saved model folder?")
+    try:
+        method = json.loads(cfg_path.read_text(encoding="utf-8")).get("method")
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from exc
+    if method not in METHODS:
+        raise CheckpointError(f"{folder}: unknown method {method!r}; known: {sorted(METHODS)}")
+    return METHODS[method].load(folder)
+
+
+def as_tensor_dict(**arrays: Any) -> dict[str, torch.Tensor]:
+    """Tensors for ``write_checkpoint`` from tensors or numpy arrays."""
+    return {
+        k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v))
+        for k, v in arrays.items()
+    }

@@ -1,0 +1,311 @@
+"""PatchCore-style detector: a memory bank of good patch features and nearest-neighbour scores.
+
+Pipeline (Roth et al., "Towards Total Recall in Industrial Anomaly Detection"):
+
+1. backbone feature maps at ``layers``; each map is locally averaged over a
+   ``neighbourhood x neighbourhood`` window, resized to the finest tapped grid and concatenated;
+2. ``fit``: features of all patches of the good images (optionally also of rotated/flipped
+   copies), reduced to ``memory_size`` rows by greedy k-center coreset selection;
+3. ``predict``: distance of every patch to its nearest memory row, upsampled to ``image_size``,
+   Gaussian-smoothed, image score = maximum of the smoothed map, map resized to the input size;
+4. thresholds from good images only: each of up to ``calibration_images`` training images is
+   scored against the memory without its own rows (leave-one-out), and the thresholds are the
+   ``calibration_quantile`` of those scores and map maxima.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from anomalens.backbones.base import Backbone, Features
+from anomalens.backbones.registry import DEFAULT_BACKBONE, load_backbone
+from anomalens.methods.base import (
+    Calibration,
+    Detector,
+    Prediction,
+    batches,
+    check_finite_scores,
+    config_from_dict,
+    read_checkpoint,
+    select_shots,
+    write_checkpoint,
+)
+from anomalens.neighbors import MemoryBank
+from anomalens.postprocess import gaussian_blur, resize_map
+from anomalens.sampler import coreset_indices
+
+AUGMENTATIONS = ("hflip", "vflip", "rot90", "rot180", "rot270")
+
+
+@dataclass
+class PatchCoreConfig:
+    """Parameters of :class:`PatchCore` (stored in ``config.json``).
+
+    backbone: registry spec; image_size: square input side; layers: backbone taps (None: the
+    backbone default); precision: backbone precision (``fp32``/``bf16``); neighbourhood: local
+    averaging window; memory_size: coreset rows kept (all patches if fewer); proj_dim: random
+    projection used by the coreset; search_precision: ``bf16`` shortlist + exact fp32 re-rank,
+    or ``fp32``; sigma: map smoothing in pixels at ``image_size``; augment: extra views of each
+    good image in the memory (``hflip, vflip, rot90, rot180, rot270``); shots: use only this
+    many good images (random, by ``seed``; None = all); calibration_images and
+    calibration_quantile: see the module doc.
+    """
+
+    backbone: str = DEFAULT_BACKBONE
+    image_size: int = 320
+    layers: tuple[int, ...] | None = (3, 5)
+    precision: str = "bf16"
+    neighbourhood: int = 3
+    memory_size: int = 16384
+    proj_dim: int = 128
+    search_precision: str = "bf16"
+    sigma: float = 4.0
+    augment: tuple[str, ...] = ()
+    shots: int | None = None
+    calibration_images: int = 64
+    calibration_quantile: float = 0.99
+    batch_size: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.layers = tuple(self.layers) if self.layers is not None else None
+        self.augment = tuple(self.augment)
+        bad = sorted(set(self.augment) - set(AUGMENTATIONS))
+        if bad:
+            raise ValueError(f"unknown augmentations {bad}; choose from {AUGMENTATIONS}")
+        if self.precision not in ("fp32", "bf16") or self.search_precision not in ("fp32", "bf16"):
+            raise ValueError("precision and search_precision must be 'fp32' or 'bf16'")
+        if self.shots is not None and self.shots < 1:
+            raise ValueError(f"shots must be >= 1 or None, got {self.shots}")
+        if not 0.0 < self.calibration_quantile <= 1.0:
+            raise ValueError("calibration_quantile must be in (0, 1]")
+        if self.memory_size < 1 or self.neighbourhood < 1 or self.batch_size < 1:
+            raise ValueError("memory_size, neighbourhood and batch_size must be >= 1")
+
+
+def embed(features: Features, neighbourhood: int) -> torch.Tensor:
+    """PatchCore patch embedding ``[B, h, w, D]`` on the finest grid of ``features``."""
+    finest = max(range(len(features.grids)), key=lambda i: features.grids[i][0])
+    grid = features.grids[finest]
+    maps = []
+    for i in range(len(features.tokens)):
+        m = features.as_map(i)
+        if neighbourhood > 1:
+            pad = neighbourhood // 2
+            m = F.avg_pool2d(m, neighbourhood, 1, pad, count_include_pad=False)
+        if tuple(m.shape[-2:]) != tuple(grid):
+            m = F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
+        maps.append(m)
+    return torch.cat(maps, 1).permute(0, 2, 3, 1).contiguous()
+
+
+def augmented_views(image: np.ndarray, augment: Sequence[str]) -> list[np.ndarray]:
+    """The image followed by its requested flipped / rotated copies."""
+    ops = {
+        "hflip": lambda a: a[:, ::-1],
+        "vflip": lambda a: a[::-1],
+        "rot90": lambda a: np.rot90(a, 1),
+        "rot180": lambda a: np.rot90(a, 2),
+        "rot270": lambda a: np.rot90(a, 3),
+    }
+    return [image] + [np.ascontiguousarray(ops[name](image)) for name in augment]
+
+
+@dataclass
+class FitReport:
+    """What ``fit`` did: image and patch counts and where the time went (seconds)."""
+
+    n_images: int = 0
+    n_patches: int = 0
+    memory_size: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class PatchCore(Detector):
+    """Memory-bank detector; see the module docstring. ``PatchCore(**config_fields)``."""
+
+    method = "patchcore"
+    config_class = PatchCoreConfig
+
+    def __init__(self, config: PatchCoreConfig | None = None, **kwargs) -> None:
+        self.config = config if config is not None else PatchCoreConfig(**kwargs)
+        if config is not None and kwargs:
+            raise TypeError("pass either a PatchCoreConfig or keyword arguments, not both")
+        self.memory: torch.Tensor | None = None
+        self.grid: tuple[int, int] | None = None
+        self.calibration = Calibration(quantile=self.config.calibration_quantile)
+        self.fit_report = FitReport()
+        self._backbone: Backbone | None = None
+        self._bank: MemoryBank | None = None
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def backbone(self) -> Backbone:
+        """The backbone, built on first use from ``config.backbone``."""
+        if self._backbone is None:
+            c = self.config
+            self._backbone = load_backbone(
+                c.backbone, image_size=c.image_size, precision=c.precision, layers=c.layers
+            )
+        return self._backbone
+
+    def is_fitted(self) -> bool:
+        return self.memory is not None
+
+    def _bank_index(self) -> MemoryBank:
+        if self._bank is None:
+            assert self.memory is not None
+            self._bank = MemoryBank(self.memory, self.config.search_precision)
+        return self._bank
+
+    def embed_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Patch embeddings ``[B, h, w, D]`` of RGB uint8 images."""
+        bb = self.backbone
+        feats = bb.encode_image(bb.preprocess(images), self.config.layers)
+        return embed(feats, self.config.neighbourhood)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, images: Iterable[np.ndarray], progress: bool = True) -> PatchCore:
+        """Build the memory from good RGB uint8 images and calibrate the thresholds."""
+        c = self.config
+        t0 = time.perf_counter()
+        images = list(images)
+        if not images:
+            raise ValueError("fit needs at least one good image")
+        keep = select_shots(len(images), c.shots, c.seed)
+        images = [images[i] for i in keep]
+        n_views = 1 + len(c.augment)
+        views = (v for img in images for v in augmented_views(img, c.augment))
+        chunks = []
+        with tqdm(
+            total=len(images) * n_views,
+            desc="patchcore fit: features",
+            unit="img",
+            disable=not progress,
+        ) as bar:
+            for batch in batches(views, c.batch_size):
+                chunks.append(self.embed_images(batch))
+                bar.update(len(batch))
+        feats = torch.cat(chunks)  # [G * n_views, h, w, D], views of one image adjacent
+        del chunks
+        t1 = time.perf_counter()
+        n_img, h, w, dim = feats.shape
+        flat = feats.view(-1, dim)
+        if flat.shape[0] > c.memory_size:
+            idx = coreset_indices(
+                flat,
+                c.memory_size,
+                proj_dim=c.proj_dim,
+                seed=c.seed,
+                block=h * w,
+                progress=progress,
+            )
+        else:
+            idx = torch.arange(flat.shape[0])
+        self.memory = flat[idx].clone()
+        self.grid = (h, w)
+        self._bank = None
+        t2 = time.perf_counter()
+        # source image of each memory row (all views of an image share its id)
+        sources = idx // (h * w * n_views)
+        self.calibration = self._calibrate(feats[::n_views], sources, progress)
+        t3 = time.perf_counter()
+        self.fit_report = FitReport(
+            n_images=len(images),
+            n_patches=int(flat.shape[0]),
+            memory_size=int(self.memory.shape[0]),
+            seconds={
+                "features": t1 - t0,
+                "coreset": t2 - t1,
+                "calibration": t3 - t2,
+                "total": t3 - t0,
+            },
+        )
+        return self
+
+    def _calibrate(self, feats: torch.Tensor, sources: torch.Tensor, progress: bool):
+        c = self.config
+        n = feats.shape[0]
+        if n < 2:
+            warnings.warn(
+                "one good image cannot calibrate a threshold (leave-one-out needs "
+                "at least 2); predictions will have no defective/ok verdict",
+                stacklevel=3,
+            )
+            return Calibration(quantile=c.calibration_quantile)
+        chosen = np.unique(np.linspace(0, n - 1, min(n, c.calibration_images)).round()).astype(int)
+        bank = self._bank_index()
+        scores, maxima = [], []
+        for i in tqdm(
+            chosen, desc="patchcore fit: calibration", unit="img", disable=not progress, leave=False
+        ):
+            exclude = sources == int(i)
+            if bool(exclude.all()):
+                continue
+            dist, _ = bank.search(feats[i].reshape(-1, feats.shape[-1]), exclude=exclude)
+            smooth = self._smooth(dist.view(1, *self.grid))
+            scores.append(float(smooth.amax()))
+            maxima.append(float(smooth.amax()))
+        return Calibration.from_scores(scores, maxima, c.calibration_quantile)
+
+    # ------------------------------------------------------------------ predict
+    def _smooth(self, dist: torch.Tensor) -> torch.Tensor:
+        """Patch distances ``[B, h, w]`` -> smoothed maps ``[B, S, S]`` at ``image_size``."""
+        s = self.config.image_size
+        up = F.interpolate(dist[:, None], size=(s, s), mode="bilinear", align_corners=False)
+        return gaussian_blur(up[:, 0], self.config.sigma)
+
+    def predict(self, images: Sequence[np.ndarray], progress: bool = False) -> Prediction:
+        """Image scores and anomaly maps (at each input's resolution) for RGB uint8 images."""
+        self._require_fitted()
+        bank = self._bank_index()
+        scores: list[float] = []
+        maps: list[np.ndarray] = []
+        for batch in tqdm(
+            list(batches(images, self.config.batch_size)),
+            desc="patchcore predict",
+            unit="batch",
+            disable=not progress,
+        ):
+            feats = self.embed_images(batch)
+            b, h, w, dim = feats.shape
+            dist, _ = bank.search(feats.view(-1, dim))
+            smooth = self._smooth(dist.view(b, h, w)).numpy()
+            for img, m in zip(batch, smooth, strict=True):
+                scores.append(float(m.max()))
+                maps.append(resize_map(m, img.shape[:2]))
+        out = np.asarray(scores, dtype=np.float32)
+        check_finite_scores(out, maps, f"PatchCore ({self.config.backbone})")
+        return Prediction(out, maps, self.calibration.threshold, self.calibration.pixel_threshold)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, folder: str | Path) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (memory bank, float32)."""
+        self._require_fitted()
+        assert self.memory is not None and self.grid is not None
+        extra = {
+            "grid": list(self.grid),
+            "calibration": vars(self.calibration),
+            "fit_report": vars(self.fit_report),
+        }
+        return write_checkpoint(folder, self.method, self.config, extra, {"memory": self.memory})
+
+    @classmethod
+    def load(cls, folder: str | Path) -> PatchCore:
+        """Restore a detector written by :meth:`save` (bit-identical memory)."""
+        meta, tensors = read_checkpoint(folder, cls.method)
+        model = cls(config_from_dict(PatchCoreConfig, meta["config"]))
+        model.memory = tensors["memory"]
+        model.grid = tuple(meta["grid"])
+        model.calibration = Calibration(**meta.get("calibration", {}))
+        model.fit_report = FitReport(**meta.get("fit_report", {}))
+        return model
