@@ -1,0 +1,144 @@
+"""PatchCore: fit / predict / calibration / save-load on small real photos with synthetic defects."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from anomalens.data.synthetic import _good_view, _load_texture, add_synthetic_defect
+from anomalens.methods import PatchCore, create_detector, load_detector
+from anomalens.methods.base import CheckpointError, NotFittedError
+from anomalens.metrics import image_auroc, pixel_auroc
+
+SMALL = dict(image_size=128, memory_size=1500, batch_size=8, calibration_images=8)
+
+
+@pytest.fixture(scope="module")
+def texture_set():
+    """10 good views of a brick photo, 4 good and 8 defective test views with masks."""
+    rng = np.random.default_rng(0)
+    tex = _load_texture("brick")
+    train = [_good_view(tex, 128, rng) for _ in range(10)]
+    good = [_good_view(tex, 128, rng) for _ in range(4)]
+    bad, masks = [], []
+    for j in range(8):
+        img, mask = add_synthetic_defect(
+            _good_view(tex, 128, rng), rng, ("stain", "cutpaste")[j % 2]
+        )
+        bad.append(img)
+        masks.append(mask)
+    test = good + bad
+    labels = np.array([0] * 4 + [1] * 8)
+    all_masks = [np.zeros((128, 128), np.uint8)] * 4 + masks
+    return train, test, labels, all_masks
+
+
+@pytest.fixture(scope="module")
+def fitted(texture_set):
+    train = texture_set[0]
+    return PatchCore(**SMALL).fit(train, progress=False)
+
+
+def test_predict_shapes_and_detection(fitted, texture_set):
+    _, test, labels, masks = texture_set
+    pred = fitted.predict(test)
+    assert pred.scores.shape == (12,) and pred.scores.dtype == np.float32
+    assert len(pred.maps) == 12 and all(m.shape == (128, 128) for m in pred.maps)
+    assert image_auroc(labels, pred.scores) >= 0.9
+    assert pixel_auroc(masks, pred.maps) >= 0.9
+    # the image score is the maximum of the smoothed map
+    np.testing.assert_allclose(pred.scores, [m.max() for m in pred.maps], rtol=1e-5)
+
+
+def test_maps_follow_each_input_resolution(fitted, texture_set):
+    img = texture_set[1][0]
+    big = np.ascontiguousarray(np.repeat(np.repeat(img, 2, 0), 3, 1))  # 256 x 384
+    pred = fitted.predict([img, big])
+    assert pred.maps[0].shape == (128, 128) and pred.maps[1].shape == (256, 384)
+
+
+def test_memory_is_coreset_of_requested_size(fitted):
+    rep = fitted.fit_report
+    assert rep.n_images == 10 and rep.n_patches == 10 * 16 * 16
+    assert fitted.memory.shape == (1500, 40 + 112)
+    assert set(rep.seconds) == {"features", "coreset", "calibration", "total"}
+
+
+def test_calibrated_threshold_is_quantile_of_leave_one_out_scores(fitted, texture_set):
+    cal = fitted.calibration
+    assert cal.n_images == 8
+    assert cal.threshold == pytest.approx(np.quantile(cal.good_scores, cal.quantile))
+    # leave-one-out scores of training images resemble scores of unseen good images
+    pred = fitted.predict(texture_set[1][:4])
+    assert np.median(pred.scores) < 1.5 * np.median(cal.good_scores)
+    assert pred.threshold == cal.threshold
+    np.testing.assert_array_equal(pred.is_defective, pred.scores >= cal.threshold)
+
+
+def test_save_load_round_trip_is_bit_identical(fitted, texture_set, tmp_path):
+    fitted.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert meta["method"] == "patchcore" and meta["config"]["image_size"] == 128
+    loaded = load_detector(tmp_path / "m")
+    assert isinstance(loaded, PatchCore)
+    assert torch.equal(loaded.memory, fitted.memory)
+    a, b = fitted.predict(texture_set[1]), loaded.predict(texture_set[1])
+    np.testing.assert_array_equal(a.scores, b.scores)
+    for x, y in zip(a.maps, b.maps, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert loaded.calibration == fitted.calibration
+
+
+def test_same_seed_same_model(texture_set):
+    train = texture_set[0][:4]
+    a = PatchCore(**(SMALL | {"memory_size": 300})).fit(train, progress=False)
+    b = PatchCore(**(SMALL | {"memory_size": 300})).fit(train, progress=False)
+    assert torch.equal(a.memory, b.memory)
+
+
+def test_shots_select_a_seeded_subset(texture_set):
+    train = texture_set[0]
+    model = create_detector("patchcore", shots=2, **SMALL).fit(train, progress=False)
+    assert model.fit_report.n_images == 2
+    assert model.memory.shape[0] == 2 * 16 * 16  # fewer patches than memory_size: all kept
+    assert model.calibration.n_images == 2
+
+
+def test_one_shot_has_no_threshold(texture_set):
+    with pytest.warns(UserWarning, match="cannot calibrate"):
+        model = PatchCore(**SMALL, shots=1).fit(texture_set[0], progress=False)
+    pred = model.predict(texture_set[1][:2])
+    assert pred.threshold is None and pred.is_defective is None
+
+
+def test_augmented_views_enlarge_the_memory(texture_set):
+    model = PatchCore(**SMALL, shots=2, augment=("hflip", "rot90")).fit(
+        texture_set[0], progress=False
+    )
+    assert model.fit_report.n_patches == 2 * 3 * 16 * 16
+
+
+def test_errors(texture_set, tmp_path):
+    with pytest.raises(NotFittedError, match="not fitted"):
+        PatchCore(**SMALL).predict(texture_set[1][:1])
+    with pytest.raises(ValueError, match="at least one good image"):
+        PatchCore(**SMALL).fit([])
+    with pytest.raises(ValueError, match="unknown augmentations"):
+        PatchCore(augment=("twirl",))
+    with pytest.raises(ValueError, match="has no option"):
+        create_detector("patchcore", colour="red")
+    with pytest.raises(ValueError, match="unknown method"):
+        create_detector("nope")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_detector(tmp_path / "missing")
+
+
+def test_nan_features_give_a_clear_error(fitted, texture_set, tmp_path, monkeypatch):
+    model = PatchCore.load(fitted.save(tmp_path / "m"))
+    real = model.embed_images
+    monkeypatch.setattr(model, "embed_images", lambda imgs: real(imgs) * float("nan"))
+    with pytest.raises(ValueError, match="NaN"):
+        model.predict(texture_set[1][:2])
