@@ -1,0 +1,484 @@
+"""Benchmarks: fit a detector per category, predict the test split, compute metrics, write files.
+
+The Python API behind ``anomalens benchmark`` (and ``anomalens demo``)::
+
+    from anomalens.evaluate import run_benchmark, format_table
+    result = run_benchmark("mvtec", "/data/mvtec_ad", ["screw"], options={"shots": 8},
+                           output="runs/screw")
+    print(format_table(result.rows()))
+
+Timing: ``fit_seconds`` is the wall time of ``detector.fit`` on images already in memory
+(feature extraction, coreset, calibration; the backbone weights are loaded before the clock
+starts) and ``ms_per_image`` is the wall time of ``detector.predict`` on the in-memory test
+images divided by their number. Reading files from disk is never timed.
+
+Output folder of :func:`run_benchmark`: ``results.json`` (see :func:`results_dict`),
+``predictions.csv`` (``category, path, label, score``) and per category the report folder of
+:mod:`anomalens.report` (``roc.png``, ``histogram.png``, ``scores.csv``, ``summary.json`` and
+``overlays/`` figures of the first ``save_maps`` test images). Both files are rewritten after
+every category, so an interrupted run keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as dt
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from anomalens.backbones.registry import parse_spec
+from anomalens.data.datasets import build_dataset, list_categories
+from anomalens.data.sample import Sample
+from anomalens.errors import DatasetError
+from anomalens.methods import METHODS, create_detector
+from anomalens.methods.base import Detector, config_to_dict
+from anomalens.metrics import compute_all
+from anomalens.report import ReportWriter, write_json
+
+__all__ = [
+    "METRIC_KEYS",
+    "RESULT_KEYS",
+    "BenchmarkResult",
+    "CategoryResult",
+    "build_detector",
+    "check_options",
+    "environment",
+    "evaluate_category",
+    "evaluate_detector",
+    "format_table",
+    "load_samples",
+    "mean_row",
+    "resolve_categories",
+    "results_dict",
+    "run_benchmark",
+    "spread_indices",
+    "write_results",
+]
+
+#: Metrics of :func:`anomalens.metrics.compute_all`, in table order.
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "f1_max")
+#: Keys of every category in ``results.json``.
+RESULT_KEYS = (*METRIC_KEYS, "fit_seconds", "ms_per_image", "n_train", "n_test")
+#: Keys averaged in the MEAN row (NaN ignored).
+MEAN_KEYS = (*METRIC_KEYS, "fit_seconds", "ms_per_image")
+PREDICTIONS_COLUMNS = ("category", "path", "label", "score")
+RESULTS_JSON = "results.json"
+PREDICTIONS_CSV = "predictions.csv"
+
+# (header, key, format) of the printed table
+_TABLE_COLUMNS = (
+    ("I-AUROC", "image_auroc", "{:.3f}"),
+    ("P-AUROC", "pixel_auroc", "{:.3f}"),
+    ("P-AP", "pixel_ap", "{:.3f}"),
+    ("AUPRO", "aupro", "{:.3f}"),
+    ("F1-max", "f1_max", "{:.3f}"),
+    ("fit s", "fit_seconds", "{:.1f}"),
+    ("ms/image", "ms_per_image", "{:.1f}"),
+)
+
+Echo = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------------------------
+# results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CategoryResult:
+    """Metrics, timings and per-image scores of one category.
+
+    Metrics are NaN when undefined (pixel metrics without ground-truth masks, or a test split
+    with a single class).
+    """
+
+    category: str
+    image_auroc: float
+    pixel_auroc: float
+    pixel_ap: float
+    aupro: float
+    f1_max: float
+    fit_seconds: float
+    ms_per_image: float
+    n_train: int
+    n_test: int
+    paths: list[str] = field(default_factory=list, repr=False)
+    labels: list[int] = field(default_factory=list, repr=False)
+    scores: list[float] = field(default_factory=list, repr=False)
+    threshold: float | None = None
+    pixel_threshold: float | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list, repr=False)
+    config: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def as_dict(self) -> dict[str, float | int]:
+        """The ``results.json`` entry: exactly :data:`RESULT_KEYS`."""
+        return {k: getattr(self, k) for k in RESULT_KEYS}
+
+    def details(self) -> dict[str, Any]:
+        """Thresholds, skipped files and the resolved detector config."""
+        return {
+            "threshold": self.threshold,
+            "pixel_threshold": self.pixel_threshold,
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "config": self.config,
+        }
+
+
+@dataclass
+class BenchmarkResult:
+    """All categories of one benchmark run and how it was run."""
+
+    method: str
+    dataset: str
+    root: str
+    options: dict[str, Any]
+    categories: list[CategoryResult] = field(default_factory=list)
+    environment: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def rows(self) -> dict[str, dict[str, float | int]]:
+        """``{category: results.json entry}`` in run order."""
+        return {c.category: c.as_dict() for c in self.categories}
+
+
+def mean_row(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """Mean over categories of :data:`MEAN_KEYS`, ignoring NaN/None (NaN if all are missing)."""
+    out: dict[str, float] = {}
+    for key in MEAN_KEYS:
+        values = [_as_float(r.get(key)) for r in rows.values()]
+        finite = [v for v in values if math.isfinite(v)]
+        out[key] = float(np.mean(finite)) if finite else float("nan")
+    return out
+
+
+def _as_float(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def format_table(rows: Mapping[str, Mapping[str, Any]], mean: bool = True) -> str:
+    """A plain-text table: one line per category (``rows`` as in ``results.json``) and a MEAN
+    line; missing / NaN values are shown as ``-``."""
+    width = max([len("category"), len("MEAN"), *(len(c) for c in rows)])
+    header = f"{'category':<{width}}" + "".join(f"  {h:>8}" for h, _, _ in _TABLE_COLUMNS)
+
+    def line(name: str, row: Mapping[str, Any]) -> str:
+        cells = []
+        for _, key, fmt in _TABLE_COLUMNS:
+            v = _as_float(row.get(key))
+            cells.append(f"  {fmt.format(v) if math.isfinite(v) else '-':>8}")
+        return f"{name:<{width}}" + "".join(cells)
+
+    lines = [header, "-" * len(header)]
+    lines += [line(name, row) for name, row in rows.items()]
+    if mean and rows:
+        lines += ["-" * len(header), line("MEAN", mean_row(rows))]
+    return "\n".join(lines)
+
+
+def environment() -> dict[str, Any]:
+    """Where the numbers come from: Python, torch, CPU model, cores, threads, date."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "date": dt.datetime.now(dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def results_dict(result: BenchmarkResult) -> dict[str, Any]:
+    """The content of ``results.json``.
+
+    ``{"method", "dataset", "root", "options" (as given), "config" (resolved, first category),
+    "environment", "seconds", "categories": {cat: {RESULT_KEYS}}, "mean": {MEAN_KEYS,
+    "n_categories"}, "details": {cat: {threshold, pixel_threshold, skipped, config}}}``.
+    """
+    rows = result.rows()
+    return {
+        "method": result.method,
+        "dataset": result.dataset,
+        "root": result.root,
+        "options": result.options,
+        "config": result.categories[0].config if result.categories else {},
+        "environment": result.environment,
+        "seconds": result.seconds,
+        "categories": rows,
+        "mean": {**mean_row(rows), "n_categories": len(rows)},
+        "details": {c.category: c.details() for c in result.categories},
+    }
+
+
+def write_results(output: str | os.PathLike, result: BenchmarkResult) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``predictions.csv`` into ``output``; return both paths."""
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = write_json(out / RESULTS_JSON, results_dict(result))
+    csv_path = out / PREDICTIONS_CSV
+    with csv_path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(PREDICTIONS_COLUMNS)
+        for c in result.categories:
+            for path, label, score in zip(c.paths, c.labels, c.scores, strict=True):
+                writer.writerow([c.category, path, int(label), repr(float(score))])
+    return json_path, csv_path
+
+
+# --------------------------------------------------------------------------------------------
+# building blocks
+# --------------------------------------------------------------------------------------------
+
+
+def check_options(method: str, options: Mapping[str, Any]) -> None:
+    """Fail fast (before loading data or weights) on an unknown method, option or backbone."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(sorted(METHODS))}")
+    create_detector(method, **options)  # unknown options and invalid values raise here
+    if options.get("backbone") is not None:
+        parse_spec(options["backbone"])  # raises ModelNotAvailableError for unknown specs
+
+
+def build_detector(method: str, category: str | None = None, **options: Any) -> Detector:
+    """A new detector; ``None`` options keep the method's defaults.
+
+    When the method's config has a ``class_name`` field (zero-shot prompts), it is set to the
+    category with underscores replaced by spaces unless given. The backbone is built right away
+    when the detector exposes one, so an unknown or unavailable backbone fails before any data
+    is loaded (and backbone loading is not part of ``fit_seconds``).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(sorted(METHODS))}")
+    given = {k: v for k, v in options.items() if v is not None}
+    fields = {f.name for f in dataclasses.fields(METHODS[method].config_class)}
+    if "class_name" in fields and "class_name" not in given and category:
+        given["class_name"] = category.replace("_", " ")
+    detector = create_detector(method, **given)
+    getattr(detector, "backbone", None)  # build it now (raises ModelNotAvailableError)
+    return detector
+
+
+def load_samples(
+    dataset: str,
+    root: str | os.PathLike,
+    category: str,
+    split: str,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> tuple[list[Sample], bool, list[tuple[str, str]]]:
+    """``(samples, has_masks, skipped)`` of one split, loaded with a progress bar."""
+    ds = build_dataset(dataset, root, category, split, skip_bad=skip_bad)
+    samples = ds.load_all(progress=progress)
+    if not samples:
+        raise DatasetError(f"{root}: no readable {split} images for category {category!r}")
+    return samples, ds.has_masks, list(ds.skipped)
+
+
+def resolve_categories(
+    dataset: str, root: str | os.PathLike, categories: Sequence[str] | None
+) -> list[str]:
+    """``categories`` checked against the ones found under ``root`` (all of them when None)."""
+    found = list_categories(dataset, root)
+    if not categories:
+        return found
+    if dataset.strip().lower() == "folder":
+        return list(categories)
+    missing = [c for c in categories if c not in found]
+    if missing:
+        raise DatasetError(
+            f"{root}: category {', '.join(repr(c) for c in missing)} not found; "
+            f"available: {', '.join(found)}"
+        )
+    return list(dict.fromkeys(categories))
+
+
+def evaluate_detector(
+    detector: Detector,
+    train: Sequence[Sample],
+    test: Sequence[Sample],
+    category: str,
+    has_masks: bool = True,
+    report_dir: str | os.PathLike | None = None,
+    figures: int | Sequence[int] = 0,
+    progress: bool = True,
+) -> CategoryResult:
+    """Fit on ``train`` images, predict ``test``, compute metrics (and write a report folder).
+
+    Pixel metrics are computed when ``has_masks`` and at least one test mask is non-empty.
+    ``figures``: the number of first test images, or the indices of the test images, that get
+    a prediction figure in ``report_dir/overlays``.
+    """
+    images = [s.image for s in train]
+    start = time.perf_counter()
+    detector.fit(images, progress=progress)
+    fit_seconds = time.perf_counter() - start
+    del images
+
+    test_images = [s.image for s in test]
+    start = time.perf_counter()
+    prediction = detector.predict(test_images, progress=progress)
+    predict_seconds = time.perf_counter() - start
+
+    labels = [int(s.label) for s in test]
+    masks = [s.mask for s in test]
+    pixel = has_masks and any(m.any() for m in masks)
+    metrics = compute_all(
+        labels, prediction.scores, masks if pixel else None, prediction.maps if pixel else None
+    )
+    paths = [s.path for s in test]
+    if report_dir is not None:
+        chosen = set(range(min(figures, len(test)))) if isinstance(figures, int) else set(figures)
+        writer = ReportWriter(report_dir, title=category)
+        writer.add(
+            paths,
+            test_images,
+            prediction,
+            labels=labels,
+            masks=masks if has_masks else None,
+            figures=[i in chosen for i in range(len(test))],
+        )
+        writer.finish(metrics=metrics, extra={"category": category})
+    config = getattr(detector, "config", None)
+    return CategoryResult(
+        category=category,
+        **{k: float(metrics[k]) for k in METRIC_KEYS},
+        fit_seconds=fit_seconds,
+        ms_per_image=1000.0 * predict_seconds / len(test),
+        n_train=len(train),
+        n_test=len(test),
+        paths=paths,
+        labels=labels,
+        scores=[float(s) for s in prediction.scores],
+        threshold=prediction.threshold,
+        pixel_threshold=prediction.pixel_threshold,
+        config=config_to_dict(config) if dataclasses.is_dataclass(config) else {},
+    )
+
+
+def spread_indices(n: int, count: int) -> list[int]:
+    """``count`` indices spread evenly over ``range(n)`` (all of them when ``count >= n``)."""
+    if count >= n:
+        return list(range(n))
+    if count <= 0:
+        return []
+    return sorted({int(round(x)) for x in np.linspace(0, n - 1, count)})
+
+
+def evaluate_category(
+    dataset: str,
+    root: str | os.PathLike,
+    category: str,
+    method: str = "patchcore",
+    options: Mapping[str, Any] | None = None,
+    *,
+    skip_bad: bool = False,
+    output: str | os.PathLike | None = None,
+    save_maps: int = 0,
+    spread_maps: bool = False,
+    progress: bool = True,
+) -> CategoryResult:
+    """Load one category, fit a new detector on its train split and evaluate its test split.
+
+    ``options`` are detector options (``backbone, image_size, shots, seed, memory_size,
+    precision`` ...; None values keep the defaults). With ``output``, the category's report
+    goes to ``output/<category>/`` with figures for ``save_maps`` test images (the first ones,
+    or spread over the test set with ``spread_maps``).
+    """
+    detector = build_detector(method, category, **dict(options or {}))
+    train, _, skipped_train = load_samples(dataset, root, category, "train", skip_bad, progress)
+    test, has_masks, skipped_test = load_samples(
+        dataset, root, category, "test", skip_bad, progress
+    )
+    figures = spread_indices(len(test), save_maps) if spread_maps else save_maps
+    result = evaluate_detector(
+        detector,
+        train,
+        test,
+        category,
+        has_masks=has_masks,
+        report_dir=None if output is None else Path(output) / category,
+        figures=figures,
+        progress=progress,
+    )
+    result.skipped = skipped_train + skipped_test
+    return result
+
+
+def run_benchmark(
+    dataset: str,
+    root: str | os.PathLike,
+    categories: Sequence[str] | None = None,
+    method: str = "patchcore",
+    options: Mapping[str, Any] | None = None,
+    *,
+    output: str | os.PathLike | None = None,
+    skip_bad: bool = False,
+    save_maps: int = 0,
+    spread_maps: bool = False,
+    progress: bool = True,
+    echo: Echo | None = None,
+) -> BenchmarkResult:
+    """Evaluate every category (all found under ``root`` when ``categories`` is None).
+
+    With ``output``, ``results.json`` and ``predictions.csv`` are rewritten after each
+    category. ``echo`` receives one progress line per finished category.
+    """
+    given = {k: v for k, v in dict(options or {}).items() if v is not None}
+    check_options(method, given)
+    cats = resolve_categories(dataset, root, categories)
+    result = BenchmarkResult(
+        method=method,
+        dataset=dataset,
+        root=str(root),
+        options=given,
+        environment=environment(),
+    )
+    start = time.perf_counter()
+    for i, category in enumerate(cats, 1):
+        if echo:
+            echo(f"[{i}/{len(cats)}] {category}")
+        cat = evaluate_category(
+            dataset,
+            root,
+            category,
+            method,
+            given,
+            skip_bad=skip_bad,
+            output=output,
+            save_maps=save_maps,
+            spread_maps=spread_maps,
+            progress=progress,
+        )
+        result.categories.append(cat)
+        result.seconds = time.perf_counter() - start
+        if output is not None:
+            write_results(output, result)
+        if echo:
+            echo(
+                f"[{i}/{len(cats)}] {category}: image AUROC {cat.image_auroc:.3f}, "
+                f"fit {cat.fit_seconds:.1f} s, {cat.ms_per_image:.1f} ms/image"
+                + (f", skipped {len(cat.skipped)} unreadable" if cat.skipped else "")
+            )
+    return result
