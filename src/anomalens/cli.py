@@ -1,0 +1,415 @@
+"""Command line: ``anomalens {benchmark,fit,predict,demo}``.
+
+The CLI only parses arguments and calls the Python API (:mod:`anomalens.evaluate`,
+:mod:`anomalens.report`, :mod:`anomalens.demo`). Bad input (missing or empty folders, unreadable
+images, unknown models or options) ends with a one-line ``anomalens: error: ...`` message naming
+the file or folder, and exit code 2; warnings are printed as ``anomalens: warning: ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from anomalens import __version__
+from anomalens.errors import AnomalensError, ImageLoadError
+
+EXIT_OK = 0
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+DATASET_CHOICES = ("mvtec", "mpdd", "btad", "visa", "mvtec_ad2", "folder")
+#: Detector options the CLI understands: (flag, config field).
+METHOD_OPTIONS = (
+    ("backbone", "backbone"),
+    ("image_size", "image_size"),
+    ("shots", "shots"),
+    ("seed", "seed"),
+    ("memory_size", "memory_size"),
+    ("precision", "precision"),
+)
+PREDICT_CHUNK = 32  # images loaded, predicted and drawn at a time by `predict`
+
+
+# --------------------------------------------------------------------------------------------
+# argument parsing
+# --------------------------------------------------------------------------------------------
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _method_names() -> list[str]:
+    from anomalens.methods import METHODS
+
+    return sorted(METHODS)
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("detector options (unset = the method's default)")
+    g.add_argument("--method", default="patchcore", choices=_method_names(), help="%(default)s")
+    g.add_argument(
+        "--backbone",
+        help="backbone spec, e.g. efficientnet-lite0, efficientnet-lite2, "
+        "dinov2:facebook/dinov2-base, clip:/path/to/local/folder",
+    )
+    g.add_argument("--image-size", type=_int_at_least(32), help="square input side in pixels")
+    g.add_argument("--shots", type=_int_at_least(1), help="use only K good training images")
+    g.add_argument("--seed", type=int, help="random seed (shots, coreset)")
+    g.add_argument("--memory-size", type=_int_at_least(1), help="memory bank rows (PatchCore)")
+    g.add_argument("--precision", choices=("fp32", "bf16"), help="backbone precision")
+
+
+def _add_dataset_options(p: argparse.ArgumentParser, many: bool) -> None:
+    p.add_argument("--dataset", required=True, choices=DATASET_CHOICES, help="dataset layout")
+    p.add_argument("--root", required=True, type=Path, help="dataset root folder")
+    if many:
+        p.add_argument(
+            "--category",
+            nargs="+",
+            action="extend",
+            metavar="C",
+            help="categories to run (default: all found under --root)",
+        )
+    else:
+        p.add_argument("--category", help="category (optional when --root holds only one)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``anomalens`` command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    parser = argparse.ArgumentParser(
+        prog="anomalens",
+        description="Find and localize defects in industrial images on a CPU.",
+    )
+    parser.add_argument("--version", action="version", version=f"anomalens {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "benchmark",
+        parents=[common],
+        help="fit and evaluate per category; write results.json and predictions.csv",
+        description="Fit a detector on the train split of each category, evaluate it on the "
+        "test split and write OUT/results.json, OUT/predictions.csv and OUT/<category>/ plots.",
+    )
+    _add_dataset_options(p, many=True)
+    _add_method_options(p)
+    p.add_argument("--output", required=True, type=Path, help="output folder")
+    p.add_argument(
+        "--save-maps",
+        type=_int_at_least(0),
+        default=0,
+        metavar="N",
+        help="write prediction figures of the first N test images per category",
+    )
+    p.set_defaults(handler=_cmd_benchmark)
+
+    p = sub.add_parser(
+        "fit",
+        parents=[common],
+        help="train on good images and save the model folder",
+        description="Fit a detector on the train split (good images) of one category and save "
+        "it as MODEL_DIR/config.json + MODEL_DIR/model.safetensors.",
+    )
+    _add_dataset_options(p, many=False)
+    _add_method_options(p)
+    p.add_argument("--output", required=True, type=Path, metavar="MODEL_DIR")
+    p.set_defaults(handler=_cmd_fit)
+
+    p = sub.add_parser(
+        "predict",
+        parents=[common],
+        help="score images with a saved model; write scores and overlay figures",
+        description="Score image files or folders of images with a saved model. Writes "
+        "OUT/scores.csv, OUT/scores.json (with hotspot boxes), OUT/summary.json and "
+        "OUT/overlays/<name>.png.",
+    )
+    p.add_argument("--model", required=True, type=Path, metavar="MODEL_DIR")
+    p.add_argument("--input", required=True, nargs="+", type=Path, metavar="PATH")
+    p.add_argument("--output", required=True, type=Path)
+    p.add_argument("--recursive", action="store_true", help="also search subfolders")
+    p.add_argument("--no-figures", action="store_true", help="skip the overlay figures")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
+    p.set_defaults(handler=_cmd_predict)
+
+    p = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="offline demo on synthetic defects (or on your MVTec-layout data)",
+        description="Build a synthetic dataset (scikit-image textures with synthetic defects) "
+        "in OUTPUT/data, fit PatchCore, evaluate and write a report to OUTPUT/report. With "
+        "--root the demo runs on your own MVTec-AD-layout data instead.",
+    )
+    p.add_argument("--output", type=Path, default=None, help="default: ./anomalens_demo")
+    p.add_argument("--root", type=Path, help="your MVTec-AD-layout dataset root")
+    p.add_argument("--category", nargs="+", action="extend", metavar="C")
+    g = p.add_argument_group("detector options (unset = the default)")
+    g.add_argument("--backbone", help="backbone spec (default efficientnet-lite0)")
+    g.add_argument("--image-size", type=_int_at_least(32), help="square input side in pixels")
+    g.add_argument("--memory-size", type=_int_at_least(1), help="memory bank rows")
+    g.add_argument("--shots", type=_int_at_least(1), help="use only K good training images")
+    p.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def _method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The detector options the user gave (unset ones are left out)."""
+    return {
+        field: getattr(args, flag)
+        for flag, field in METHOD_OPTIONS
+        if getattr(args, flag, None) is not None
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# commands
+# --------------------------------------------------------------------------------------------
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not args.no_progress
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from anomalens.evaluate import format_table, run_benchmark
+
+    options = _method_options(args)
+    shown = ", ".join(f"{k}={v}" for k, v in options.items()) or "defaults"
+    print(f"benchmark: {args.method} ({shown}) on {args.dataset} at {args.root}", flush=True)
+    result = run_benchmark(
+        args.dataset,
+        args.root,
+        args.category,
+        args.method,
+        options,
+        output=args.output,
+        skip_bad=args.skip_bad,
+        save_maps=args.save_maps,
+        progress=_progress(args),
+        echo=lambda line: print(line, flush=True),
+    )
+    print()
+    print(format_table(result.rows()))
+    print()
+    print(f"wrote {args.output / 'results.json'} and {args.output / 'predictions.csv'}")
+    return EXIT_OK
+
+
+def _resolve_one_category(dataset: str, root: Path, category: str | None) -> str:
+    from anomalens.data.datasets import list_categories
+    from anomalens.errors import DatasetError
+
+    if category:
+        return category
+    found = list_categories(dataset, root)
+    if len(found) == 1:
+        return found[0]
+    raise DatasetError(
+        f"{root}: holds {len(found)} categories ({', '.join(found)}); choose one with --category"
+    )
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from anomalens.evaluate import build_detector, load_samples
+
+    category = _resolve_one_category(args.dataset, args.root, args.category)
+    detector = build_detector(args.method, category, **_method_options(args))
+    train, _, skipped = load_samples(
+        args.dataset, args.root, category, "train", args.skip_bad, _progress(args)
+    )
+    detector.fit([s.image for s in train], progress=_progress(args))
+    folder = detector.save(args.output)
+    threshold = detector.threshold
+    shown = "none (too few images to calibrate)" if threshold is None else f"{threshold:.4g}"
+    print(
+        f"fitted {args.method} on {len(train)} good images of {category!r}"
+        + (f" ({len(skipped)} unreadable skipped)" if skipped else "")
+        + f"; image threshold {shown}"
+    )
+    print(f"saved model to {folder} (config.json, model.safetensors)")
+    return EXIT_OK
+
+
+def collect_images(inputs: Sequence[Path], recursive: bool = False) -> list[Path]:
+    """Image files named directly or found in folders (sorted per folder, duplicates dropped).
+
+    Raises DatasetError naming the path when it does not exist, is not an image file, or is a
+    folder without images.
+    """
+    from anomalens.data.datasets import IMAGE_EXTENSIONS, is_image_file, list_images
+    from anomalens.errors import DatasetError
+
+    exts = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+    found: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            if recursive:
+                images = sorted(p for p in path.rglob("*") if is_image_file(p))
+            else:
+                images = list_images(path)
+            if not images:
+                hint = "" if recursive else " (subfolders are searched with --recursive)"
+                raise DatasetError(f"{path}: no images found (extensions {exts}){hint}")
+            found += images
+        elif path.is_file():
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise DatasetError(f"{path}: not an image file (extensions {exts})")
+            found.append(path)
+        else:
+            raise DatasetError(f"{path}: file or folder not found")
+    return list(dict.fromkeys(found))
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from anomalens.data.datasets import SkippedImageWarning
+    from anomalens.data.io import load_image
+    from anomalens.errors import DatasetError
+    from anomalens.methods import load_detector
+    from anomalens.methods.base import batches
+    from anomalens.report import ReportWriter, figure_names
+
+    detector = load_detector(args.model)
+    paths = collect_images(args.input, args.recursive)
+    names = dict(zip(paths, figure_names(paths), strict=True))
+    writer = ReportWriter(args.output, title=None)
+    skipped: list[Path] = []
+    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not _progress(args))
+    with bar:
+        for chunk in batches(paths, PREDICT_CHUNK):
+            loaded, images = [], []
+            for path in chunk:
+                try:
+                    images.append(load_image(path))
+                    loaded.append(path)
+                except ImageLoadError as e:
+                    if not args.skip_bad:
+                        raise
+                    skipped.append(path)
+                    warnings.warn(f"skipping {e}", SkippedImageWarning, stacklevel=1)
+            if loaded:
+                prediction = detector.predict(images)
+                writer.add(
+                    loaded,
+                    images,
+                    prediction,
+                    names=[names[p] for p in loaded],
+                    figures=not args.no_figures,
+                )
+            bar.update(len(chunk))
+    if not writer.records:
+        raise DatasetError(f"{', '.join(map(str, args.input))}: no readable images")
+    summary = writer.finish(
+        extra={
+            "model": str(args.model),
+            "method": getattr(detector, "method", None),
+            "skipped": [str(p) for p in skipped],
+        }
+    )
+    _print_predictions(writer.records, summary, args.output, len(skipped))
+    return EXIT_OK
+
+
+def _print_predictions(
+    records: list[dict[str, Any]], summary: dict[str, Any], output: Path, n_skipped: int
+) -> None:
+    shown = 20
+    width = min(60, max(len(r["path"]) for r in records))
+    for r in records[:shown]:
+        verdict = {None: "", True: "DEFECTIVE", False: "ok"}[r["is_defective"]]
+        path = r["path"] if len(r["path"]) <= width else "..." + r["path"][-(width - 3) :]
+        print(f"{path:<{width}}  {r['score']:10.4g}  {verdict}")
+    if len(records) > shown:
+        print(f"... {len(records) - shown} more in {output / 'scores.csv'}")
+    n, threshold = summary["n_images"], summary["threshold"]
+    if threshold is None:
+        verdicts = "no threshold (the model was fitted on a single image)"
+    else:
+        verdicts = f"{summary['n_defective']} defective (threshold {threshold:.4g})"
+    skipped = f", {n_skipped} unreadable skipped" if n_skipped else ""
+    print(f"{n} image{'s' * (n != 1)}: {verdicts}{skipped}")
+    print(f"wrote {output / 'scores.csv'}, {output / 'scores.json'} and {output / 'overlays'}/")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from anomalens.demo import DEFAULT_OUTPUT, run_demo
+
+    if args.category and args.root is None:
+        raise ValueError("--category needs --root (the demo's synthetic data has fixed names)")
+    options = {
+        k: getattr(args, k)
+        for k in ("backbone", "image_size", "memory_size", "shots")
+        if getattr(args, k) is not None
+    }
+    run_demo(
+        args.output or Path(DEFAULT_OUTPUT),
+        root=args.root,
+        categories=args.category,
+        options=options,
+        progress=_progress(args),
+        echo=lambda line: print(line, flush=True),
+    )
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------------------------
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """One line per warning, without source locations."""
+    stream = file if file is not None else sys.stderr
+    with contextlib.suppress(OSError, ValueError):  # closed stream
+        stream.write(f"anomalens: warning: {message}\n")
+
+
+def _error_message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, AnomalensError):
+        where = exc.filename if exc.filename is not None else ""
+        what = exc.strerror or str(exc)
+        return f"{where}: {what}" if where else what
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0] if "\n" in text else text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return int(args.handler(args))
+        except (AnomalensError, ValueError, OSError) as exc:
+            message = _error_message(exc)
+            if isinstance(exc, ImageLoadError) and getattr(args, "skip_bad", True) is False:
+                message += " (use --skip-bad to skip unreadable images)"
+            print(f"anomalens: error: {message}", file=sys.stderr)
+            return EXIT_ERROR
+        except KeyboardInterrupt:
+            print("anomalens: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
