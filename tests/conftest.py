@@ -1,0 +1,86 @@
+"""Shared fixtures: a tiny synthetic MVTec-layout dataset, tiny detector options and a fake
+detector (deterministic, no backbone) for fast tests of the evaluation and report plumbing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anomalens.data.synthetic import make_demo_dataset
+from anomalens.methods import METHODS
+from anomalens.methods.base import Detector, Prediction
+
+#: PatchCore options small enough for a fit + predict in a few seconds on 2 cores.
+TINY_OPTIONS = {"image_size": 128, "memory_size": 500}
+TINY_FLAGS = ["--image-size", "128", "--memory-size", "500"]
+#: Demo dataset: one texture, 6 train images, 4 good + 4 defective test images, 128 px.
+DEMO_TEXTURE = "brick"
+N_TRAIN, N_TEST_GOOD, N_TEST_BAD, SIZE = 6, 4, 4, 128
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root of a tiny MVTec-AD-layout dataset with one category (``brick``). Do not modify."""
+    root = tmp_path_factory.mktemp("demo_data")
+    make_demo_dataset(
+        root,
+        n_train=N_TRAIN,
+        n_test_good=N_TEST_GOOD,
+        n_test_bad=N_TEST_BAD,
+        size=SIZE,
+        textures=(DEMO_TEXTURE,),
+    )
+    return root
+
+
+@dataclass
+class FakeConfig:
+    """Config of :class:`FakeDetector`; ``class_name`` mimics zero-shot methods."""
+
+    class_name: str = ""
+    seed: int = 0
+    backbone: str = "none"
+
+
+class FakeDetector(Detector):
+    """Maps are ``|gray - mean gray of the good images|``; score = map maximum.
+
+    Thresholds are fixed from the training images (max of their scores), so every number is
+    reproducible and cheap.
+    """
+
+    method = "fake"
+    config_class = FakeConfig
+
+    def __init__(self, config: FakeConfig | None = None) -> None:
+        self.config = config or FakeConfig()
+        self.mean: float | None = None
+        self.train_max: float | None = None
+
+    def is_fitted(self) -> bool:
+        return self.mean is not None
+
+    def _maps(self, images) -> list[np.ndarray]:
+        return [np.abs(im.astype(np.float32).mean(axis=2) - self.mean) for im in images]
+
+    def fit(self, images, progress: bool = True) -> FakeDetector:
+        images = list(images)
+        self.mean = float(np.mean([im.mean() for im in images]))
+        self.train_max = float(max(m.max() for m in self._maps(images)))
+        return self
+
+    def predict(self, images, progress: bool = False) -> Prediction:
+        self._require_fitted()
+        maps = self._maps(images)
+        scores = np.array([m.max() for m in maps], dtype=np.float32)
+        return Prediction(scores, maps, threshold=self.train_max, pixel_threshold=self.train_max)
+
+
+@pytest.fixture
+def fake_method(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Register :class:`FakeDetector` as method ``"fake"`` for one test."""
+    monkeypatch.setitem(METHODS, "fake", FakeDetector)
+    return "fake"

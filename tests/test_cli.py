@@ -1,0 +1,255 @@
+"""Command line: outputs of benchmark / fit / predict / demo, and one-line errors with exit 2."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import DEMO_TEXTURE, N_TEST_BAD, N_TEST_GOOD, TINY_FLAGS
+from PIL import Image
+
+from anomalens.cli import main
+
+FIGURE_SIZE = (1350, 480)
+PLOT_SIZE = (500, 450)
+N_TEST = N_TEST_GOOD + N_TEST_BAD
+
+
+def run(capsys: pytest.CaptureFixture, *argv: str | Path) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as img:
+        return img.size
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def assert_one_line_error(code: int, out: str, err: str, *fragments: str) -> None:
+    assert code == 2
+    assert "Traceback" not in err and "Traceback" not in out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("anomalens: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture(scope="module")
+def bench(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("cli_bench")
+    stdout = io.StringIO()  # module-scoped fixtures cannot use capsys
+    with contextlib.redirect_stdout(stdout):
+        code = main(
+            ["benchmark", "--dataset", "mvtec", "--root", str(demo_root), "--output", str(out)]
+            + ["--category", DEMO_TEXTURE, "--save-maps", "2", "--no-progress", *TINY_FLAGS]
+        )
+    assert code == 0
+    return out, stdout.getvalue()
+
+
+@pytest.fixture(scope="module")
+def model_dir(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("cli_model") / "model"
+    code = main(
+        ["fit", "--dataset", "mvtec", "--root", str(demo_root), "--output", str(folder)]
+        + ["--no-progress", *TINY_FLAGS]
+    )
+    assert code == 0
+    return folder
+
+
+def test_benchmark_prints_the_table_and_writes_files(bench) -> None:
+    out, stdout = bench
+    lines = stdout.splitlines()
+    header = next(line for line in lines if line.startswith("category"))
+    assert header.split() == [
+        "category",
+        "I-AUROC",
+        "P-AUROC",
+        "P-AP",
+        "AUPRO",
+        "F1-max",
+        "fit",
+        "s",
+        "ms/image",
+    ]
+    row = next(line for line in lines if line.startswith(DEMO_TEXTURE + " "))
+    mean = next(line for line in lines if line.startswith("MEAN"))
+    assert mean.split()[1:] == row.split()[1:]  # one category: the mean is the row
+    results = json.loads((out / "results.json").read_text())
+    assert f"{results['categories'][DEMO_TEXTURE]['image_auroc']:.3f}" == row.split()[1]
+    _, rows = read_csv(out / "predictions.csv")
+    assert len(rows) == results["categories"][DEMO_TEXTURE]["n_test"] == N_TEST
+    assert png_size(out / DEMO_TEXTURE / "roc.png") == PLOT_SIZE
+    assert png_size(out / DEMO_TEXTURE / "histogram.png") == PLOT_SIZE
+    figures = sorted((out / DEMO_TEXTURE / "overlays").iterdir())
+    assert len(figures) == 2 and all(png_size(f) == FIGURE_SIZE for f in figures)
+
+
+def test_fit_then_predict_reproduces_the_benchmark_scores(
+    model_dir: Path, bench, demo_root: Path, tmp_path: Path, capsys
+) -> None:
+    assert (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file()
+    test_dir = demo_root / DEMO_TEXTURE / "test"
+    out = tmp_path / "pred"
+    code, stdout, err = run(
+        capsys, "predict", "--model", model_dir, "--input", test_dir, "--recursive",
+        "--output", out, "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    columns, rows = read_csv(out / "scores.csv")
+    assert columns == ["path", "score", "threshold", "is_defective"]
+    assert len(rows) == N_TEST
+    # same data, same config and seed: the saved model scores like the benchmark's detector
+    _, bench_rows = read_csv(bench[0] / "predictions.csv")
+    expected = {r["path"]: float(r["score"]) for r in bench_rows}
+    for r in rows:
+        assert float(r["score"]) == pytest.approx(expected[r["path"]], rel=1e-4)
+        verdict = float(r["score"]) >= float(r["threshold"])
+        assert r["is_defective"] == str(verdict).lower()
+    n_defective = sum(r["is_defective"] == "true" for r in rows)
+    assert f"{N_TEST} images: {n_defective} defective" in stdout
+
+    data = json.loads((out / "scores.json").read_text())
+    assert all("boxes" in rec for rec in data["images"])
+    figures = sorted((out / "overlays").iterdir())
+    assert len(figures) == N_TEST and png_size(figures[0]) == FIGURE_SIZE
+    assert {f.stem for f in figures} >= {"good_000", "scratch_000"}
+
+
+def test_predict_single_files_and_skip_bad(model_dir: Path, demo_root, tmp_path, capsys) -> None:
+    good = demo_root / DEMO_TEXTURE / "test" / "good" / "001.png"
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "pred"
+    code, stdout, err = run(
+        capsys, "predict", "--model", model_dir, "--input", good, broken, "--output", out,
+        "--skip-bad", "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    assert err.count("anomalens: warning: skipping") == 1 and str(broken) in err
+    _, rows = read_csv(out / "scores.csv")
+    assert [r["path"] for r in rows] == [str(good)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped"] == [str(broken)] and summary["method"] == "patchcore"
+    assert (out / "overlays" / "001.png").is_file()
+    assert "1 unreadable skipped" in stdout
+
+
+@pytest.mark.parametrize(
+    "case", ["empty folder", "missing path", "corrupt image", "not an image", "only corrupt"]
+)
+def test_predict_bad_input_gives_one_line_errors(case, model_dir, tmp_path, capsys) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"this is not a jpeg")
+    if case == "empty folder":
+        target = tmp_path / "empty"
+        target.mkdir()
+        extra, fragments = [], [str(target), "no images found"]
+    elif case == "missing path":
+        target = tmp_path / "missing"
+        extra, fragments = [], [str(target), "not found"]
+    elif case == "corrupt image":
+        target = broken
+        extra, fragments = [], [str(broken), "corrupt", "--skip-bad"]
+    elif case == "not an image":
+        target = tmp_path / "notes.txt"
+        target.write_text("hello")
+        extra, fragments = [], [str(target), "not an image file"]
+    else:
+        target = broken
+        extra, fragments = ["--skip-bad"], [str(broken), "no readable images"]
+    code, out, err = run(
+        capsys, "predict", "--model", model_dir, "--input", target, "--output", tmp_path / "o",
+        "--no-progress", *extra,
+    )  # fmt: skip
+    if case == "only corrupt":  # the skip warning comes first, then the error
+        assert "anomalens: warning: skipping" in err
+        err = err.split("\n", 1)[1]
+    assert_one_line_error(code, out, err, *fragments)
+
+
+def test_predict_with_an_unknown_model_folder(tmp_path: Path, demo_root: Path, capsys) -> None:
+    image = demo_root / DEMO_TEXTURE / "test" / "good" / "000.png"
+    code, out, err = run(
+        capsys, "predict", "--model", tmp_path / "nope", "--input", image, "--output", tmp_path
+    )
+    assert_one_line_error(code, out, err, str(tmp_path / "nope"), "config.json")
+
+
+def test_fit_errors(demo_root: Path, tmp_path: Path, capsys) -> None:
+    base = ["fit", "--dataset", "mvtec", "--output", tmp_path / "m", "--no-progress"]
+    code, out, err = run(capsys, *base, "--root", demo_root, "--backbone", "resnet-9000")
+    assert_one_line_error(code, out, err, "unknown backbone 'resnet-9000'")
+    code, out, err = run(capsys, *base, "--root", tmp_path / "nowhere")
+    assert_one_line_error(code, out, err, str(tmp_path / "nowhere"), "folder not found")
+    two = tmp_path / "two"
+    for name in ("cat_a", "cat_b"):
+        shutil.copytree(demo_root / DEMO_TEXTURE / "train", two / name / "train")
+    code, out, err = run(capsys, *base, "--root", two)
+    assert_one_line_error(code, out, err, "2 categories (cat_a, cat_b)", "--category")
+    broken = tmp_path / "broken"
+    shutil.copytree(demo_root / DEMO_TEXTURE / "train", broken / "x" / "train")
+    (broken / "x" / "train" / "good" / "002.png").write_bytes(b"")
+    code, out, err = run(capsys, *base, "--root", broken)
+    assert_one_line_error(code, out, err, "002.png", "empty", "--skip-bad")
+    assert not (tmp_path / "m").exists()
+
+
+def test_benchmark_errors(demo_root: Path, tmp_path: Path, capsys) -> None:
+    base = ["benchmark", "--dataset", "mvtec", "--root", demo_root, "--output", tmp_path]
+    code, out, err = run(capsys, *base, "--category", "tile", "--no-progress")
+    assert_one_line_error(code, out, err, str(demo_root), "'tile' not found", "brick")
+    code, out, err = run(capsys, *base, "--method", "patchcore", "--precision", "fp32",
+                         "--backbone", "clip:")  # fmt: skip
+    assert_one_line_error(code, out, err, "unknown backbone 'clip:'")
+    assert not (tmp_path / "results.json").exists()
+    with pytest.raises(SystemExit) as exc:
+        main(["benchmark", "--dataset", "mvtec", "--root", str(demo_root), "--output", "x",
+              "--shots", "0"])  # fmt: skip
+    assert exc.value.code == 2
+    assert "--shots: must be >= 1" in capsys.readouterr().err
+
+
+def test_demo_on_user_data(demo_root: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "demo"
+    code, stdout, err = run(
+        capsys, "demo", "--root", demo_root, "--category", DEMO_TEXTURE, "--output", out,
+        "--no-progress", *TINY_FLAGS,
+    )  # fmt: skip
+    assert code == 0, err
+    assert not (out / "data").exists()  # no synthetic data on the user's run
+    report = out / "report"
+    assert f"Report: {report.resolve()}" in stdout
+    assert any(line.startswith("MEAN") for line in stdout.splitlines())
+    figures = list((report / DEMO_TEXTURE / "overlays").glob("*.png"))
+    assert len(figures) == N_TEST  # at most 16, spread over the test set
+    results = json.loads((report / "results.json").read_text())
+    assert results["root"] == str(demo_root) and results["options"]["image_size"] == 128
+
+    code, out_text, err = run(capsys, "demo", "--category", "brick")
+    assert_one_line_error(code, out_text, err, "--category needs --root")
+
+
+def test_python_dash_m_entry_point(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "anomalens", "predict", "--model", str(tmp_path / "none"),
+         "--input", str(tmp_path), "--output", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert_one_line_error(proc.returncode, proc.stdout, proc.stderr, "config.json: not found")
