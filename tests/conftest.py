@@ -3,12 +3,15 @@ detector (deterministic, no backbone) for fast tests of the evaluation and repor
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from anomalens.cli import main
 from anomalens.data.synthetic import make_demo_dataset
 from anomalens.methods import METHODS
 from anomalens.methods.base import Detector, Prediction
@@ -34,6 +37,21 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         textures=(DEMO_TEXTURE,),
     )
     return root
+
+
+@pytest.fixture(scope="session")
+def cli_benchmark(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """``anomalens benchmark`` of ``demo_root`` with tiny PatchCore options and ``--save-maps 2``:
+    ``(output folder, stdout)``. Do not modify the folder."""
+    out = tmp_path_factory.mktemp("cli_bench")
+    stdout = io.StringIO()  # session fixtures cannot use capsys
+    with contextlib.redirect_stdout(stdout):
+        code = main(
+            ["benchmark", "--dataset", "mvtec", "--root", str(demo_root), "--output", str(out)]
+            + ["--category", DEMO_TEXTURE, "--save-maps", "2", "--no-progress", *TINY_FLAGS]
+        )
+    assert code == 0
+    return out, stdout.getvalue()
 
 
 @dataclass

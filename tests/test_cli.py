@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import shutil
 import subprocess
@@ -49,17 +47,9 @@ def assert_one_line_error(code: int, out: str, err: str, *fragments: str) -> Non
         assert fragment in lines[0], (fragment, lines[0])
 
 
-@pytest.fixture(scope="module")
-def bench(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    out = tmp_path_factory.mktemp("cli_bench")
-    stdout = io.StringIO()  # module-scoped fixtures cannot use capsys
-    with contextlib.redirect_stdout(stdout):
-        code = main(
-            ["benchmark", "--dataset", "mvtec", "--root", str(demo_root), "--output", str(out)]
-            + ["--category", DEMO_TEXTURE, "--save-maps", "2", "--no-progress", *TINY_FLAGS]
-        )
-    assert code == 0
-    return out, stdout.getvalue()
+@pytest.fixture
+def bench(cli_benchmark: tuple[Path, str]) -> tuple[Path, str]:
+    return cli_benchmark
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from anomalens.demo import run_demo
 from anomalens.errors import DatasetError, ImageLoadError, ModelNotAvailableError
 from anomalens.evaluate import (
     MEAN_KEYS,
+    METRIC_KEYS,
     RESULT_KEYS,
     build_detector,
     environment,
@@ -38,18 +39,8 @@ def read_predictions(path: Path) -> list[dict[str, str]]:
         return list(reader)
 
 
-@pytest.fixture(scope="module")
-def patchcore_run(demo_root: Path, tmp_path_factory: pytest.TempPathFactory):
-    """One real (tiny) PatchCore benchmark of the demo dataset."""
-    out = tmp_path_factory.mktemp("bench")
-    result = run_benchmark(
-        "mvtec", demo_root, None, "patchcore", TINY_OPTIONS, output=out, progress=False
-    )
-    return result, out
-
-
-def test_results_json_matches_metrics_recomputed_from_predictions_csv(patchcore_run) -> None:
-    result, out = patchcore_run
+def test_results_json_matches_metrics_recomputed_from_predictions_csv(cli_benchmark) -> None:
+    out, _ = cli_benchmark  # a tiny PatchCore benchmark of the demo data
     data = json.loads((out / "results.json").read_text())
     assert data["method"] == "patchcore" and data["dataset"] == "mvtec"
     assert data["options"] == TINY_OPTIONS
@@ -74,24 +65,34 @@ def test_results_json_matches_metrics_recomputed_from_predictions_csv(patchcore_
     # the demo data has masks: pixel metrics are real numbers in [0, 1]
     for key in ("pixel_auroc", "pixel_ap", "aupro"):
         assert 0.0 <= row[key] <= 1.0
-    # the in-memory result is what was written
+    assert data["mean"] == pytest.approx({**{k: row[k] for k in MEAN_KEYS}, "n_categories": 1})
+    details = data["details"][DEMO_TEXTURE]
+    assert details["skipped"] == [] and details["threshold"] > 0
+    summary = json.loads((out / DEMO_TEXTURE / "summary.json").read_text())
+    assert summary["threshold"] == details["threshold"]
+    assert summary["metrics"] == pytest.approx({k: row[k] for k in METRIC_KEYS})
+
+
+def test_evaluate_category_result_is_what_gets_written(fake_method, demo_root, tmp_path) -> None:
+    result = run_benchmark("mvtec", demo_root, None, fake_method, {}, output=tmp_path)
+    data = json.loads((tmp_path / "results.json").read_text())
     cat = result.categories[0]
-    assert cat.as_dict() == pytest.approx(row)
-    assert data["mean"]["image_auroc"] == pytest.approx(row["image_auroc"])
+    assert data["categories"][DEMO_TEXTURE] == pytest.approx(cat.as_dict())
     assert data["details"][DEMO_TEXTURE]["threshold"] == pytest.approx(cat.threshold)
+    rows = read_predictions(tmp_path / "predictions.csv")
+    assert [r["path"] for r in rows] == cat.paths
+    assert [float(r["score"]) for r in rows] == pytest.approx(cat.scores)
+    # evaluate_category alone gives the same numbers (the fake detector is deterministic)
+    again = evaluate_category("mvtec", demo_root, DEMO_TEXTURE, fake_method, progress=False)
+    assert again.scores == cat.scores and again.image_auroc == cat.image_auroc
 
 
-def test_benchmark_writes_category_plots(patchcore_run) -> None:
-    _, out = patchcore_run
-    folder = out / DEMO_TEXTURE
-    for name in ("roc.png", "histogram.png", "scores.csv", "summary.json"):
+def test_benchmark_writes_category_plots(fake_method, demo_root: Path, tmp_path: Path) -> None:
+    run_benchmark("mvtec", demo_root, None, fake_method, {}, output=tmp_path, progress=False)
+    folder = tmp_path / DEMO_TEXTURE
+    for name in ("roc.png", "histogram.png", "scores.csv", "scores.json", "summary.json"):
         assert (folder / name).is_file(), name
     assert not (folder / "overlays").exists()  # save_maps=0
-    summary = json.loads((folder / "summary.json").read_text())
-    results = json.loads((out / "results.json").read_text())
-    assert summary["metrics"]["aupro"] == pytest.approx(
-        results["categories"][DEMO_TEXTURE]["aupro"]
-    )
 
 
 def test_mean_row_ignores_nan_and_table_shows_it() -> None:
