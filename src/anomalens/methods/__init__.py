@@ -10,10 +10,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from anomalens.methods.anomalydino import AnomalyDINO, AnomalyDINOConfig
 from anomalens.methods.base import Detector, Prediction, load_detector
 from anomalens.methods.patchcore import PatchCore, PatchCoreConfig
+from anomalens.methods.winclip import WinCLIP, WinCLIPConfig
 
-METHODS: dict[str, type[Detector]] = {"patchcore": PatchCore}
+METHODS: dict[str, type[Detector]] = {
+    "patchcore": PatchCore,
+    "anomalydino": AnomalyDINO,
+    "winclip": WinCLIP,
+}
 
 
 def create_detector(method: str, **options: Any) -> Detector:
@@ -34,10 +40,14 @@ def create_detector(method: str, **options: Any) -> Detector:
 
 __all__ = [
     "METHODS",
+    "AnomalyDINO",
+    "AnomalyDINOConfig",
     "Detector",
     "PatchCore",
     "PatchCoreConfig",
     "Prediction",
+    "WinCLIP",
+    "WinCLIPConfig",
     "create_detector",
     "load_detector",
 ]
