@@ -60,6 +60,7 @@ class FakeConfig:
 
     class_name: str = ""
     seed: int = 0
+    shots: int | None = None
     backbone: str = "none"
 
 
@@ -86,6 +87,8 @@ class FakeDetector(Detector):
 
     def fit(self, images, progress: bool = True) -> FakeDetector:
         images = list(images)
+        if self.config.shots is not None:
+            images = images[: self.config.shots]
         self.mean = float(np.mean([im.mean() for im in images]))
         self.train_max = float(max(m.max() for m in self._maps(images)))
         return self

@@ -209,11 +209,13 @@ def test_benchmark_errors(demo_root: Path, tmp_path: Path, capsys) -> None:
                          "--backbone", "clip:")  # fmt: skip
     assert_one_line_error(code, out, err, "unknown backbone 'clip:'")
     assert not (tmp_path / "results.json").exists()
+    code, out, err = run(capsys, *base, "--shots", "0")  # PatchCore needs good images
+    assert_one_line_error(code, out, err, "shots must be >= 1")
     with pytest.raises(SystemExit) as exc:
         main(["benchmark", "--dataset", "mvtec", "--root", str(demo_root), "--output", "x",
-              "--shots", "0"])  # fmt: skip
+              "--shots", "-1"])  # fmt: skip
     assert exc.value.code == 2
-    assert "--shots: must be >= 1" in capsys.readouterr().err
+    assert "--shots: must be >= 0" in capsys.readouterr().err
 
 
 def test_demo_on_user_data(demo_root: Path, tmp_path: Path, capsys) -> None:

@@ -193,6 +193,13 @@ def test_save_maps_writes_the_first_n_figures(fake_method, demo_root: Path, tmp_
     assert figures == sorted(f"{Path(p).parent.name}_{Path(p).stem}.png" for p in first)
 
 
+def test_n_train_counts_the_images_used(fake_method, demo_root: Path) -> None:
+    result = run_benchmark("mvtec", demo_root, None, fake_method, {"shots": 2}, progress=False)
+    assert result.categories[0].n_train == 2
+    result = run_benchmark("mvtec", demo_root, None, fake_method, {"shots": 99}, progress=False)
+    assert result.categories[0].n_train == N_TRAIN
+
+
 def test_class_name_is_passed_from_the_category(fake_method) -> None:
     det = build_detector(fake_method, "metal_nut", seed=3, backbone=None)
     assert det.config.class_name == "metal nut" and det.config.seed == 3

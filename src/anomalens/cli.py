@@ -69,7 +69,11 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
         "dinov2:facebook/dinov2-base, clip:/path/to/local/folder",
     )
     g.add_argument("--image-size", type=_int_at_least(32), help="square input side in pixels")
-    g.add_argument("--shots", type=_int_at_least(1), help="use only K good training images")
+    g.add_argument(
+        "--shots",
+        type=_int_at_least(0),
+        help="use only K good training images (0: zero-shot, for methods that support it)",
+    )
     g.add_argument("--seed", type=int, help="random seed (shots, coreset)")
     g.add_argument("--memory-size", type=_int_at_least(1), help="memory bank rows (PatchCore)")
     g.add_argument("--precision", choices=("fp32", "bf16"), help="backbone precision")
@@ -165,7 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone", help="backbone spec (default efficientnet-lite0)")
     g.add_argument("--image-size", type=_int_at_least(32), help="square input side in pixels")
     g.add_argument("--memory-size", type=_int_at_least(1), help="memory bank rows")
-    g.add_argument("--shots", type=_int_at_least(1), help="use only K good training images")
+    g.add_argument(
+        "--shots",
+        type=_int_at_least(0),
+        help="use only K good training images (0: zero-shot, for methods that support it)",
+    )
     p.set_defaults(handler=_cmd_demo)
     return parser
 

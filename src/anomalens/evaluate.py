@@ -366,7 +366,7 @@ def evaluate_detector(
         **{k: float(metrics[k]) for k in METRIC_KEYS},
         fit_seconds=fit_seconds,
         ms_per_image=1000.0 * predict_seconds / len(test),
-        n_train=len(train),
+        n_train=_images_used(detector, len(train)),
         n_test=len(test),
         paths=paths,
         labels=labels,
@@ -375,6 +375,12 @@ def evaluate_detector(
         pixel_threshold=prediction.pixel_threshold,
         config=config_to_dict(config) if dataclasses.is_dataclass(config) else {},
     )
+
+
+def _images_used(detector: Detector, n_available: int) -> int:
+    """How many training images the detector uses: ``min(shots, n)`` when it has ``shots``."""
+    shots = getattr(getattr(detector, "config", None), "shots", None)
+    return n_available if shots is None else min(int(shots), n_available)
 
 
 def spread_indices(n: int, count: int) -> list[int]:
