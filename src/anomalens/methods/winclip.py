@@ -182,6 +182,34 @@ def fuse(values: Sequence[torch.Tensor | None], weights: Sequence[float]) -> tor
     return out
 
 
+def fuse_and_normalize(
+    text_map: np.ndarray | None,
+    memory_map: np.ndarray | None,
+    text_score: float | None,
+    fg: np.ndarray | None,
+    weights: tuple[float, float],
+    normalize: bool,
+) -> tuple[float, np.ndarray]:
+    """Image score and final map of one image from its smoothed branch maps ``[S, S]``.
+
+    score = ``w_t * text_score + w_m * max(memory_map over fg)``; map = ``w_t * text_map +
+    w_m * memory_map`` (weights renormalised over the present branches), background pixels
+    (``~fg``) set to the lowest foreground value, then, with ``normalize``,
+    ``(map - median) / (1.4826 * MAD)`` with median and MAD over the foreground.
+    """
+    m_score = None
+    if memory_map is not None:
+        m_score = float(memory_map[fg].max()) if fg is not None else float(memory_map.max())
+    score = float(fuse([text_score, m_score], weights))
+    fused = np.asarray(fuse([text_map, memory_map], weights), dtype=np.float32)
+    if fg is not None:
+        fused = fused.copy()
+        fused[~fg] = fused[fg].min()
+    if normalize:
+        fused = robust_normalize(fused, fg)
+    return score, fused
+
+
 # ------------------------------------------------------------------------------------------
 # config
 # ------------------------------------------------------------------------------------------
@@ -202,8 +230,10 @@ class WinCLIPConfig:
     temperature: softmax temperature (None: the model's learned logit scale); text_weight /
     memory_weight: fusion weights; shots: good images used (None: all, 0: zero-shot);
     memory_size: coreset size of the patch memory (None: keep all); neighbourhood: local
-    averaging of memory features; foreground: OpenCV foreground masking (turn off for
-    textures); normalize: per-image median/MAD normalisation over the foreground; sigma: map
+    averaging of memory features; foreground: OpenCV foreground masking (None: on when the
+    text branch is used, whose maps light up the background; off for the memory branch alone,
+    which learns the background from the good images; turn off for textures); normalize:
+    per-image median/MAD normalisation over the foreground; sigma: map
     smoothing in pixels at ``image_size``; search_precision: nearest-neighbour precision.
     """
 
@@ -224,8 +254,8 @@ class WinCLIPConfig:
     shots: int | None = None
     memory_size: int | None = 16384
     neighbourhood: int = 1
-    foreground: bool = True
-    normalize: bool = False
+    foreground: bool | None = None
+    normalize: bool = True
     sigma: float = 4.0
     search_precision: str = "bf16"
     calibration_images: int = 64
@@ -360,6 +390,10 @@ class WinCLIP(Detector):
         layers = c.memory_layers if c.memory_layers is not None else bb.default_layers
         return tuple(bb.resolve_layers(layers)) if is_vit(bb) else tuple(layers)
 
+    def _use_foreground(self, text: bool) -> bool:
+        fg = self.config.foreground
+        return text if fg is None else fg
+
     def _scale(self) -> float:
         if self.config.temperature is not None:
             return 1.0 / self.config.temperature
@@ -420,7 +454,7 @@ class WinCLIP(Detector):
                     scales.append(harmonic_aggregation(probs, self.grid, idx))
                 stack = torch.stack(scales).double()
                 enc.text_map = (len(scales) / (1.0 / stack.clamp_min(1e-12)).sum(0)).float()
-        if c.foreground:
+        if self._use_foreground(text):
             enc.fg = [foreground_mask(img) for img in resize_square(images, bb.image_size)]
         return enc
 
@@ -471,19 +505,15 @@ class WinCLIP(Detector):
         mem_s = smooth[kinds.index("memory")].numpy() if self.use_memory else None
         scores, out = [], []
         for i in range(b):
-            fg = enc.fg[i] if enc.fg is not None else None
-            t_map = None if text_s is None else text_s[i]
-            m_map = None if mem_s is None else mem_s[i]
-            t_score = None if enc.text_score is None else float(enc.text_score[i])
-            m_score = None
-            if m_map is not None:
-                m_score = float(m_map[fg].max()) if fg is not None else float(m_map.max())
-            scores.append(float(fuse([t_score, m_score], [c.text_weight, c.memory_weight])))
-            fused = fuse([t_map, m_map], [c.text_weight, c.memory_weight]).astype(np.float32)
-            if fg is not None:
-                fused[~fg] = fused[fg].min()
-            if c.normalize:
-                fused = robust_normalize(fused, fg)
+            score, fused = fuse_and_normalize(
+                None if text_s is None else text_s[i],
+                None if mem_s is None else mem_s[i],
+                None if enc.text_score is None else float(enc.text_score[i]),
+                None if enc.fg is None else enc.fg[i],
+                (c.text_weight, c.memory_weight),
+                c.normalize,
+            )
+            scores.append(score)
             out.append(fused)
         return np.asarray(scores, dtype=np.float32), out
 
@@ -513,16 +543,16 @@ class WinCLIP(Detector):
             raise ValueError("zero-shot WinCLIP needs text_weight > 0")
         if images and not use_text and not use_memory:
             raise ValueError("memory_weight is 0 and the backbone has no text tower")
+        if c.scoring == "windows" and getattr(bb, "kind", None) not in ("clip", "siglip"):
+            raise ValueError(
+                f"scoring='windows' needs a CLIP or SigLIP backbone, got {c.backbone!r}; "
+                "use scoring='tokens'"
+            )
         if images and not has_text and c.text_weight > 0:
             warnings.warn(
                 f"backbone {c.backbone!r} has no text tower: WinCLIP+ runs its memory branch "
                 "only (set text_weight=0 to silence this)",
                 stacklevel=2,
-            )
-        if c.scoring == "windows" and getattr(bb, "kind", None) not in ("clip", "siglip"):
-            raise ValueError(
-                f"scoring='windows' needs a CLIP or SigLIP backbone, got {c.backbone!r}; "
-                "use scoring='tokens'"
             )
         self.anchors = self._compute_anchors() if use_text else None
         t1 = time.perf_counter()
