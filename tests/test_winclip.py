@@ -393,3 +393,47 @@ def test_config_validation_and_cli_options(clip_dir):
         with pytest.raises(ValueError):
             WinCLIPConfig(**bad)
     assert WinCLIPConfig(prompts="aaclip").prompts == ("aaclip",)
+
+
+def test_download_once_then_zero_shot_offline(clip_dir, tmp_path, monkeypatch, capsys):
+    """``python -m anomalens.download`` with the hub faked by the tiny model folder."""
+    import fnmatch
+    import shutil
+
+    import huggingface_hub
+
+    from anomalens import download as dl
+
+    requested = {}
+
+    def fake_snapshot(repo_id, revision=None, local_dir=None, allow_patterns=None):
+        requested.update(repo=repo_id, patterns=list(allow_patterns))
+        for f in clip_dir.iterdir():
+            if any(fnmatch.fnmatch(f.name, p) for p in allow_patterns):
+                shutil.copy(f, local_dir)
+        return local_dir
+
+    hub_files = [f.name for f in clip_dir.iterdir()] + ["tf_model.h5", "flax_model.msgpack"]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(dl, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda *a, **k: hub_files)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    target = tmp_path / "models" / "clip"
+    target.mkdir(parents=True)
+    assert dl.main(["clip:org/tiny-clip", str(target)]) == 0
+    out = capsys.readouterr().out
+    assert f"--backbone clip:{target}" in out and requested["repo"] == "org/tiny-clip"
+    assert "pytorch_model.bin" not in requested["patterns"]  # safetensors exist
+    assert sorted(p.name for p in target.iterdir()) == sorted(p.name for p in clip_dir.iterdir())
+    # from now on the folder works offline: zero-shot fit + predict
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    det = WinCLIP(backbone=f"clip:{target}", shots=0, class_name="screw").fit([], False)
+    ref = WinCLIP(backbone=f"clip:{clip_dir}", shots=0, class_name="screw").fit([], False)
+    assert torch.equal(det.anchors, ref.anchors)
+    # an unreachable hub fails at once with a clear message
+    monkeypatch.setattr(dl, "_hub_reachable", lambda: False)
+    assert dl.main(["clip:org/tiny-clip", str(tmp_path / "other")]) == 2
+    assert "unreachable" in capsys.readouterr().err
+    assert dl.main(["efficientnet-lite0", str(tmp_path / "e")]) == 0
+    assert "nothing to download" in capsys.readouterr().out
