@@ -47,6 +47,14 @@ VIT_L14_336 = dict(
     image_size=336,
     patch_size=14,
 )
+SO400M_14_384 = dict(
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_hidden_layers=27,
+    num_attention_heads=16,
+    image_size=384,
+    patch_size=14,
+)
 
 
 def ensemble_words() -> list[str]:
