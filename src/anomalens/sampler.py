@@ -11,10 +11,23 @@ loop touches far fewer points, so it stays in cache.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from tqdm import tqdm
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch ops on one thread inside the block."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _project(features: torch.Tensor, proj_dim: int | None, seed: int) -> torch.Tensor:
@@ -45,19 +58,22 @@ def greedy_kcenter(points: torch.Tensor, n: int, seed: int = 0, progress: bool =
     current = torch.randint(total, (groups,), generator=gen)
     sq = pts.pow(2).sum(2)  # [G, N]
     min_d = torch.full((groups, total), float("inf"))
-    for k in tqdm(
-        range(n), desc="coreset", unit="pt", disable=not progress, leave=False, mininterval=0.5
-    ):
-        selected[:, k] = current
-        centre = pts[rows, current]  # [G, p]
-        if groups == 1:
-            d = torch.mv(pts[0], centre[0])[None]
-        else:
-            d = torch.bmm(pts, centre[:, :, None])[:, :, 0]
-        d.mul_(-2.0).add_(sq).add_(sq[rows, current][:, None])
-        torch.minimum(min_d, d, out=min_d)
-        min_d[rows, current] = -1.0
-        current = torch.argmax(min_d, dim=1)
+    # One small memory-bound step per point: torch's intra-op threads only add wake-up costs
+    # here (milliseconds per op when the other core is busy), so the loop runs single-threaded.
+    with single_thread():
+        for k in tqdm(
+            range(n), desc="coreset", unit="pt", disable=not progress, leave=False, mininterval=0.5
+        ):
+            selected[:, k] = current
+            centre = pts[rows, current]  # [G, p]
+            if groups == 1:
+                d = torch.addmv(sq[0], pts[0], centre[0], alpha=-2.0)[None]
+            else:
+                d = torch.baddbmm(sq[:, :, None], pts, centre[:, :, None], alpha=-2.0)[:, :, 0]
+            d.add_(sq[rows, current][:, None])
+            torch.minimum(min_d, d, out=min_d)
+            min_d[rows, current] = -1.0
+            current = torch.argmax(min_d, dim=1)
     return selected if batched else selected[0]
 
 

@@ -3,11 +3,16 @@
 Pipeline (Roth et al., "Towards Total Recall in Industrial Anomaly Detection"):
 
 1. backbone feature maps at ``layers``; each map is locally averaged over a
-   ``neighbourhood x neighbourhood`` window, resized to the finest tapped grid and concatenated;
+   ``neighbourhood x neighbourhood`` window, resized to the grid of ``grid_layer`` and
+   concatenated;
 2. ``fit``: features of all patches of the good images (optionally also of rotated/flipped
    copies), reduced to ``memory_size`` rows by greedy k-center coreset selection;
 3. ``predict``: distance of every patch to its nearest memory row, upsampled to ``image_size``,
-   Gaussian-smoothed, image score = maximum of the smoothed map, map resized to the input size;
+   Gaussian-smoothed; with foreground weighting on, the map is multiplied by a soft mask of
+   the object (Otsu foreground, dilated by ``foreground_margin`` and blurred), so dust on the
+   background cannot raise the score; image score = maximum of the map, which is resized to
+   the input size. ``foreground="auto"`` turns this on when the good images show an object on
+   a plain background (and off for textures);
 4. thresholds from good images only: each of up to ``calibration_images`` training images is
    scored against the memory without its own rows (leave-one-out), and the thresholds are the
    ``calibration_quantile`` of those scores and map maxima.
@@ -21,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -40,9 +46,11 @@ from anomalens.methods.base import (
     write_checkpoint,
 )
 from anomalens.neighbors import MemoryBank
-from anomalens.postprocess import gaussian_blur, resize_map
+from anomalens.postprocess import foreground_mask, gaussian_blur, resize_map
 from anomalens.sampler import coreset_indices
 
+#: Objects may cover at most this fraction of the image border for foreground weighting.
+MAX_BORDER_TOUCH = 0.2
 AUGMENTATIONS = ("hflip", "vflip", "rot90", "rot180", "rot270")
 
 
@@ -51,7 +59,8 @@ class PatchCoreConfig:
     """Parameters of :class:`PatchCore` (stored in ``config.json``).
 
     backbone: registry spec; image_size: square input side; layers: backbone taps (None: the
-    backbone default); precision: backbone precision (``fp32``/``bf16``); neighbourhood: local
+    backbone default); grid_layer: the tap whose grid the patches live on (None: the finest);
+    precision: backbone precision (``fp32``/``bf16``); neighbourhood: local
     averaging window; memory_size: coreset rows kept (all patches if fewer); proj_dim: random
     projection used by the coreset; search_precision: ``bf16`` shortlist + exact fp32 re-rank,
     or ``fp32``; sigma: map smoothing in pixels at ``image_size``; augment: extra views of each
@@ -62,13 +71,16 @@ class PatchCoreConfig:
 
     backbone: str = DEFAULT_BACKBONE
     image_size: int = 320
-    layers: tuple[int, ...] | None = (3, 5)
+    layers: tuple[int, ...] | None = (2, 3)
+    grid_layer: int | None = 3
     precision: str = "bf16"
     neighbourhood: int = 3
-    memory_size: int = 16384
+    memory_size: int = 10240
     proj_dim: int = 128
     search_precision: str = "bf16"
     sigma: float = 4.0
+    foreground: str = "auto"
+    foreground_margin: float = 0.04
     augment: tuple[str, ...] = ()
     shots: int | None = None
     calibration_images: int = 64
@@ -88,14 +100,26 @@ class PatchCoreConfig:
             raise ValueError(f"shots must be >= 1 or None, got {self.shots}")
         if not 0.0 < self.calibration_quantile <= 1.0:
             raise ValueError("calibration_quantile must be in (0, 1]")
+        if self.foreground not in ("auto", "on", "off"):
+            raise ValueError(f"foreground must be auto, on or off, got {self.foreground!r}")
+        if (
+            self.grid_layer is not None
+            and self.layers is not None
+            and (self.grid_layer not in self.layers)
+        ):
+            raise ValueError(f"grid_layer {self.grid_layer} is not one of layers {self.layers}")
         if self.memory_size < 1 or self.neighbourhood < 1 or self.batch_size < 1:
             raise ValueError("memory_size, neighbourhood and batch_size must be >= 1")
 
 
-def embed(features: Features, neighbourhood: int) -> torch.Tensor:
-    """PatchCore patch embedding ``[B, h, w, D]`` on the finest grid of ``features``."""
-    finest = max(range(len(features.grids)), key=lambda i: features.grids[i][0])
-    grid = features.grids[finest]
+def embed(features: Features, neighbourhood: int, grid_index: int | None = None) -> torch.Tensor:
+    """PatchCore patch embedding ``[B, h, w, D]`` on the grid of layer ``grid_index``.
+
+    ``grid_index`` indexes ``features.tokens``; None takes the finest grid.
+    """
+    if grid_index is None:
+        grid_index = max(range(len(features.grids)), key=lambda i: features.grids[i][0])
+    grid = features.grids[grid_index]
     maps = []
     for i in range(len(features.tokens)):
         m = features.as_map(i)
@@ -120,6 +144,31 @@ def augmented_views(image: np.ndarray, augment: Sequence[str]) -> list[np.ndarra
     return [image] + [np.ascontiguousarray(ops[name](image)) for name in augment]
 
 
+def soft_foreground(image: np.ndarray, size: int, margin: float) -> np.ndarray:
+    """Soft object mask ``[size, size]`` in [0, 1]: Otsu foreground of the image resized to
+    ``size``, dilated by ``margin`` of the side and blurred by 40% of that margin."""
+    small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    mask = foreground_mask(small, margin=margin).astype(np.float32)
+    return cv2.GaussianBlur(mask, (0, 0), max(0.4 * margin * size, 0.5))
+
+
+def has_plain_background(images: Sequence[np.ndarray], size: int, n: int = 16) -> bool:
+    """True when every one of (up to ``n``) good images shows an object on a plain background.
+
+    An image qualifies when its foreground mask is a plausible split (not the all-image
+    fallback of :func:`~anomalens.postprocess.foreground_mask`) and the object covers at most
+    ``MAX_BORDER_TOUCH`` of the image border; textures and frame-filling objects do not.
+    """
+    picked = [images[int(i)] for i in np.linspace(0, len(images) - 1, min(n, len(images)))]
+    for img in picked:
+        small = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+        mask = foreground_mask(small, margin=0.0)
+        border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
+        if mask.all() or border.mean() > MAX_BORDER_TOUCH:
+            return False
+    return True
+
+
 @dataclass
 class FitReport:
     """What ``fit`` did: image and patch counts and where the time went (seconds)."""
@@ -142,6 +191,7 @@ class PatchCore(Detector):
             raise TypeError("pass either a PatchCoreConfig or keyword arguments, not both")
         self.memory: torch.Tensor | None = None
         self.grid: tuple[int, int] | None = None
+        self.use_foreground = self.config.foreground == "on"
         self.calibration = Calibration(quantile=self.config.calibration_quantile)
         self.fit_report = FitReport()
         self._backbone: Backbone | None = None
@@ -170,8 +220,22 @@ class PatchCore(Detector):
     def embed_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Patch embeddings ``[B, h, w, D]`` of RGB uint8 images."""
         bb = self.backbone
-        feats = bb.encode_image(bb.preprocess(images), self.config.layers)
-        return embed(feats, self.config.neighbourhood)
+        c = self.config
+        layers = list(c.layers or bb.default_layers)
+        feats = bb.encode_image(bb.preprocess(images), layers)
+        grid_index = layers.index(c.grid_layer) if c.grid_layer is not None else None
+        return embed(feats, c.neighbourhood, grid_index)
+
+    def foreground_weights(self, images: Sequence[np.ndarray]) -> np.ndarray | None:
+        """Soft object masks ``[B, S, S]`` at ``image_size`` (None when weighting is off)."""
+        if not self.use_foreground:
+            return None
+        return np.stack(
+            [
+                soft_foreground(img, self.config.image_size, self.config.foreground_margin)
+                for img in images
+            ]
+        )
 
     # ------------------------------------------------------------------ fit
     def fit(self, images: Iterable[np.ndarray], progress: bool = True) -> PatchCore:
@@ -183,6 +247,9 @@ class PatchCore(Detector):
             raise ValueError("fit needs at least one good image")
         keep = select_shots(len(images), c.shots, c.seed)
         images = [images[i] for i in keep]
+        self.use_foreground = c.foreground == "on" or (
+            c.foreground == "auto" and has_plain_background(images, c.image_size)
+        )
         n_views = 1 + len(c.augment)
         views = (v for img in images for v in augmented_views(img, c.augment))
         chunks = []
@@ -217,7 +284,7 @@ class PatchCore(Detector):
         t2 = time.perf_counter()
         # source image of each memory row (all views of an image share its id)
         sources = idx // (h * w * n_views)
-        self.calibration = self._calibrate(feats[::n_views], sources, progress)
+        self.calibration = self._calibrate(feats[::n_views], images, sources, progress)
         t3 = time.perf_counter()
         self.fit_report = FitReport(
             n_images=len(images),
@@ -232,7 +299,13 @@ class PatchCore(Detector):
         )
         return self
 
-    def _calibrate(self, feats: torch.Tensor, sources: torch.Tensor, progress: bool):
+    def _calibrate(
+        self,
+        feats: torch.Tensor,
+        images: Sequence[np.ndarray],
+        sources: torch.Tensor,
+        progress: bool,
+    ) -> Calibration:
         c = self.config
         n = feats.shape[0]
         if n < 2:
@@ -252,17 +325,19 @@ class PatchCore(Detector):
             if bool(exclude.all()):
                 continue
             dist, _ = bank.search(feats[i].reshape(-1, feats.shape[-1]), exclude=exclude)
-            smooth = self._smooth(dist.view(1, *self.grid))
-            scores.append(float(smooth.amax()))
-            maxima.append(float(smooth.amax()))
+            smooth = self._maps(dist.view(1, *self.grid), [images[i]])[0]
+            scores.append(float(smooth.max()))
+            maxima.append(float(smooth.max()))
         return Calibration.from_scores(scores, maxima, c.calibration_quantile)
 
     # ------------------------------------------------------------------ predict
-    def _smooth(self, dist: torch.Tensor) -> torch.Tensor:
-        """Patch distances ``[B, h, w]`` -> smoothed maps ``[B, S, S]`` at ``image_size``."""
+    def _maps(self, dist: torch.Tensor, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Patch distances ``[B, h, w]`` -> smoothed, foreground-weighted maps ``[B, S, S]``."""
         s = self.config.image_size
         up = F.interpolate(dist[:, None], size=(s, s), mode="bilinear", align_corners=False)
-        return gaussian_blur(up[:, 0], self.config.sigma)
+        maps = gaussian_blur(up[:, 0], self.config.sigma).numpy()
+        weights = self.foreground_weights(images)
+        return maps if weights is None else maps * weights
 
     def predict(self, images: Sequence[np.ndarray], progress: bool = False) -> Prediction:
         """Image scores and anomaly maps (at each input's resolution) for RGB uint8 images."""
@@ -279,7 +354,7 @@ class PatchCore(Detector):
             feats = self.embed_images(batch)
             b, h, w, dim = feats.shape
             dist, _ = bank.search(feats.view(-1, dim))
-            smooth = self._smooth(dist.view(b, h, w)).numpy()
+            smooth = self._maps(dist.view(b, h, w), batch)
             for img, m in zip(batch, smooth, strict=True):
                 scores.append(float(m.max()))
                 maps.append(resize_map(m, img.shape[:2]))
@@ -294,6 +369,7 @@ class PatchCore(Detector):
         assert self.memory is not None and self.grid is not None
         extra = {
             "grid": list(self.grid),
+            "use_foreground": self.use_foreground,
             "calibration": vars(self.calibration),
             "fit_report": vars(self.fit_report),
         }
@@ -306,6 +382,7 @@ class PatchCore(Detector):
         model = cls(config_from_dict(PatchCoreConfig, meta["config"]))
         model.memory = tensors["memory"]
         model.grid = tuple(meta["grid"])
+        model.use_foreground = bool(meta["use_foreground"])
         model.calibration = Calibration(**meta.get("calibration", {}))
         model.fit_report = FitReport(**meta.get("fit_report", {}))
         return model
