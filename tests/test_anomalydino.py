@@ -36,6 +36,16 @@ MVTEC_ROOT = Path(
 MVTEC_SCREW = MVTEC_ROOT / "screw"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared 2-core machine OpenMP
+    barriers stall on every small op; the previous setting is restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def dino_dir(tmp_path_factory):
     return tm.make_dinov2(tmp_path_factory.mktemp("adino"))
@@ -217,6 +227,14 @@ def test_offline_backbone_finds_synthetic_defects(method, texture_set):
     assert pred.threshold is not None and pred.pixel_threshold is not None
     if method == "winclip":
         assert isinstance(det, WinCLIP) and not det.use_text
+    # hotspots: the strongest box of the most anomalous image lies on its defect
+    worst = int(np.argmax(pred.scores))
+    assert labels[worst] == 1
+    boxes = det.hotspots(pred.maps[worst], top_k=3)
+    assert 1 <= len(boxes) <= 3 and boxes[0].score == pytest.approx(pred.maps[worst].max())
+    b = boxes[0]
+    assert masks[worst][b.y0 : b.y1, b.x0 : b.x1].any()
+    assert det.hotspots(pred.maps[worst], threshold=np.inf) == []
 
 
 @pytest.mark.slow
