@@ -8,10 +8,12 @@ like, which would leak knowledge of the test set into a "zero-shot" method.
 
 Ensembles:
 
-* ``winclip``: WinCLIP's state words (7 normal, 4 anomalous) and its 21 templates;
-* ``aaclip``: the ensemble of AA-CLIP / APRIL-GAN (7 normal and 5 anomalous states, with
-  ``broken {}``, and 35 CLIP-style templates), without AA-CLIP's hand-written class
-  descriptions.
+* ``winclip``: WinCLIP's state words (7 normal, 4 anomalous) and the 22 templates of the
+  common re-implementations;
+* ``aaclip``: the APRIL-GAN-style ensemble AA-CLIP builds on (the same 7 normal states,
+  5 anomalous states with ``broken {}``, 35 CLIP-style templates), without AA-CLIP's
+  hand-written class descriptions. AA-CLIP's own prompt file was not available to check the
+  lists word for word.
 
 Users can add their own state words: a bare word such as ``"scratched"`` becomes
 ``"scratched {}"``; a pattern holding ``{}`` (``"{} with a bent thread"``) is used as given.
