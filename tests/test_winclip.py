@@ -447,3 +447,16 @@ def test_download_once_then_zero_shot_offline(clip_dir, tmp_path, monkeypatch, c
     assert "unreachable" in capsys.readouterr().err
     assert dl.main(["efficientnet-lite0", str(tmp_path / "e")]) == 0
     assert "nothing to download" in capsys.readouterr().out
+
+
+def test_learned_logit_scale(tmp_path):
+    folder = tm.make_clip(tmp_path / "clip50", seed=3, logit_scale=50.0)
+    imgs = tm.images(2, seed=6, shape=(32, 32))
+    learned = WinCLIP(backbone=f"clip:{folder}", shots=0, temperature=None).fit([], False)
+    fixed = WinCLIP(backbone=f"clip:{folder}", shots=0, temperature=0.02).fit([], False)
+    glob = learned.backbone.encode_image(learned.backbone.preprocess(imgs)).global_embedding
+    expected = anomaly_probability(glob, learned.anchors, 50.0).numpy()
+    np.testing.assert_allclose(learned.predict(imgs).scores, expected, rtol=1e-4)
+    np.testing.assert_allclose(fixed.predict(imgs).scores, expected, rtol=1e-4)  # 1 / 0.02
+    other = WinCLIP(backbone=f"clip:{folder}", shots=0).fit([], False).predict(imgs).scores
+    assert not np.allclose(other, expected, rtol=1e-3)  # the default 0.07 is another scale
