@@ -1,18 +1,22 @@
-"""Nearest-neighbour search of patch features against a memory bank, chunked and exact.
+"""Nearest-neighbour search of patch features against a memory bank, chunked.
 
-Distances come from one matrix product per chunk, ``|q|^2 + |m|^2 - 2 q.m``. With
-``precision="bf16"`` the product runs in bfloat16 (about 3x faster on CPUs with AVX512-BF16 or
-AMX) to *shortlist* ``rerank`` candidates per query; the returned distance is then recomputed
-exactly in float32 for each candidate, and the smallest is kept. Features are centred on the
-bank mean first, which keeps the norms (and so the bf16 rounding error) small.
+Ranking a bank row ``m`` for a query ``q`` needs only ``q.m - |m|^2 / 2`` (``|q|^2`` is the same
+for every row), which is one matrix product with the bank augmented by a ``-|m|^2 / 2`` column.
+
+* ``precision="fp32"``: exact; float32 products, chunked over queries.
+* ``precision="bf16"``: the product runs in bfloat16 (about 3x faster on CPUs with
+  AVX512-BF16 or AMX) to *shortlist* ``rerank`` rows per query; their distances are then
+  recomputed exactly in float32 and the smallest is kept. The returned distance is always the
+  exact distance to the returned row, so it can only err upwards, and only when the true
+  neighbour is missing from the shortlist (rare: features are centred on the bank mean, which
+  keeps norms, and so rounding, small; ``tests/test_neighbors_sampler.py`` measures it).
 """
 
 from __future__ import annotations
 
 import torch
 
-QUERY_CHUNK = 2048
-BANK_CHUNK = 8192
+QUERY_CHUNK = 1024
 
 
 class MemoryBank:
@@ -29,61 +33,44 @@ class MemoryBank:
         self.precision = precision
         self.rerank = max(1, int(rerank))
         self.center = self.features.mean(0)
-        centred = self.features - self.center
-        self._centred = centred
-        self._sq = centred.pow(2).sum(1)
-        self._lowp = centred.to(torch.bfloat16) if precision == "bf16" else centred
+        self._centred = self.features - self.center
+        half_sq = self._centred.pow(2).sum(1, keepdim=True) / 2
+        augmented = torch.cat([self._centred, half_sq], 1).T.contiguous()  # [D + 1, M]
+        self._augmented = augmented.to(torch.bfloat16) if precision == "bf16" else augmented
 
     def __len__(self) -> int:
         return self.features.shape[0]
 
-    def search(self, queries: torch.Tensor, exclude: torch.Tensor | None = None):
-        """Distance (L2, float32) and index of the nearest bank entry for each query ``[Q, D]``.
+    def search(
+        self, queries: torch.Tensor, exclude: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distance (L2, float32) and index of the nearest bank row for each query ``[Q, D]``.
 
-        ``exclude`` (bool ``[M]``) hides bank entries, e.g. those from the image being scored
+        ``exclude`` (bool ``[M]``) hides bank rows, e.g. those from the image being scored
         when calibrating thresholds on training images.
         """
-        if queries.ndim != 2 or queries.shape[1] != self.features.shape[1]:
-            raise ValueError(
-                f"queries must be [Q, {self.features.shape[1]}], got {tuple(queries.shape)}"
-            )
+        dim = self.features.shape[1]
+        if queries.ndim != 2 or queries.shape[1] != dim:
+            raise ValueError(f"queries must be [Q, {dim}], got {tuple(queries.shape)}")
+        if exclude is not None and bool(exclude.all()):
+            raise ValueError("exclude hides every row of the memory bank")
         q = queries.float() - self.center
+        q_aug = torch.cat([q, -torch.ones(q.shape[0], 1)], 1).to(self._augmented.dtype)
+        k = 1 if self.precision == "fp32" else min(self.rerank, len(self))
+        penalty = None
+        if exclude is not None:
+            penalty = torch.zeros(len(self), dtype=self._augmented.dtype)
+            penalty[exclude] = float("-inf")
         dists, idx = [], []
         with torch.inference_mode():
             for start in range(0, q.shape[0], QUERY_CHUNK):
-                d, i = self._search_chunk(q[start : start + QUERY_CHUNK], exclude)
-                dists.append(d)
-                idx.append(i)
+                stop = start + QUERY_CHUNK
+                similarity = q_aug[start:stop] @ self._augmented  # q.m - |m|^2/2
+                if penalty is not None:
+                    similarity += penalty
+                cand = similarity.topk(k, dim=1).indices if k > 1 else similarity.argmax(1)[:, None]
+                exact = (self._centred[cand] - q[start:stop, None, :]).pow_(2).sum(2)
+                best, j = exact.min(1)
+                dists.append(best.sqrt_())
+                idx.append(cand.gather(1, j[:, None])[:, 0])
         return torch.cat(dists).clone(), torch.cat(idx).clone()
-
-    def _search_chunk(self, q: torch.Tensor, exclude: torch.Tensor | None):
-        k = 1 if self.precision == "fp32" else min(self.rerank, len(self))
-        q_low = q.to(self._lowp.dtype)
-        q_sq = q.pow(2).sum(1, keepdim=True)
-        best_d = torch.full((q.shape[0], k), float("inf"))
-        best_i = torch.zeros((q.shape[0], k), dtype=torch.long)
-        for start in range(0, len(self), BANK_CHUNK):
-            stop = min(start + BANK_CHUNK, len(self))
-            prod = (q_low @ self._lowp[start:stop].T).float()
-            d = (q_sq + self._sq[start:stop]).sub_(prod, alpha=2.0)
-            if exclude is not None:
-                d.masked_fill_(exclude[start:stop], float("inf"))
-            kk = min(k, stop - start)
-            cd, ci = d.topk(kk, dim=1, largest=False) if kk > 1 else d.min(1, keepdim=True)
-            cat_d = torch.cat([best_d, cd], 1)
-            cat_i = torch.cat([best_i, ci + start], 1)
-            order = (
-                cat_d.topk(k, dim=1, largest=False).indices
-                if k > 1
-                else cat_d.argmin(1, keepdim=True)
-            )
-            best_d, best_i = cat_d.gather(1, order), cat_i.gather(1, order)
-        if k == 1 and self.precision == "fp32":
-            return best_d[:, 0].clamp_min_(0).sqrt_(), best_i[:, 0]
-        # exact float32 distances to the shortlisted candidates
-        cand = self._centred[best_i]  # [Q, k, D]
-        exact = (cand - q[:, None, :]).pow_(2).sum(2)
-        if exclude is not None:
-            exact.masked_fill_(exclude[best_i], float("inf"))
-        d, j = exact.min(1)
-        return d.sqrt_(), best_i.gather(1, j[:, None])[:, 0]

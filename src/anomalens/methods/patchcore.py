@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from tqdm import tqdm
 
 from anomalens.backbones.base import Backbone, Features
@@ -49,6 +50,8 @@ from anomalens.neighbors import MemoryBank
 from anomalens.postprocess import foreground_mask, gaussian_blur, resize_map
 from anomalens.sampler import coreset_indices
 
+#: Side of the (square, downscaled) image the foreground mask is computed on.
+FOREGROUND_SIZE = 160
 #: Objects may cover at most this fraction of the image border for foreground weighting.
 MAX_BORDER_TOUCH = 0.2
 AUGMENTATIONS = ("hflip", "vflip", "rot90", "rot180", "rot270")
@@ -146,7 +149,8 @@ def augmented_views(image: np.ndarray, augment: Sequence[str]) -> list[np.ndarra
 
 def soft_foreground(image: np.ndarray, size: int, margin: float) -> np.ndarray:
     """Soft object mask ``[size, size]`` in [0, 1]: Otsu foreground of the image resized to
-    ``size``, dilated by ``margin`` of the side and blurred by 40% of that margin."""
+    ``size``, dilated by ``margin`` of the side and blurred by 40% of that margin (a cheap,
+    low-resolution mask: it is resized to the map)."""
     small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
     mask = foreground_mask(small, margin=margin).astype(np.float32)
     return cv2.GaussianBlur(mask, (0, 0), max(0.4 * margin * size, 0.5))
@@ -226,16 +230,50 @@ class PatchCore(Detector):
         grid_index = layers.index(c.grid_layer) if c.grid_layer is not None else None
         return embed(feats, c.neighbourhood, grid_index)
 
-    def foreground_weights(self, images: Sequence[np.ndarray]) -> np.ndarray | None:
-        """Soft object masks ``[B, S, S]`` at ``image_size`` (None when weighting is off)."""
+    def foreground_weights(self, images: Sequence[np.ndarray]) -> list[np.ndarray] | None:
+        """Soft object masks at ``FOREGROUND_SIZE`` (None when weighting is off)."""
         if not self.use_foreground:
             return None
-        return np.stack(
-            [
-                soft_foreground(img, self.config.image_size, self.config.foreground_margin)
-                for img in images
-            ]
-        )
+        margin = self.config.foreground_margin
+        return [soft_foreground(img, FOREGROUND_SIZE, margin) for img in images]
+
+    def _score(
+        self,
+        feats: torch.Tensor,
+        images: Sequence[np.ndarray],
+        exclude: torch.Tensor | None = None,
+    ) -> tuple[list[float], list[np.ndarray]]:
+        """Image scores and maps (at each image's resolution) from patch embeddings.
+
+        With foreground weighting, only patches near the object are searched (the others get
+        weight 0 anyway): for an object covering a quarter of the image, 4x less search.
+        """
+        b, h, w, dim = feats.shape
+        weights = self.foreground_weights(images)
+        flat = feats.reshape(-1, dim)
+        bank = self._bank_index()
+        if weights is None:
+            dist = bank.search(flat, exclude=exclude)[0]
+        else:
+            near = np.stack(
+                [cv2.resize(wt, (w, h), interpolation=cv2.INTER_AREA) > 1e-3 for wt in weights]
+            )
+            near = ndimage.binary_dilation(near, np.ones((1, 3, 3), bool))  # blur reach
+            rows = torch.from_numpy(near.reshape(-1))
+            dist = torch.zeros(b * h * w)
+            if bool(rows.any()):
+                dist[rows] = bank.search(flat[rows], exclude=exclude)[0]
+        # sigma is given in pixels at image_size; the grid is image_size / h times coarser
+        grid = gaussian_blur(dist.view(b, h, w), self.config.sigma * h / self.config.image_size)
+        scores, maps = [], []
+        for i, img in enumerate(images):
+            m = resize_map(grid[i].numpy(), img.shape[:2])
+            if weights is not None:
+                size = (img.shape[1], img.shape[0])
+                m *= cv2.resize(weights[i], size, interpolation=cv2.INTER_LINEAR)
+            scores.append(float(m.max()))
+            maps.append(m)
+        return scores, maps
 
     # ------------------------------------------------------------------ fit
     def fit(self, images: Iterable[np.ndarray], progress: bool = True) -> PatchCore:
@@ -248,7 +286,7 @@ class PatchCore(Detector):
         keep = select_shots(len(images), c.shots, c.seed)
         images = [images[i] for i in keep]
         self.use_foreground = c.foreground == "on" or (
-            c.foreground == "auto" and has_plain_background(images, c.image_size)
+            c.foreground == "auto" and has_plain_background(images, FOREGROUND_SIZE)
         )
         n_views = 1 + len(c.augment)
         views = (v for img in images for v in augmented_views(img, c.augment))
@@ -316,7 +354,6 @@ class PatchCore(Detector):
             )
             return Calibration(quantile=c.calibration_quantile)
         chosen = np.unique(np.linspace(0, n - 1, min(n, c.calibration_images)).round()).astype(int)
-        bank = self._bank_index()
         scores, maxima = [], []
         for i in tqdm(
             chosen, desc="patchcore fit: calibration", unit="img", disable=not progress, leave=False
@@ -324,40 +361,22 @@ class PatchCore(Detector):
             exclude = sources == int(i)
             if bool(exclude.all()):
                 continue
-            dist, _ = bank.search(feats[i].reshape(-1, feats.shape[-1]), exclude=exclude)
-            smooth = self._maps(dist.view(1, *self.grid), [images[i]])[0]
-            scores.append(float(smooth.max()))
-            maxima.append(float(smooth.max()))
+            score, maps = self._score(feats[i : i + 1], [images[i]], exclude=exclude)
+            scores.append(score[0])
+            maxima.append(float(maps[0].max()))
         return Calibration.from_scores(scores, maxima, c.calibration_quantile)
 
     # ------------------------------------------------------------------ predict
-    def _maps(self, dist: torch.Tensor, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Patch distances ``[B, h, w]`` -> smoothed, foreground-weighted maps ``[B, S, S]``."""
-        s = self.config.image_size
-        up = F.interpolate(dist[:, None], size=(s, s), mode="bilinear", align_corners=False)
-        maps = gaussian_blur(up[:, 0], self.config.sigma).numpy()
-        weights = self.foreground_weights(images)
-        return maps if weights is None else maps * weights
-
     def predict(self, images: Sequence[np.ndarray], progress: bool = False) -> Prediction:
         """Image scores and anomaly maps (at each input's resolution) for RGB uint8 images."""
         self._require_fitted()
-        bank = self._bank_index()
         scores: list[float] = []
         maps: list[np.ndarray] = []
-        for batch in tqdm(
-            list(batches(images, self.config.batch_size)),
-            desc="patchcore predict",
-            unit="batch",
-            disable=not progress,
-        ):
-            feats = self.embed_images(batch)
-            b, h, w, dim = feats.shape
-            dist, _ = bank.search(feats.view(-1, dim))
-            smooth = self._maps(dist.view(b, h, w), batch)
-            for img, m in zip(batch, smooth, strict=True):
-                scores.append(float(m.max()))
-                maps.append(resize_map(m, img.shape[:2]))
+        chunks = list(batches(images, self.config.batch_size))
+        for batch in tqdm(chunks, desc="patchcore predict", unit="batch", disable=not progress):
+            batch_scores, batch_maps = self._score(self.embed_images(batch), batch)
+            scores += batch_scores
+            maps += batch_maps
         out = np.asarray(scores, dtype=np.float32)
         check_finite_scores(out, maps, f"PatchCore ({self.config.backbone})")
         return Prediction(out, maps, self.calibration.threshold, self.calibration.pixel_threshold)
