@@ -1,4 +1,4 @@
-"""PatchCore: fit / predict / calibration / save-load on small real photos with synthetic defects."""
+"""PatchCore: fit, predict, calibration, save/load on real photos with synthetic defects."""
 
 from __future__ import annotations
 
