@@ -32,6 +32,7 @@ METHOD_OPTIONS = (
     ("seed", "seed"),
     ("memory_size", "memory_size"),
     ("precision", "precision"),
+    ("augment", "augment"),
 )
 PREDICT_CHUNK = 32  # images loaded, predicted and drawn at a time by `predict`
 
@@ -77,6 +78,13 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="random seed (shots, coreset)")
     g.add_argument("--memory-size", type=_int_at_least(1), help="memory bank rows (PatchCore)")
     g.add_argument("--precision", choices=("fp32", "bf16"), help="backbone precision")
+    g.add_argument(
+        "--augment",
+        type=_name_list,
+        metavar="A,B",
+        help="extra views of each good image in the memory, e.g. rot90,rot180,rot270,hflip,vflip "
+        "(PatchCore; helps few-shot)",
+    )
 
 
 def _add_dataset_options(p: argparse.ArgumentParser, many: bool) -> None:
@@ -176,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_cmd_demo)
     return parser
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    """``"a,b"`` -> ``("a", "b")``."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def _method_options(args: argparse.Namespace) -> dict[str, Any]:

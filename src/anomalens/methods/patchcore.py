@@ -30,7 +30,6 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from tqdm import tqdm
 
 from anomalens.backbones.base import Backbone, Features
@@ -51,7 +50,9 @@ from anomalens.postprocess import foreground_mask, gaussian_blur, resize_map
 from anomalens.sampler import coreset_indices
 
 #: Side of the (square, downscaled) image the foreground mask is computed on.
-FOREGROUND_SIZE = 160
+FOREGROUND_SIZE = 128
+#: Patches whose foreground weight is below this are not searched (their distance is 0).
+MIN_WEIGHT = 0.05
 #: Objects may cover at most this fraction of the image border for foreground weighting.
 MAX_BORDER_TOUCH = 0.2
 AUGMENTATIONS = ("hflip", "vflip", "rot90", "rot180", "rot270")
@@ -69,7 +70,8 @@ class PatchCoreConfig:
     or ``fp32``; sigma: map smoothing in pixels at ``image_size``; augment: extra views of each
     good image in the memory (``hflip, vflip, rot90, rot180, rot270``); shots: use only this
     many good images (random, by ``seed``; None = all); calibration_images and
-    calibration_quantile: see the module doc.
+    calibration_quantile: see the module doc. batch_size 4 measured fastest per image for
+    EfficientNet-Lite0 on 2 cores (larger batches spill the caches).
     """
 
     backbone: str = DEFAULT_BACKBONE
@@ -88,7 +90,7 @@ class PatchCoreConfig:
     shots: int | None = None
     calibration_images: int = 64
     calibration_quantile: float = 0.99
-    batch_size: int = 16
+    batch_size: int = 4
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -245,8 +247,9 @@ class PatchCore(Detector):
     ) -> tuple[list[float], list[np.ndarray]]:
         """Image scores and maps (at each image's resolution) from patch embeddings.
 
-        With foreground weighting, only patches near the object are searched (the others get
-        weight 0 anyway): for an object covering a quarter of the image, 4x less search.
+        With foreground weighting, only patches whose weight exceeds ``MIN_WEIGHT`` are searched
+        (the others would be multiplied by almost 0): for an object covering a quarter of the
+        image, 4x less search.
         """
         b, h, w, dim = feats.shape
         weights = self.foreground_weights(images)
@@ -256,10 +259,9 @@ class PatchCore(Detector):
             dist = bank.search(flat, exclude=exclude)[0]
         else:
             near = np.stack(
-                [cv2.resize(wt, (w, h), interpolation=cv2.INTER_AREA) > 1e-3 for wt in weights]
+                [cv2.resize(wt, (w, h), interpolation=cv2.INTER_AREA) for wt in weights]
             )
-            near = ndimage.binary_dilation(near, np.ones((1, 3, 3), bool))  # blur reach
-            rows = torch.from_numpy(near.reshape(-1))
+            rows = torch.from_numpy(near.reshape(-1) > MIN_WEIGHT)
             dist = torch.zeros(b * h * w)
             if bool(rows.any()):
                 dist[rows] = bank.search(flat[rows], exclude=exclude)[0]
