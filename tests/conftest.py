@@ -105,3 +105,15 @@ def fake_method(monkeypatch: pytest.MonkeyPatch) -> str:
     """Register :class:`FakeDetector` as method ``"fake"`` for one test."""
     monkeypatch.setitem(METHODS, "fake", FakeDetector)
     return "fake"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tests run torch on one thread: with two threads, small ops stall for milliseconds each
+    whenever the other core is busy (measured here), which made the suite 10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,3 +173,27 @@ def test_foreground_weighting_ignores_background_dust():
     assert not plain.use_foreground
     unweighted = plain.predict([clean, dusty])
     assert unweighted.scores[1] > 1.1 * unweighted.scores[0]  # the speck dominates without it
+
+
+MVTEC_SCREW = Path(__file__).resolve().parents[2] / "shared/data/mvtec_ad/screw"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MVTEC_SCREW.is_dir(), reason="MVTec AD screw (../shared) not present")
+def test_real_screw_subset_localises_defects():
+    """Defaults on real data: 80 good screws, 40 test images (10 good, 30 defective)."""
+    from anomalens.data.datasets import MVTecAD
+
+    train = MVTecAD(MVTEC_SCREW.parent, "screw", "train")[::4].load_all(progress=False)
+    test = MVTecAD(MVTEC_SCREW.parent, "screw", "test")[::4].load_all(progress=False)
+    model = PatchCore().fit([s.image for s in train], progress=False)
+    assert model.use_foreground  # screws lie on a plain background
+    pred = model.predict([s.image for s in test])
+    assert all(m.shape == (512, 512) for m in pred.maps)
+    labels = [s.label for s in test]
+    assert 0 < sum(labels) < len(labels)
+    assert pixel_auroc([s.mask for s in test], pred.maps) >= 0.97
+    assert image_auroc(labels, pred.scores) >= 0.85
+    # the calibrated threshold passes most good test screws
+    good = pred.scores[np.asarray(labels) == 0]
+    assert np.mean(good < pred.threshold) >= 0.8
