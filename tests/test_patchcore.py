@@ -197,3 +197,14 @@ def test_real_screw_subset_localises_defects():
     # the calibrated threshold passes most good test screws
     good = pred.scores[np.asarray(labels) == 0]
     assert np.mean(good < pred.threshold) >= 0.8
+
+
+def test_hotspot_boxes_cover_the_defect(fitted, texture_set):
+    _, test, labels, masks = texture_set
+    pred = fitted.predict(test)
+    worst = int(np.argmax(pred.scores))
+    assert labels[worst] == 1
+    boxes = fitted.hotspots(pred.maps[worst], threshold=0.5 * pred.scores[worst])
+    assert boxes and boxes[0].score == pytest.approx(pred.scores[worst])
+    top = boxes[0]
+    assert masks[worst][top.y0 : top.y1, top.x0 : top.x1].any()

@@ -48,7 +48,7 @@ from anomalens.methods.base import (
 )
 from anomalens.methods.patchcore import AUGMENTATIONS, augmented_views
 from anomalens.neighbors import MemoryBank
-from anomalens.postprocess import foreground_mask, gaussian_blur, hotspots, resize_map
+from anomalens.postprocess import foreground_mask, gaussian_blur, resize_map
 from anomalens.sampler import coreset_indices
 
 # ------------------------------------------------------------------------------------------
@@ -440,14 +440,6 @@ class AnomalyDINO(Detector):
         check_finite_scores(scores_arr, out_maps, f"AnomalyDINO ({self.config.backbone})")
         cal = self.calibration
         return Prediction(scores_arr, out_maps, cal.threshold, cal.pixel_threshold)
-
-    def hotspots(self, anomaly_map: np.ndarray, top_k: int = 5, threshold: float | None = None):
-        """Boxes around the regions above ``threshold`` (default: the calibrated pixel
-        threshold) of one predicted map; see :func:`anomalens.postprocess.hotspots`."""
-        thr = self.calibration.pixel_threshold if threshold is None else threshold
-        if thr is None:
-            raise ValueError("no calibrated pixel threshold; pass threshold=")
-        return hotspots(anomaly_map, thr, top_k=top_k)
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | Path) -> Path:

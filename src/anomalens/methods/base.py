@@ -215,6 +215,16 @@ class Detector:
         if not self.is_fitted():
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit first")
 
+    def hotspots(self, anomaly_map: np.ndarray, top_k: int = 5, threshold: float | None = None):
+        """Boxes around the regions above ``threshold`` (default: the calibrated pixel
+        threshold) of one predicted map; see :func:`anomalens.postprocess.hotspots`."""
+        thr = self.calibration.pixel_threshold if threshold is None else threshold
+        if thr is None:
+            raise ValueError("no calibrated pixel threshold; pass threshold=")
+        from anomalens.postprocess import hotspots
+
+        return hotspots(anomaly_map, thr, top_k=top_k)
+
     @property
     def threshold(self) -> float | None:
         """The calibrated image-score threshold (None before calibration)."""

@@ -74,7 +74,7 @@ from anomalens.methods.base import (
     select_shots,
     write_checkpoint,
 )
-from anomalens.postprocess import foreground_mask, hotspots, resize_map, robust_normalize
+from anomalens.postprocess import foreground_mask, resize_map, robust_normalize
 from anomalens.prompts import ENSEMBLES, build_prompts, text_anchors
 
 SCORINGS = ("tokens", "windows")
@@ -643,14 +643,6 @@ class WinCLIP(Detector):
         check_finite_scores(scores_arr, out_maps, f"WinCLIP ({self.config.backbone})")
         cal = self.calibration
         return Prediction(scores_arr, out_maps, cal.threshold, cal.pixel_threshold)
-
-    def hotspots(self, anomaly_map: np.ndarray, top_k: int = 5, threshold: float | None = None):
-        """Boxes around the regions above ``threshold`` (default: the calibrated pixel
-        threshold) of one predicted map; see :func:`anomalens.postprocess.hotspots`."""
-        thr = self.calibration.pixel_threshold if threshold is None else threshold
-        if thr is None:
-            raise ValueError("no calibrated pixel threshold; pass threshold=")
-        return hotspots(anomaly_map, thr, top_k=top_k)
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | Path) -> Path:
