@@ -36,16 +36,6 @@ MVTEC_ROOT = Path(
 MVTEC_SCREW = MVTEC_ROOT / "screw"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared 2-core machine OpenMP
-    barriers stall on every small op; the previous setting is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def dino_dir(tmp_path_factory):
     return tm.make_dinov2(tmp_path_factory.mktemp("adino"))

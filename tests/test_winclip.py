@@ -31,16 +31,6 @@ from anomalens.postprocess import gaussian_blur  # noqa: E402
 from anomalens.prompts import build_prompts  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared 2-core machine OpenMP
-    barriers stall on every small op; the previous setting is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     return tm.make_clip(tmp_path_factory.mktemp("wclip"))
