@@ -187,7 +187,7 @@ def test_save_load_round_trip_and_determinism(dino_dir, tmp_path):
 
 
 def test_errors(dino_dir):
-    with pytest.raises(ValueError, match="shots >= 1"):
+    with pytest.raises(ValueError, match="shots must be >= 1"):
         AnomalyDINOConfig(shots=0)
     with pytest.raises(ValueError, match="augmentations"):
         AnomalyDINOConfig(augment=("twist",))

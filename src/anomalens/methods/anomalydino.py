@@ -39,14 +39,15 @@ from anomalens.methods.base import (
     Calibration,
     Detector,
     Prediction,
+    augmented_views,
     batches,
     check_finite_scores,
+    check_shared_fields,
     config_from_dict,
     read_checkpoint,
     select_shots,
     write_checkpoint,
 )
-from anomalens.methods.patchcore import AUGMENTATIONS, augmented_views
 from anomalens.neighbors import MemoryBank
 from anomalens.postprocess import foreground_mask, gaussian_blur, resize_map
 from anomalens.sampler import coreset_indices
@@ -251,20 +252,9 @@ class AnomalyDINOConfig:
 
     def __post_init__(self) -> None:
         self.layers = tuple(self.layers) if self.layers is not None else None
-        self.augment = tuple(self.augment)
-        bad = sorted(set(self.augment) - set(AUGMENTATIONS))
-        if bad:
-            raise ValueError(f"unknown augmentations {bad}; choose from {AUGMENTATIONS}")
-        if self.precision not in ("fp32", "bf16") or self.search_precision not in ("fp32", "bf16"):
-            raise ValueError("precision and search_precision must be 'fp32' or 'bf16'")
-        if self.shots is not None and self.shots < 1:
-            raise ValueError(f"AnomalyDINO needs shots >= 1 (or None for all), got {self.shots}")
+        check_shared_fields(self)
         if not 0.0 < self.top_fraction <= 1.0:
             raise ValueError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
-        if not 0.0 < self.calibration_quantile <= 1.0:
-            raise ValueError("calibration_quantile must be in (0, 1]")
-        if self.neighbourhood < 1 or self.batch_size < 1:
-            raise ValueError("neighbourhood and batch_size must be >= 1")
         if self.memory_size is not None and self.memory_size < 1:
             raise ValueError("memory_size must be >= 1 or None")
         if self.image_size is not None and self.image_size < 8:

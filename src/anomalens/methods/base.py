@@ -27,6 +27,47 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
+#: Extra views of a good image a memory can hold (PatchCore, AnomalyDINO ``augment``).
+AUGMENTATIONS = ("hflip", "vflip", "rot90", "rot180", "rot270")
+
+
+def augmented_views(image: np.ndarray, augment: Sequence[str]) -> list[np.ndarray]:
+    """The image followed by its requested flipped / rotated copies."""
+    ops = {
+        "hflip": lambda a: a[:, ::-1],
+        "vflip": lambda a: a[::-1],
+        "rot90": lambda a: np.rot90(a, 1),
+        "rot180": lambda a: np.rot90(a, 2),
+        "rot270": lambda a: np.rot90(a, 3),
+    }
+    return [image] + [np.ascontiguousarray(ops[name](image)) for name in augment]
+
+
+def check_shared_fields(config: Any, min_shots: int = 1) -> None:
+    """Validate the fields detector configs share, where present: ``augment`` (made a tuple),
+    ``precision``, ``search_precision``, ``shots`` (>= ``min_shots`` or None),
+    ``calibration_quantile``, ``neighbourhood`` and ``batch_size``."""
+    if hasattr(config, "augment"):
+        config.augment = tuple(config.augment)
+        bad = sorted(set(config.augment) - set(AUGMENTATIONS))
+        if bad:
+            raise ValueError(f"unknown augmentations {bad}; choose from {AUGMENTATIONS}")
+    for name in ("precision", "search_precision"):
+        if getattr(config, name, "fp32") not in ("fp32", "bf16"):
+            raise ValueError(f"{name} must be 'fp32' or 'bf16', got {getattr(config, name)!r}")
+    shots = getattr(config, "shots", None)
+    if shots is not None and shots < min_shots:
+        raise ValueError(
+            f"shots must be >= {min_shots} for {type(config).__name__} (or None for all "
+            f"images), got {shots}"
+        )
+    if not 0.0 < getattr(config, "calibration_quantile", 1.0) <= 1.0:
+        raise ValueError("calibration_quantile must be in (0, 1]")
+    for name in ("neighbourhood", "batch_size"):
+        if getattr(config, name, 1) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+
+
 class NotFittedError(AnomalensError):
     """``predict`` or ``save`` was called before ``fit``."""
 

@@ -38,8 +38,10 @@ from anomalens.methods.base import (
     Calibration,
     Detector,
     Prediction,
+    augmented_views,
     batches,
     check_finite_scores,
+    check_shared_fields,
     config_from_dict,
     read_checkpoint,
     select_shots,
@@ -55,7 +57,6 @@ FOREGROUND_SIZE = 128
 MIN_WEIGHT = 0.05
 #: Objects may cover at most this fraction of the image border for foreground weighting.
 MAX_BORDER_TOUCH = 0.2
-AUGMENTATIONS = ("hflip", "vflip", "rot90", "rot180", "rot270")
 
 
 @dataclass
@@ -95,16 +96,7 @@ class PatchCoreConfig:
 
     def __post_init__(self) -> None:
         self.layers = tuple(self.layers) if self.layers is not None else None
-        self.augment = tuple(self.augment)
-        bad = sorted(set(self.augment) - set(AUGMENTATIONS))
-        if bad:
-            raise ValueError(f"unknown augmentations {bad}; choose from {AUGMENTATIONS}")
-        if self.precision not in ("fp32", "bf16") or self.search_precision not in ("fp32", "bf16"):
-            raise ValueError("precision and search_precision must be 'fp32' or 'bf16'")
-        if self.shots is not None and self.shots < 1:
-            raise ValueError(f"shots must be >= 1 or None, got {self.shots}")
-        if not 0.0 < self.calibration_quantile <= 1.0:
-            raise ValueError("calibration_quantile must be in (0, 1]")
+        check_shared_fields(self)
         if self.foreground not in ("auto", "on", "off"):
             raise ValueError(f"foreground must be auto, on or off, got {self.foreground!r}")
         if (
@@ -113,8 +105,8 @@ class PatchCoreConfig:
             and (self.grid_layer not in self.layers)
         ):
             raise ValueError(f"grid_layer {self.grid_layer} is not one of layers {self.layers}")
-        if self.memory_size < 1 or self.neighbourhood < 1 or self.batch_size < 1:
-            raise ValueError("memory_size, neighbourhood and batch_size must be >= 1")
+        if self.memory_size < 1:
+            raise ValueError(f"memory_size must be >= 1, got {self.memory_size}")
 
 
 def embed(features: Features, neighbourhood: int, grid_index: int | None = None) -> torch.Tensor:
@@ -135,18 +127,6 @@ def embed(features: Features, neighbourhood: int, grid_index: int | None = None)
             m = F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
         maps.append(m)
     return torch.cat(maps, 1).permute(0, 2, 3, 1).contiguous()
-
-
-def augmented_views(image: np.ndarray, augment: Sequence[str]) -> list[np.ndarray]:
-    """The image followed by its requested flipped / rotated copies."""
-    ops = {
-        "hflip": lambda a: a[:, ::-1],
-        "vflip": lambda a: a[::-1],
-        "rot90": lambda a: np.rot90(a, 1),
-        "rot180": lambda a: np.rot90(a, 2),
-        "rot270": lambda a: np.rot90(a, 3),
-    }
-    return [image] + [np.ascontiguousarray(ops[name](image)) for name in augment]
 
 
 def soft_foreground(image: np.ndarray, size: int, margin: float) -> np.ndarray:

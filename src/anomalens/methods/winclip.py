@@ -69,6 +69,7 @@ from anomalens.methods.base import (
     Prediction,
     batches,
     check_finite_scores,
+    check_shared_fields,
     config_from_dict,
     read_checkpoint,
     select_shots,
@@ -274,22 +275,15 @@ class WinCLIPConfig:
             raise ValueError(f"unknown prompt ensembles {unknown}; choose from {list(ENSEMBLES)}")
         if self.scoring not in SCORINGS:
             raise ValueError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
-        if self.precision not in ("fp32", "bf16") or self.search_precision not in ("fp32", "bf16"):
-            raise ValueError("precision and search_precision must be 'fp32' or 'bf16'")
+        check_shared_fields(self, min_shots=0)
         if self.text_weight < 0 or self.memory_weight < 0:
             raise ValueError("text_weight and memory_weight must be >= 0")
         if self.text_weight == 0 and self.memory_weight == 0:
             raise ValueError("text_weight and memory_weight cannot both be 0")
-        if self.shots is not None and self.shots < 0:
-            raise ValueError(f"shots must be >= 0 (0 = zero-shot) or None, got {self.shots}")
         if self.temperature is not None and self.temperature <= 0:
             raise ValueError("temperature must be > 0 or None")
         if not self.text_layers or not self.window_sizes or min(self.window_sizes) < 1:
             raise ValueError("text_layers and window_sizes must be non-empty, sizes >= 1")
-        if not 0.0 < self.calibration_quantile <= 1.0:
-            raise ValueError("calibration_quantile must be in (0, 1]")
-        if self.neighbourhood < 1 or self.batch_size < 1:
-            raise ValueError("neighbourhood and batch_size must be >= 1")
         if self.memory_size is not None and self.memory_size < 1:
             raise ValueError("memory_size must be >= 1 or None")
 
