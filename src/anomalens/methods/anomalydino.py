@@ -41,7 +41,6 @@ from anomalens.methods.base import (
     Prediction,
     augmented_views,
     batches,
-    check_finite_scores,
     check_shared_fields,
     config_from_dict,
     read_checkpoint,
@@ -49,7 +48,7 @@ from anomalens.methods.base import (
     write_checkpoint,
 )
 from anomalens.neighbors import MemoryBank
-from anomalens.postprocess import foreground_mask, gaussian_blur, resize_map
+from anomalens.postprocess import foreground_mask, gaussian_blur
 from anomalens.sampler import coreset_indices
 
 # ------------------------------------------------------------------------------------------
@@ -414,22 +413,11 @@ class AnomalyDINO(Detector):
         """Image scores and anomaly maps (at each input's resolution) for RGB uint8 images."""
         self._require_fitted()
         self._memory_index()
-        out_scores: list[float] = []
-        out_maps: list[np.ndarray] = []
-        for batch in tqdm(
-            list(batches(images, self.config.batch_size)),
-            desc="anomalydino predict",
-            unit="batch",
-            disable=not progress,
-        ):
-            scores, maps = self._score(self._encode(batch, masks=self.config.masking))
-            for img, s, m in zip(batch, scores, maps, strict=True):
-                out_scores.append(float(s))
-                out_maps.append(resize_map(m, img.shape[:2]))
-        scores_arr = np.asarray(out_scores, dtype=np.float32)
-        check_finite_scores(scores_arr, out_maps, f"AnomalyDINO ({self.config.backbone})")
-        cal = self.calibration
-        return Prediction(scores_arr, out_maps, cal.threshold, cal.pixel_threshold)
+        return self._predict_batches(
+            images,
+            lambda batch: self._score(self._encode(batch, masks=self.config.masking)),
+            progress,
+        )
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | Path) -> Path:

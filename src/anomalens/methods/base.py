@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
 from anomalens.errors import AnomalensError
 
@@ -265,6 +266,33 @@ class Detector:
         from anomalens.postprocess import hotspots
 
         return hotspots(anomaly_map, thr, top_k=top_k)
+
+    def _predict_batches(
+        self,
+        images: Sequence[np.ndarray],
+        score_batch: Callable[[list[np.ndarray]], tuple[Sequence[float], Sequence[np.ndarray]]],
+        progress: bool,
+    ) -> Prediction:
+        """Shared ``predict`` loop: ``score_batch(batch) -> (scores, maps)`` per batch of
+        ``config.batch_size`` images; maps are resized to each image, NaN/inf is an error and
+        the calibrated thresholds are attached."""
+        from anomalens.postprocess import resize_map
+
+        self._require_fitted()
+        scores: list[float] = []
+        maps: list[np.ndarray] = []
+        chunks = list(batches(images, self.config.batch_size))
+        for batch in tqdm(
+            chunks, desc=f"{self.method} predict", unit="batch", disable=not progress
+        ):
+            batch_scores, batch_maps = score_batch(batch)
+            for img, score, m in zip(batch, batch_scores, batch_maps, strict=True):
+                scores.append(float(score))
+                maps.append(m if m.shape == img.shape[:2] else resize_map(m, img.shape[:2]))
+        out = np.asarray(scores, dtype=np.float32)
+        check_finite_scores(out, maps, f"{type(self).__name__} ({self.config.backbone})")
+        cal = self.calibration
+        return Prediction(out, maps, cal.threshold, cal.pixel_threshold)
 
     @property
     def threshold(self) -> float | None:

@@ -40,7 +40,6 @@ from anomalens.methods.base import (
     Prediction,
     augmented_views,
     batches,
-    check_finite_scores,
     check_shared_fields,
     config_from_dict,
     read_checkpoint,
@@ -351,17 +350,9 @@ class PatchCore(Detector):
     # ------------------------------------------------------------------ predict
     def predict(self, images: Sequence[np.ndarray], progress: bool = False) -> Prediction:
         """Image scores and anomaly maps (at each input's resolution) for RGB uint8 images."""
-        self._require_fitted()
-        scores: list[float] = []
-        maps: list[np.ndarray] = []
-        chunks = list(batches(images, self.config.batch_size))
-        for batch in tqdm(chunks, desc="patchcore predict", unit="batch", disable=not progress):
-            batch_scores, batch_maps = self._score(self.embed_images(batch), batch)
-            scores += batch_scores
-            maps += batch_maps
-        out = np.asarray(scores, dtype=np.float32)
-        check_finite_scores(out, maps, f"PatchCore ({self.config.backbone})")
-        return Prediction(out, maps, self.calibration.threshold, self.calibration.pixel_threshold)
+        return self._predict_batches(
+            images, lambda batch: self._score(self.embed_images(batch), batch), progress
+        )
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | Path) -> Path:

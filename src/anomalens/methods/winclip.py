@@ -68,14 +68,13 @@ from anomalens.methods.base import (
     Detector,
     Prediction,
     batches,
-    check_finite_scores,
     check_shared_fields,
     config_from_dict,
     read_checkpoint,
     select_shots,
     write_checkpoint,
 )
-from anomalens.postprocess import foreground_mask, resize_map, robust_normalize
+from anomalens.postprocess import foreground_mask, robust_normalize
 from anomalens.prompts import ENSEMBLES, build_prompts, text_anchors
 
 SCORINGS = ("tokens", "windows")
@@ -621,22 +620,11 @@ class WinCLIP(Detector):
         self._require_fitted()
         if self.use_memory and self._index is None:
             self._reset_indexes()
-        out_scores: list[float] = []
-        out_maps: list[np.ndarray] = []
-        for batch in tqdm(
-            list(batches(images, self.config.batch_size)),
-            desc="winclip predict",
-            unit="batch",
-            disable=not progress,
-        ):
-            scores, maps = self._score(self._encode(batch, self.use_text, self.use_memory))
-            for img, s, m in zip(batch, scores, maps, strict=True):
-                out_scores.append(float(s))
-                out_maps.append(resize_map(m, img.shape[:2]))
-        scores_arr = np.asarray(out_scores, dtype=np.float32)
-        check_finite_scores(scores_arr, out_maps, f"WinCLIP ({self.config.backbone})")
-        cal = self.calibration
-        return Prediction(scores_arr, out_maps, cal.threshold, cal.pixel_threshold)
+        return self._predict_batches(
+            images,
+            lambda batch: self._score(self._encode(batch, self.use_text, self.use_memory)),
+            progress,
+        )
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | Path) -> Path:
