@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from anomalens.backbones.base import Backbone, Features
-from anomalens.backbones.registry import DEFAULT_BACKBONE, load_backbone
+from anomalens.backbones.registry import DEFAULT_BACKBONE
 from anomalens.methods.base import (
     Calibration,
     Detector,
@@ -284,16 +284,6 @@ class AnomalyDINO(Detector):
         self._index: PatchMemory | None = None
 
     # ------------------------------------------------------------------ plumbing
-    @property
-    def backbone(self) -> Backbone:
-        """The backbone, built on first use from ``config.backbone``."""
-        if self._backbone is None:
-            c = self.config
-            self._backbone = load_backbone(
-                c.backbone, image_size=c.image_size, precision=c.precision, layers=c.layers
-            )
-        return self._backbone
-
     @property
     def layers(self) -> tuple[int, ...]:
         """The backbone taps in use (the last block of a ViT by default)."""

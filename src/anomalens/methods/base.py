@@ -232,6 +232,23 @@ class Detector:
     config_class: ClassVar[type]
 
     calibration: Calibration
+    _backbone: Any = None
+
+    @property
+    def backbone(self) -> Any:
+        """The backbone, built on first use from the config's ``backbone``, ``image_size``,
+        ``precision`` and (when the config has them) ``layers``."""
+        if self._backbone is None:
+            from anomalens.backbones.registry import load_backbone
+
+            c = self.config
+            self._backbone = load_backbone(
+                c.backbone,
+                image_size=c.image_size,
+                precision=c.precision,
+                layers=getattr(c, "layers", None),
+            )
+        return self._backbone
 
     def fit(self, images: Iterable[np.ndarray], progress: bool = True) -> Detector:
         """Learn from good RGB uint8 images (``H x W x 3``); returns ``self``."""

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from anomalens.backbones.base import Backbone, Features
-from anomalens.backbones.registry import DEFAULT_BACKBONE, load_backbone
+from anomalens.backbones.registry import DEFAULT_BACKBONE
 from anomalens.methods.base import (
     Calibration,
     Detector,
@@ -183,16 +183,6 @@ class PatchCore(Detector):
         self._bank: MemoryBank | None = None
 
     # ------------------------------------------------------------------ plumbing
-    @property
-    def backbone(self) -> Backbone:
-        """The backbone, built on first use from ``config.backbone``."""
-        if self._backbone is None:
-            c = self.config
-            self._backbone = load_backbone(
-                c.backbone, image_size=c.image_size, precision=c.precision, layers=c.layers
-            )
-        return self._backbone
-
     def is_fitted(self) -> bool:
         return self.memory is not None
 

@@ -50,7 +50,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from anomalens.backbones.base import Backbone, Features
-from anomalens.backbones.registry import load_backbone
 from anomalens.errors import AnomalensError
 from anomalens.methods.anomalydino import (
     FitReport,
@@ -352,16 +351,6 @@ class WinCLIP(Detector):
         self._anchor_cache: dict[tuple, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ plumbing
-    @property
-    def backbone(self) -> Backbone:
-        """The backbone, built on first use from ``config.backbone``."""
-        if self._backbone is None:
-            c = self.config
-            self._backbone = load_backbone(
-                c.backbone, image_size=c.image_size, precision=c.precision
-            )
-        return self._backbone
-
     @property
     def use_text(self) -> bool:
         """True when the text branch is part of the score (after ``fit``)."""
