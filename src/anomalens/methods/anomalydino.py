@@ -24,7 +24,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -38,14 +38,12 @@ from anomalens.backbones.registry import DEFAULT_BACKBONE
 from anomalens.methods.base import (
     Calibration,
     Detector,
+    FitReport,
     Prediction,
     augmented_views,
     batches,
     check_shared_fields,
-    config_from_dict,
-    read_checkpoint,
     select_shots,
-    write_checkpoint,
 )
 from anomalens.neighbors import MemoryBank
 from anomalens.postprocess import foreground_mask, gaussian_blur
@@ -196,16 +194,6 @@ def calibrate(
     return Calibration.from_scores(scores, maxima, quantile)
 
 
-@dataclass
-class FitReport:
-    """What ``fit`` did: image and patch counts and where the time went (seconds)."""
-
-    n_images: int = 0
-    n_patches: int = 0
-    memory_size: int = 0
-    seconds: dict[str, float] = field(default_factory=dict)
-
-
 # ------------------------------------------------------------------------------------------
 # AnomalyDINO
 # ------------------------------------------------------------------------------------------
@@ -273,14 +261,9 @@ class AnomalyDINO(Detector):
     config_class = AnomalyDINOConfig
 
     def __init__(self, config: AnomalyDINOConfig | None = None, **kwargs) -> None:
-        if config is not None and kwargs:
-            raise TypeError("pass either an AnomalyDINOConfig or keyword arguments, not both")
-        self.config = config if config is not None else AnomalyDINOConfig(**kwargs)
+        super().__init__(config, **kwargs)
         self.memory: torch.Tensor | None = None
         self.grid: tuple[int, int] | None = None
-        self.calibration = Calibration(quantile=self.config.calibration_quantile)
-        self.fit_report = FitReport()
-        self._backbone: Backbone | None = None
         self._index: PatchMemory | None = None
 
     # ------------------------------------------------------------------ plumbing
@@ -414,20 +397,12 @@ class AnomalyDINO(Detector):
         """Write ``config.json`` + ``model.safetensors`` (the memory, float32)."""
         self._require_fitted()
         assert self.memory is not None and self.grid is not None
-        extra = {
-            "grid": list(self.grid),
-            "calibration": vars(self.calibration),
-            "fit_report": vars(self.fit_report),
-        }
-        return write_checkpoint(folder, self.method, self.config, extra, {"memory": self.memory})
+        return self._write(folder, {"memory": self.memory}, grid=list(self.grid))
 
     @classmethod
     def load(cls, folder: str | Path) -> AnomalyDINO:
         """Restore a detector written by :meth:`save` (bit-identical memory)."""
-        meta, tensors = read_checkpoint(folder, cls.method)
-        model = cls(config_from_dict(AnomalyDINOConfig, meta["config"]))
+        model, meta, tensors = cls._read(folder)
         model.memory = tensors["memory"]
         model.grid = tuple(meta["grid"])
-        model.calibration = Calibration(**meta.get("calibration", {}))
-        model.fit_report = FitReport(**meta.get("fit_report", {}))
         return model

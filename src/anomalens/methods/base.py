@@ -133,6 +133,16 @@ class Calibration:
         )
 
 
+@dataclass
+class FitReport:
+    """What ``fit`` did: image and patch counts and where the time went (seconds)."""
+
+    n_images: int = 0
+    n_patches: int = 0
+    memory_size: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
 def check_finite_scores(scores: np.ndarray, maps: Sequence[np.ndarray], what: str) -> None:
     """Raise ValueError when a score or map is NaN/inf (e.g. a broken backbone)."""
     bad = [i for i, s in enumerate(np.asarray(scores).reshape(-1)) if not math.isfinite(float(s))]
@@ -233,6 +243,32 @@ class Detector:
 
     calibration: Calibration
     _backbone: Any = None
+
+    def __init__(self, config: Any = None, **kwargs: Any) -> None:
+        """Store the config (a ``config_class`` instance, or its fields as keywords)."""
+        if config is not None and kwargs:
+            raise TypeError(
+                f"pass either a {self.config_class.__name__} or keyword arguments, not both"
+            )
+        self.config = config if config is not None else self.config_class(**kwargs)
+        self.calibration = Calibration(quantile=self.config.calibration_quantile)
+        self.fit_report = FitReport()
+        self._backbone = None
+
+    def _write(self, folder: str | Path, tensors: dict, **extra: Any) -> Path:
+        """``write_checkpoint`` with the calibration and fit report added to ``extra``."""
+        extra |= {"calibration": vars(self.calibration), "fit_report": vars(self.fit_report)}
+        return write_checkpoint(folder, self.method, self.config, extra, tensors)
+
+    @classmethod
+    def _read(cls, folder: str | Path) -> tuple[Any, dict[str, Any], dict]:
+        """A new detector with the saved config, calibration and fit report, plus the
+        checkpoint's ``(meta, tensors)`` for the subclass to restore the rest."""
+        meta, tensors = read_checkpoint(folder, cls.method)
+        model = cls(config_from_dict(cls.config_class, meta["config"]))
+        model.calibration = Calibration(**meta.get("calibration", {}))
+        model.fit_report = FitReport(**meta.get("fit_report", {}))
+        return model, meta, tensors
 
     @property
     def backbone(self) -> Any:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -32,19 +32,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from anomalens.backbones.base import Backbone, Features
+from anomalens.backbones.base import Features
 from anomalens.backbones.registry import DEFAULT_BACKBONE
 from anomalens.methods.base import (
     Calibration,
     Detector,
+    FitReport,
     Prediction,
     augmented_views,
     batches,
     check_shared_fields,
-    config_from_dict,
-    read_checkpoint,
     select_shots,
-    write_checkpoint,
 )
 from anomalens.neighbors import MemoryBank
 from anomalens.postprocess import foreground_mask, gaussian_blur, resize_map
@@ -154,16 +152,6 @@ def has_plain_background(images: Sequence[np.ndarray], size: int, n: int = 16) -
     return True
 
 
-@dataclass
-class FitReport:
-    """What ``fit`` did: image and patch counts and where the time went (seconds)."""
-
-    n_images: int = 0
-    n_patches: int = 0
-    memory_size: int = 0
-    seconds: dict[str, float] = field(default_factory=dict)
-
-
 class PatchCore(Detector):
     """Memory-bank detector; see the module docstring. ``PatchCore(**config_fields)``."""
 
@@ -171,15 +159,10 @@ class PatchCore(Detector):
     config_class = PatchCoreConfig
 
     def __init__(self, config: PatchCoreConfig | None = None, **kwargs) -> None:
-        self.config = config if config is not None else PatchCoreConfig(**kwargs)
-        if config is not None and kwargs:
-            raise TypeError("pass either a PatchCoreConfig or keyword arguments, not both")
+        super().__init__(config, **kwargs)
         self.memory: torch.Tensor | None = None
         self.grid: tuple[int, int] | None = None
         self.use_foreground = self.config.foreground == "on"
-        self.calibration = Calibration(quantile=self.config.calibration_quantile)
-        self.fit_report = FitReport()
-        self._backbone: Backbone | None = None
         self._bank: MemoryBank | None = None
 
     # ------------------------------------------------------------------ plumbing
@@ -349,22 +332,16 @@ class PatchCore(Detector):
         """Write ``config.json`` + ``model.safetensors`` (memory bank, float32)."""
         self._require_fitted()
         assert self.memory is not None and self.grid is not None
-        extra = {
-            "grid": list(self.grid),
-            "use_foreground": self.use_foreground,
-            "calibration": vars(self.calibration),
-            "fit_report": vars(self.fit_report),
-        }
-        return write_checkpoint(folder, self.method, self.config, extra, {"memory": self.memory})
+        grid = list(self.grid)
+        return self._write(
+            folder, {"memory": self.memory}, grid=grid, use_foreground=self.use_foreground
+        )
 
     @classmethod
     def load(cls, folder: str | Path) -> PatchCore:
         """Restore a detector written by :meth:`save` (bit-identical memory)."""
-        meta, tensors = read_checkpoint(folder, cls.method)
-        model = cls(config_from_dict(PatchCoreConfig, meta["config"]))
+        model, meta, tensors = cls._read(folder)
         model.memory = tensors["memory"]
         model.grid = tuple(meta["grid"])
         model.use_foreground = bool(meta["use_foreground"])
-        model.calibration = Calibration(**meta.get("calibration", {}))
-        model.fit_report = FitReport(**meta.get("fit_report", {}))
         return model

@@ -52,7 +52,6 @@ from tqdm import tqdm
 from anomalens.backbones.base import Backbone, Features
 from anomalens.errors import AnomalensError
 from anomalens.methods.anomalydino import (
-    FitReport,
     PatchMemory,
     build_memory,
     calibrate,
@@ -65,13 +64,11 @@ from anomalens.methods.anomalydino import (
 from anomalens.methods.base import (
     Calibration,
     Detector,
+    FitReport,
     Prediction,
     batches,
     check_shared_fields,
-    config_from_dict,
-    read_checkpoint,
     select_shots,
-    write_checkpoint,
 )
 from anomalens.postprocess import foreground_mask, robust_normalize
 from anomalens.prompts import ENSEMBLES, build_prompts, text_anchors
@@ -333,19 +330,14 @@ class WinCLIP(Detector):
     config_class = WinCLIPConfig
 
     def __init__(self, config: WinCLIPConfig | None = None, **kwargs) -> None:
-        if config is not None and kwargs:
-            raise TypeError("pass either a WinCLIPConfig or keyword arguments, not both")
-        self.config = config if config is not None else WinCLIPConfig(**kwargs)
+        super().__init__(config, **kwargs)
         self.anchors: torch.Tensor | None = None  # [2, D] normal, anomalous
         self.memory: torch.Tensor | None = None  # [M, C]
         self.window_memory: list[torch.Tensor] | None = None  # per window size [K * n_w, D]
         self.prompts: dict[str, list[str]] = {}
         self.grid: tuple[int, int] | None = None
         self.n_shots = 0
-        self.calibration = Calibration(quantile=self.config.calibration_quantile)
-        self.fit_report = FitReport()
         self._fitted = False
-        self._backbone: Backbone | None = None
         self._index: PatchMemory | None = None
         self._window_index: list[PatchMemory] | None = None
         self._anchor_cache: dict[tuple, torch.Tensor] = {}
@@ -631,16 +623,13 @@ class WinCLIP(Detector):
             "n_shots": self.n_shots,
             "branches": {"text": self.use_text, "memory": self.use_memory},
             "prompts": self.prompts,
-            "calibration": vars(self.calibration),
-            "fit_report": vars(self.fit_report),
         }
-        return write_checkpoint(folder, self.method, self.config, extra, tensors)
+        return self._write(folder, tensors, **extra)
 
     @classmethod
     def load(cls, folder: str | Path) -> WinCLIP:
         """Restore a detector written by :meth:`save` (bit-identical anchors and memories)."""
-        meta, tensors = read_checkpoint(folder, cls.method)
-        model = cls(config_from_dict(WinCLIPConfig, meta["config"]))
+        model, meta, tensors = cls._read(folder)
         model.anchors = tensors.get("anchors")
         model.memory = tensors.get("memory")
         if model.memory is not None and model.config.scoring == "windows":
@@ -648,7 +637,5 @@ class WinCLIP(Detector):
         model.grid = None if meta.get("grid") is None else tuple(meta["grid"])
         model.n_shots = int(meta.get("n_shots", 0))
         model.prompts = meta.get("prompts", {})
-        model.calibration = Calibration(**meta.get("calibration", {}))
-        model.fit_report = FitReport(**meta.get("fit_report", {}))
         model._fitted = True
         return model
