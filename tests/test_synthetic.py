@@ -124,3 +124,36 @@ def test_demo_refuses_foreign_folder(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="refusing"):
         make_demo_dataset(tmp_path, n_train=1, n_test_good=1, n_test_bad=1, size=64)
     assert (tmp_path / "brick" / "important.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("kind", DEFECT_KINDS)
+def test_defect_inside_region(kind: str) -> None:
+    img = _texture(4)
+    region = np.zeros(img.shape[:2], bool)
+    region[70:120, 10:60] = True  # about 15 % of the image, off-centre
+    for seed in range(6):
+        out, mask = add_synthetic_defect(img, np.random.default_rng(seed), kind, region=region)
+        assert mask.any() and (mask.astype(bool) & region).sum() >= 0.5 * mask.sum()
+        diff = np.abs(out.astype(int) - img.astype(int)).max(axis=2)
+        assert (diff[mask == 0] == 0).all()
+
+
+def test_tiny_region_cuts_the_defect_to_it() -> None:
+    img = _texture(5)
+    region = np.zeros(img.shape[:2], bool)
+    region[60:66, 60:66] = True  # too small for any whole defect: the best one is cut
+    out, mask = add_synthetic_defect(img, np.random.default_rng(0), "stain", region=region)
+    assert mask.any() and not (mask.astype(bool) & ~region).any()
+    assert (out[mask == 0] == img[mask == 0]).all()
+
+
+def test_region_errors_and_default() -> None:
+    img = _texture(6)
+    rng = np.random.default_rng
+    with pytest.raises(ValueError, match="no True pixel"):
+        add_synthetic_defect(img, rng(0), "stain", region=np.zeros(img.shape[:2], bool))
+    with pytest.raises(ValueError, match="shape"):
+        add_synthetic_defect(img, rng(0), "stain", region=np.ones((8, 8), bool))
+    whole = add_synthetic_defect(img, rng(1), "perlin", region=np.ones(img.shape[:2], bool))
+    plain = add_synthetic_defect(img, rng(1), "perlin")
+    np.testing.assert_array_equal(whole[1], plain[1])  # an all-True region changes nothing

@@ -201,14 +201,37 @@ def _blend(img: np.ndarray, alpha: np.ndarray, target: np.ndarray) -> tuple[np.n
     return out, mask.astype(np.uint8)
 
 
+def _check_region(region: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | None:
+    """``region`` as a bool ``H x W`` array (None stays None); errors for a wrong shape or no
+    True pixel."""
+    if region is None:
+        return None
+    region = np.asarray(region)
+    if region.shape != shape:
+        raise ValueError(f"region has shape {region.shape}, expected {shape}")
+    region = region.astype(bool)
+    if not region.any():
+        raise ValueError("region has no True pixel: there is nowhere to put a defect")
+    return region
+
+
 def add_synthetic_defect(
-    image: np.ndarray, rng: np.random.Generator, kind: str | None = None
+    image: np.ndarray,
+    rng: np.random.Generator,
+    kind: str | None = None,
+    region: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Add one synthetic defect; return ``(defective image, uint8 {0,1} mask)``.
 
     ``kind`` is one of ``scratch, stain, cutpaste, perlin`` (random if None). ``image`` is
     ``uint8 H x W x 3`` (or ``H x W``, returned in the same layout); it is not modified. The
     mask covers 0.3 %-5 % of the image and marks exactly the pixels that were changed.
+
+    ``region`` (bool ``H x W``, e.g. the object's foreground) asks for a defect with at least
+    half of its mask inside the region: candidates are drawn until one qualifies. If none of
+    them does, the candidate with most pixels inside is cut to the region (its mask is then
+    entirely inside, possibly smaller than 0.3 %). ValueError when the region is empty or no
+    candidate touches it.
     """
     image = np.asarray(image)
     if (
@@ -223,13 +246,31 @@ def add_synthetic_defect(
         kind = DEFECT_KINDS[int(rng.integers(len(DEFECT_KINDS)))]
     if kind not in _GENERATORS:
         raise ValueError(f"unknown defect kind {kind!r}; valid kinds: {', '.join(DEFECT_KINDS)}")
+    region = _check_region(region, image.shape[:2])
     rgb = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
     base = rgb.astype(np.float32)
     lo, hi = AREA_RANGE
+    best: Defect | None = None
+    best_inside = 0
     for _ in range(_MAX_TRIES):
         alpha, target = _GENERATORS[kind](base, rng)
-        if lo <= float((alpha > 0).mean()) <= hi:
+        defect = alpha > 0
+        area_ok = lo <= float(defect.mean()) <= hi
+        if region is None:
+            if area_ok:
+                break
+            continue
+        inside = int(np.count_nonzero(defect & region))
+        if area_ok and 2 * inside >= np.count_nonzero(defect):
             break
+        if inside > best_inside:
+            best, best_inside = (alpha, target), inside
+    else:
+        if region is not None:
+            if best is None:
+                raise ValueError(f"could not place a {kind} defect inside the region")
+            alpha, target = best
+            alpha = np.where(region, alpha, 0.0).astype(np.float32)
     out, mask = _blend(rgb, alpha, target)
     if image.ndim == 2:
         out = np.rint(out.astype(np.float32).mean(axis=2)).astype(np.uint8)
