@@ -1,4 +1,4 @@
-"""Command line: ``anomalens {benchmark,fit,predict,demo}``.
+"""Command line: ``anomalens {benchmark,fit,predict,train,demo}``.
 
 The CLI only parses arguments and calls the Python API (:mod:`anomalens.evaluate`,
 :mod:`anomalens.report`, :mod:`anomalens.demo`). Bad input (missing or empty folders, unreadable
@@ -33,6 +33,7 @@ METHOD_OPTIONS = (
     ("memory_size", "memory_size"),
     ("precision", "precision"),
     ("augment", "augment"),
+    ("anchors", "anchors"),
 )
 PREDICT_CHUNK = 32  # images loaded, predicted and drawn at a time by `predict`
 
@@ -84,6 +85,19 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
         metavar="A,B",
         help="extra views of each good image in the memory, e.g. rot90,rot180,rot270,hflip,vflip "
         "(PatchCore; helps few-shot)",
+    )
+    g.add_argument(
+        "--anchors",
+        choices=("text", "learned", "centroid"),
+        help="AA-CLIP anchor source: text (CLIP/SigLIP text tower), learned, or centroid "
+        "(normal anchor = mean feature of good images); learned/centroid need no text tower",
+    )
+    g.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="DIR",
+        help="start from a saved model folder (AA-CLIP: the trained adapters written by "
+        "`anomalens train`); the backbone and its options come from the checkpoint",
     )
 
 
@@ -163,6 +177,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_predict)
 
     p = sub.add_parser(
+        "train",
+        parents=[common],
+        help="train AA-CLIP adapters (two stages) and save the checkpoint",
+        description="Train the adapters of a trainable method (AA-CLIP / AA-SigLIP) on a "
+        "dataset and write OUTPUT/config.json + OUTPUT/model.safetensors (the checkpoint chosen "
+        "on a validation split) and OUTPUT/last/ (resume state: rerun the same command to "
+        "continue after an interruption). Modes: masks (defective images with masks, from the "
+        "test split: train on one dataset, benchmark on another), kshot (K images per category, "
+        "half good, half defective), synthetic (cut-paste / Perlin defects on the good train "
+        "images; no masks needed).",
+    )
+    _add_dataset_options(p, many=True)
+    g = p.add_argument_group("model")
+    g.add_argument("--method", default="aaclip", choices=("aaclip",), help="%(default)s")
+    g.add_argument("--backbone", help="backbone spec (default: the method's)")
+    g.add_argument(
+        "--anchors", choices=("text", "learned", "centroid"), default="text", help="%(default)s"
+    )
+    g.add_argument("--image-size", type=_int_at_least(32), help="square input side in pixels")
+    g.add_argument("--precision", choices=("fp32", "bf16"), help="backbone precision")
+    g = p.add_argument_group("data")
+    g.add_argument("--mode", choices=("masks", "kshot", "synthetic"), default="masks")
+    g.add_argument("--shots", type=_int_at_least(2), help="images per category (kshot mode)")
+    g.add_argument("--val-fraction", type=float, default=0.1, help="validation share (0.1)")
+    g.add_argument(
+        "--defect-kinds",
+        type=_name_list,
+        default=("cutpaste", "perlin"),
+        metavar="A,B",
+        help="synthetic defect kinds: cutpaste, perlin, scratch, stain (cutpaste,perlin)",
+    )
+    g = p.add_argument_group("schedule (AA-CLIP defaults)")
+    g.add_argument("--text-epochs", type=_int_at_least(0), help="stage 1 epochs (5)")
+    g.add_argument("--image-epochs", type=_int_at_least(1), help="stage 2 epochs (20)")
+    g.add_argument("--text-batch-size", type=_int_at_least(1), help="stage 1 batch (16)")
+    g.add_argument("--batch-size", type=_int_at_least(1), help="stage 2 batch (8)")
+    g.add_argument("--accumulate", type=_int_at_least(1), help="micro-batches per step (1)")
+    g.add_argument("--text-lr", type=float, help="stage 1 learning rate (1e-5)")
+    g.add_argument("--lr", type=float, help="stage 2 learning rate (5e-4)")
+    g.add_argument("--seed", type=int, help="data order, augmentation and initialisation (0)")
+    p.add_argument("--output", required=True, type=Path, metavar="CKPT")
+    p.add_argument("--no-resume", action="store_true", help="ignore CKPT/last and start over")
+    p.set_defaults(handler=_cmd_train)
+
+    p = sub.add_parser(
         "demo",
         parents=[common],
         help="offline demo on synthetic defects (or on your MVTec-layout data)",
@@ -193,11 +252,14 @@ def _name_list(text: str) -> tuple[str, ...]:
 
 def _method_options(args: argparse.Namespace) -> dict[str, Any]:
     """The detector options the user gave (unset ones are left out)."""
-    return {
+    options = {
         field: getattr(args, flag)
         for flag, field in METHOD_OPTIONS
         if getattr(args, flag, None) is not None
     }
+    if getattr(args, "checkpoint", None) is not None:
+        options["checkpoint"] = args.checkpoint
+    return options
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,6 +431,69 @@ def _print_predictions(
     skipped = f", {n_skipped} unreadable skipped" if n_skipped else ""
     print(f"{n} image{'s' * (n != 1)}: {verdicts}{skipped}")
     print(f"wrote {output / 'scores.csv'}, {output / 'scores.json'} and {output / 'overlays'}/")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from anomalens.methods.aaclip import AACLIP, AACLIPConfig
+    from anomalens.methods.aaclip_train import TrainConfig, load_training_samples, train_aaclip
+
+    model_options = {
+        k: getattr(args, k)
+        for k in ("backbone", "image_size", "precision", "seed")
+        if getattr(args, k) is not None
+    }
+    detector = AACLIP(AACLIPConfig(anchors=args.anchors, **model_options))
+    schedule = {
+        "text_epochs": args.text_epochs,
+        "image_epochs": args.image_epochs,
+        "text_batch_size": args.text_batch_size,
+        "image_batch_size": args.batch_size,
+        "accumulate": args.accumulate,
+        "text_lr": args.text_lr,
+        "image_lr": args.lr,
+        "seed": args.seed,
+    }
+    config = TrainConfig(**{k: v for k, v in schedule.items() if v is not None})
+    size = detector.backbone.image_size  # loads the backbone (fails early when missing)
+    samples = load_training_samples(
+        args.dataset,
+        args.root,
+        args.category,
+        args.mode,
+        size,
+        skip_bad=args.skip_bad,
+        progress=_progress(args),
+    )
+    print(
+        f"train: aaclip ({detector.config.backbone}, anchors={args.anchors}) on "
+        f"{len(samples)} images of {args.dataset} ({args.mode} mode)",
+        flush=True,
+    )
+    result = train_aaclip(
+        detector,
+        samples,
+        args.output,
+        config,
+        mode=args.mode,
+        shots=args.shots,
+        val_fraction=args.val_fraction,
+        defect_kinds=args.defect_kinds,
+        resume=not args.no_resume,
+        progress=_progress(args),
+        log=lambda line: print(line, flush=True),
+    )
+    best = result.best or {}
+    chosen = ", ".join(
+        f"{k} {best[k]:.3f}" for k in ("val_image_auroc", "val_pixel_auroc") if k in best
+    )
+    print(
+        f"trained in {result.seconds:.1f} s; chose stage {best.get('stage')} epoch "
+        f"{best.get('epoch')}" + (f" ({chosen})" if chosen else "")
+    )
+    print(
+        f"saved checkpoint to {args.output} (config.json, model.safetensors; resume state in last/)"
+    )
+    return EXIT_OK
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -41,7 +41,7 @@ from anomalens.data.datasets import build_dataset, list_categories
 from anomalens.data.sample import Sample
 from anomalens.errors import DatasetError
 from anomalens.methods import METHODS, create_detector
-from anomalens.methods.base import Detector, config_to_dict
+from anomalens.methods.base import Detector, config_to_dict, load_detector
 from anomalens.metrics import compute_all
 from anomalens.report import ReportWriter, write_json
 
@@ -256,26 +256,63 @@ def check_options(method: str, options: Mapping[str, Any]) -> None:
     """Fail fast (before loading data or weights) on an unknown method, option or backbone."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(sorted(METHODS))}")
+    options = dict(options)
+    checkpoint = options.pop("checkpoint", None)
+    if checkpoint is not None:
+        _check_checkpoint(method, checkpoint, options)
+        return
     create_detector(method, **options)  # unknown options and invalid values raise here
     if options.get("backbone") is not None:
         parse_spec(options["backbone"])  # raises ModelNotAvailableError for unknown specs
+
+
+def _check_checkpoint(method: str, checkpoint: Any, options: Mapping[str, Any]) -> None:
+    """A checkpoint folder of ``method`` with no option overriding what it fixes."""
+    from anomalens.methods.base import CONFIG_FILE, CheckpointError
+
+    path = Path(checkpoint) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found; is {checkpoint} a saved model folder?")
+    import json
+
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8")).get("method")
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if saved != method:
+        raise CheckpointError(f"{checkpoint}: a {saved!r} checkpoint, not {method!r}")
+    given = {k: v for k, v in options.items() if v is not None}
+    if given:
+        raise ValueError(
+            f"options {sorted(given)} cannot be combined with a checkpoint: the model's "
+            f"settings come from {checkpoint}"
+        )
 
 
 def build_detector(method: str, category: str | None = None, **options: Any) -> Detector:
     """A new detector; ``None`` options keep the method's defaults.
 
     When the method's config has a ``class_name`` field (zero-shot prompts), it is set to the
-    category with underscores replaced by spaces unless given. The backbone is built right away
+    category with underscores replaced by spaces unless given. ``checkpoint=DIR`` starts from a
+    saved model of ``method`` (e.g. trained AA-CLIP adapters) instead of a new one; other options
+    are then refused, since the checkpoint fixes them. The backbone is built right away
     when the detector exposes one, so an unknown or unavailable backbone fails before any data
     is loaded (and backbone loading is not part of ``fit_seconds``).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(sorted(METHODS))}")
     given = {k: v for k, v in options.items() if v is not None}
+    checkpoint = given.pop("checkpoint", None)
     fields = {f.name for f in dataclasses.fields(METHODS[method].config_class)}
     if "class_name" in fields and "class_name" not in given and category:
         given["class_name"] = category.replace("_", " ")
-    detector = create_detector(method, **given)
+    if checkpoint is not None:
+        _check_checkpoint(method, checkpoint, {k: v for k, v in given.items() if k != "class_name"})
+        detector = load_detector(checkpoint)
+        if "class_name" in given:
+            detector.config = dataclasses.replace(detector.config, class_name=given["class_name"])
+    else:
+        detector = create_detector(method, **given)
     getattr(detector, "backbone", None)  # build it now (raises ModelNotAvailableError)
     return detector
 

@@ -6,6 +6,7 @@ It owns its preprocessing (size, mean, std) and its precision (fp32 or bf16 auto
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -72,13 +73,40 @@ class Backbone(nn.Module):
         """Context manager applying this backbone's precision on CPU."""
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
-    def encode_image(self, pixels: torch.Tensor, layers: Sequence[int] | None = None) -> Features:
-        """Patch tokens of ``pixels`` (output of ``preprocess``) at ``layers``."""
+    def encode_image(
+        self,
+        pixels: torch.Tensor,
+        layers: Sequence[int] | None = None,
+        *,
+        with_global: bool = True,
+        grad: bool = False,
+    ) -> Features:
+        """Patch tokens of ``pixels`` (output of ``preprocess``) at ``layers``.
+
+        ``with_global=False`` may skip work only the global embedding needs. ``grad=True`` runs
+        with autograd on (the weights stay frozen) so that trainable modules hooked into the
+        network (see :meth:`layer_module`) receive gradients; the default runs in inference mode.
+        """
         raise NotImplementedError
 
-    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Normalised text embeddings ``[P, D]`` in the joint space."""
+    def encode_text(self, prompts: Sequence[str], *, grad: bool = False) -> torch.Tensor:
+        """Normalised text embeddings ``[P, D]`` in the joint space (``grad`` as in
+        :meth:`encode_image`)."""
         raise NotImplementedError(f"backbone {self.name!r} has no text tower")
+
+    def layer_module(self, layer: int) -> nn.Module:
+        """The module whose output is layer ``layer`` (1-based); forward hooks on it can read or
+        replace that layer's output (tokens ``[B, L, C]`` or maps ``[B, C, h, w]``)."""
+        raise NotImplementedError(f"backbone {self.name!r} does not expose its layers")
+
+    def output_norm(self) -> nn.Module:
+        """The frozen map the model applies to its last hidden state before any projection
+        (a ViT's final LayerNorm); identity for CNNs."""
+        return nn.Identity()
+
+    def run_context(self, grad: bool = False):
+        """Inference mode, or autograd on when ``grad`` (see :meth:`encode_image`)."""
+        return contextlib.nullcontext() if grad else torch.inference_mode()
 
     def describe(self) -> dict:
         """JSON-serialisable description used in configs and reports."""

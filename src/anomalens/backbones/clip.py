@@ -55,6 +55,9 @@ class CLIPBackbone(HFViTBackbone):
         )
         self.embed_dim = int(model.config.projection_dim)
 
+    def output_norm(self) -> nn.Module:
+        return self.model.vision_model.post_layernorm
+
     def _blocks(self) -> nn.ModuleList:
         return self.model.vision_model.encoder.layers
 
@@ -77,7 +80,7 @@ class CLIPBackbone(HFViTBackbone):
         out = out.float().clone()
         return l2_normalize(out) if normalize else out
 
-    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+    def encode_text(self, prompts: Sequence[str], *, grad: bool = False) -> torch.Tensor:
         """L2-normalised text embeddings ``[P, D]`` (EOS token, text projection)."""
         texts = as_prompt_list(prompts)
         if not texts:
@@ -93,9 +96,10 @@ class CLIPBackbone(HFViTBackbone):
                 max_length=max_len,
                 return_tensors="pt",
             )
-            with torch.inference_mode(), self.autocast():
+            with self.run_context(grad), self.autocast():
                 out = self.model.text_model(
                     input_ids=enc["input_ids"], attention_mask=enc.get("attention_mask")
                 )
                 chunks.append(self.model.text_projection(out.pooler_output).float())
-        return l2_normalize(torch.cat(chunks)).clone()
+        out = l2_normalize(torch.cat(chunks))
+        return out if grad else out.clone()

@@ -47,6 +47,9 @@ class DINOv2Backbone(HFViTBackbone):
         )
         self.num_prefix_tokens = 1 + int(getattr(cfg, "num_register_tokens", 0) or 0)  # CLS+regs
 
+    def output_norm(self) -> nn.Module:
+        return self.model.layernorm
+
     def _blocks(self) -> nn.ModuleList:
         return self.model.encoder.layer
 
@@ -56,7 +59,7 @@ class DINOv2Backbone(HFViTBackbone):
     def _global_embedding(self, out: Any) -> torch.Tensor:
         return out.pooler_output.float()
 
-    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+    def encode_text(self, prompts: Sequence[str], *, grad: bool = False) -> torch.Tensor:
         """DINOv2 has no text tower."""
         raise NotImplementedError(
             f"{self.name} is a vision-only model (DINOv2 has no text tower); use a clip: or "

@@ -83,7 +83,14 @@ class EfficientNetLite(Backbone):
         ]
         self._stage_ends = starts[1:] + [len(net._blocks)]  # blocks run before stage s ends
 
-    def encode_image(self, pixels: torch.Tensor, layers: Sequence[int] | None = None) -> Features:
+    def encode_image(
+        self,
+        pixels: torch.Tensor,
+        layers: Sequence[int] | None = None,
+        *,
+        with_global: bool = True,
+        grad: bool = False,
+    ) -> Features:
         layers = list(layers or self.default_layers)
         for layer in layers:
             if not 1 <= layer <= self.num_layers:
@@ -92,7 +99,7 @@ class EfficientNetLite(Backbone):
         wanted = {self._stage_ends[layer - 1]: layer for layer in layers}
         out: dict[int, torch.Tensor] = {}
         net = self.net
-        with torch.inference_mode(), self.autocast():
+        with self.run_context(grad), self.autocast():
             x = net._swish(net._bn0(net._conv_stem(pixels)))
             for idx in range(last_block):
                 x = net._blocks[idx](x)
@@ -101,7 +108,14 @@ class EfficientNetLite(Backbone):
         maps = [out[layer].float() for layer in layers]
         tokens = [m.flatten(2).transpose(1, 2).contiguous() for m in maps]
         grids = [(m.shape[2], m.shape[3]) for m in maps]
-        return Features(tokens=tokens, grids=grids, global_embedding=maps[-1].mean(dim=(2, 3)))
+        glob = maps[-1].mean(dim=(2, 3)) if with_global else None
+        return Features(tokens=tokens, grids=grids, global_embedding=glob)
+
+    def layer_module(self, layer: int) -> torch.nn.Module:
+        """The last MBConv block of stage ``layer`` (its output is the stage's feature map)."""
+        if not 1 <= layer <= self.num_layers:
+            raise ValueError(f"{self.name}: layer {layer} not in 1..{self.num_layers}")
+        return self.net._blocks[self._stage_ends[layer - 1] - 1]
 
     def describe(self) -> dict:
         return {**super().describe(), "variant": self.variant}

@@ -414,11 +414,13 @@ class HFViTBackbone(Backbone):
         layers: Sequence[int] | None = None,
         *,
         with_global: bool = True,
+        grad: bool = False,
     ) -> Features:
         """Patch tokens (prefix tokens dropped) at ``layers`` plus the global embedding.
 
         ``with_global=False`` skips the global embedding and every block after the deepest
-        requested layer (cheaper when only shallow layers are needed).
+        requested layer (cheaper when only shallow layers are needed). ``grad``: see
+        :meth:`Backbone.encode_image`.
         """
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise ValueError(f"expected pixels [B, 3, H, W], got {tuple(pixels.shape)}")
@@ -438,7 +440,7 @@ class HFViTBackbone(Backbone):
         handles = [blocks[i - 1].register_forward_hook(make_hook(i)) for i in set(idx)]
         out = None
         try:
-            with torch.inference_mode(), self.autocast():
+            with self.run_context(grad), self.autocast():
                 with contextlib.suppress(_StopForward):
                     out = self._vision_forward(pixels.float())
                 glob = self._global_embedding(out) if with_global else None
@@ -455,6 +457,19 @@ class HFViTBackbone(Backbone):
             grids=[grid] * len(idx),
             global_embedding=None if glob is None else _plain(glob),
         )
+
+    def layer_module(self, layer: int) -> nn.Module:
+        """Vision transformer block ``layer`` (1-based; negative counts from the end)."""
+        return self._blocks()[self.resolve_layers((layer,))[0] - 1]
+
+    def text_layer_module(self, layer: int) -> nn.Module:
+        """Text transformer block ``layer`` (1-based) of models with a text tower."""
+        if not self.has_text:
+            raise NotImplementedError(f"{self.name} has no text tower")
+        blocks = self.model.text_model.encoder.layers
+        if not 1 <= layer <= len(blocks):
+            raise ValueError(f"text layer {layer} out of range 1..{len(blocks)} for {self.name}")
+        return blocks[layer - 1]
 
     def tokenizer(self) -> Any:
         """The tokenizer saved with the model (loaded on first use)."""

@@ -55,6 +55,9 @@ class SigLIPBackbone(HFViTBackbone):
         )
         self.embed_dim = int(model.config.text_config.projection_size)
 
+    def output_norm(self) -> nn.Module:
+        return self.model.vision_model.post_layernorm
+
     def _blocks(self) -> nn.ModuleList:
         return self.model.vision_model.encoder.layers
 
@@ -84,7 +87,7 @@ class SigLIPBackbone(HFViTBackbone):
         out = x.float().clone()
         return l2_normalize(out) if normalize else out
 
-    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+    def encode_text(self, prompts: Sequence[str], *, grad: bool = False) -> torch.Tensor:
         """L2-normalised text embeddings ``[P, D]``.
 
         Padded to ``max_position_embeddings`` with no attention mask, as SigLIP was trained
@@ -104,10 +107,11 @@ class SigLIPBackbone(HFViTBackbone):
                 max_length=max_len,
                 return_tensors="pt",
             )
-            with torch.inference_mode(), self.autocast():
+            with self.run_context(grad), self.autocast():
                 out = self.model.text_model(input_ids=enc["input_ids"])
                 chunks.append(out.pooler_output.float())
-        return l2_normalize(torch.cat(chunks)).clone()
+        out = l2_normalize(torch.cat(chunks))
+        return out if grad else out.clone()
 
 
 def _head_per_token(head: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from anomalens.methods.aaclip import AACLIP, AACLIPConfig
 from anomalens.methods.anomalydino import AnomalyDINO, AnomalyDINOConfig
 from anomalens.methods.base import Detector, Prediction, load_detector
 from anomalens.methods.patchcore import PatchCore, PatchCoreConfig
@@ -19,6 +20,7 @@ METHODS: dict[str, type[Detector]] = {
     "patchcore": PatchCore,
     "anomalydino": AnomalyDINO,
     "winclip": WinCLIP,
+    "aaclip": AACLIP,
 }
 
 
@@ -39,6 +41,8 @@ def create_detector(method: str, **options: Any) -> Detector:
 
 
 __all__ = [
+    "AACLIP",
+    "AACLIPConfig",
     "METHODS",
     "AnomalyDINO",
     "AnomalyDINOConfig",

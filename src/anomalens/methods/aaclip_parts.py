@@ -31,7 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "Projection",
     "ResidualAdapter",
+    "ResidualProjection",
     "dice_loss",
     "disentangle_loss",
     "focal_loss",
@@ -88,6 +90,33 @@ class ResidualAdapter(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, bottleneck={self.bottleneck}, alpha={self.alpha}"
+
+
+class Projection(nn.Module):
+    """``LeakyReLU(Linear(x))``: AA-CLIP's ``SimpleProj(relu=True)`` mapping a layer's tokens into
+    the anchor space (one per feature level, one for the detection token)."""
+
+    def __init__(self, dim_in: int, dim_out: int, negative_slope: float = 0.2) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim_in, dim_out)
+        self.act = nn.LeakyReLU(negative_slope)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.fc(x))
+
+
+class ResidualProjection(Projection):
+    """``alpha * LeakyReLU(Linear(x)) + (1 - alpha) * x``: the final text projection of AA-CLIP
+    (a square :class:`Projection` mixed into its input like the adapters)."""
+
+    def __init__(self, dim: int, alpha: float = 0.1, negative_slope: float = 0.2) -> None:
+        super().__init__(dim, dim, negative_slope)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.alpha = float(alpha)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.alpha * super().forward(x) + (1.0 - self.alpha) * x
 
 
 def _mask_bhw(mask: Tensor) -> Tensor:
