@@ -261,6 +261,10 @@ def check_options(method: str, options: Mapping[str, Any]) -> None:
     if checkpoint is not None:
         _check_checkpoint(method, checkpoint, options)
         return
+    if METHODS[method].requires_checkpoint:
+        from anomalens.methods.aaclip import UNTRAINED_MESSAGE, UntrainedError
+
+        raise UntrainedError(UNTRAINED_MESSAGE)
     create_detector(method, **options)  # unknown options and invalid values raise here
     if options.get("backbone") is not None:
         parse_spec(options["backbone"])  # raises ModelNotAvailableError for unknown specs

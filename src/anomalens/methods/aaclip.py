@@ -66,6 +66,13 @@ TEXT_ADAPT_LAYERS = 3
 CENTROID_MOMENTUM = 0.9
 
 
+UNTRAINED_MESSAGE = (
+    "AA-CLIP needs trained adapters: train them with `anomalens train --method aaclip ...` "
+    "(or aaclip_train.train_aaclip) and pass the checkpoint folder "
+    "(`anomalens benchmark --method aaclip --checkpoint DIR`)"
+)
+
+
 class UntrainedError(AnomalensError):
     """An AA-CLIP detector was used without trained adapters."""
 
@@ -432,6 +439,7 @@ class AACLIP(Detector):
 
     method = "aaclip"
     config_class = AACLIPConfig
+    requires_checkpoint = True
 
     def __init__(self, config: AACLIPConfig | None = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
@@ -459,11 +467,7 @@ class AACLIP(Detector):
 
     def _require_trained(self) -> None:
         if not self.trained:
-            raise UntrainedError(
-                "this AA-CLIP detector has untrained adapters: train them with `anomalens train "
-                "--method aaclip ...` (or aaclip_train.train_aaclip) and pass the checkpoint "
-                "(`anomalens benchmark --method aaclip --checkpoint DIR`)"
-            )
+            raise UntrainedError(UNTRAINED_MESSAGE)
 
     def anchor_pair(self, class_name: str | None = None) -> Tensor:
         """``[2, D]`` anchors for ``class_name`` (text) or the learned / centroid pair."""

@@ -29,6 +29,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,7 +254,7 @@ class Trainer:
             seg = segmentation_loss(seg_probs(net.level_logits(feats, anchors), size), masks)
             dis = disentangle_loss(anchors[:, 0], anchors[:, 1])
             loss = seg + self.cfg.disentangle_weight * dis
-            parts.update(seg=float(seg), dis=float(dis))
+            parts.update(seg=seg.item(), dis=dis.item())
         else:
             feats = net.image_features(pixels, grad=True)
             if net.anchor_source == "centroid":
@@ -262,11 +263,11 @@ class Trainer:
             seg = segmentation_loss(seg_probs(net.level_logits(feats, anchors), size), masks)
             cls = F.cross_entropy(net.det_logits(feats, anchors).float(), _labels(items))
             loss = seg + cls
-            parts.update(seg=float(seg), cls=float(cls))
+            parts.update(seg=seg.item(), cls=cls.item())
             if net.anchor_source != "text":
                 dis = disentangle_loss(anchors[:1, 0], anchors[:1, 1])
                 loss = loss + self.cfg.disentangle_weight * dis
-                parts["dis"] = float(dis)
+                parts["dis"] = dis.item()
         return loss, parts
 
     # -- validation -------------------------------------------------------------------------
@@ -412,8 +413,10 @@ class Trainer:
             if state and stage == position["stage"]:
                 if state["optimizer"]:
                     load_optimizer_tensors(opt, state["optimizer"])
-                for _ in range(int(state["scheduler_last_epoch"])):
-                    sched.step()
+                with warnings.catch_warnings():  # replaying the schedule, no optimizer step
+                    warnings.simplefilter("ignore", UserWarning)
+                    for _ in range(int(state["scheduler_last_epoch"])):
+                        sched.step()
                 first_epoch, skip = position["epoch"], position["batch"]
             for epoch in range(first_epoch, epochs):
                 self._epoch(stage, epoch, bs, opt, sched, skip)
@@ -455,7 +458,7 @@ class Trainer:
                 )
             (loss / cfg.accumulate).backward()
             seen += 1
-            for k, v in {"loss": float(loss), **parts}.items():
+            for k, v in {"loss": loss.item(), **parts}.items():
                 running[k] = running.get(k, 0.0) + v
             last = index + 1 == n_batches
             if (index + 1) % cfg.accumulate == 0 or last:

@@ -240,6 +240,8 @@ class Detector:
 
     method: ClassVar[str] = "detector"
     config_class: ClassVar[type]
+    #: True when the method needs trained weights from a checkpoint before ``fit`` (AA-CLIP)
+    requires_checkpoint: ClassVar[bool] = False
 
     calibration: Calibration
     _backbone: Any = None
