@@ -194,8 +194,10 @@ def test_centroid_is_the_mean_good_feature(brick, tmp_path):
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def test_save_load_round_trip_is_bit_identical(clip_dir, brick, tmp_path):
-    det = AACLIP(backbone=f"clip:{clip_dir}", image_size=32, precision="fp32", class_name="brick")
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_save_load_round_trip_is_bit_identical(kind, clip_dir, siglip_dir, brick, tmp_path):
+    folder = clip_dir if kind == "clip" else siglip_dir
+    det = AACLIP(backbone=f"{kind}:{folder}", image_size=32, precision="fp32", class_name="brick")
     config = TrainConfig(text_epochs=1, image_epochs=1, text_batch_size=4, image_batch_size=4)
     train_aaclip(
         det,
@@ -221,7 +223,7 @@ def test_save_load_round_trip_is_bit_identical(clip_dir, brick, tmp_path):
     assert second.threshold == first.threshold
     # adapters only: the checkpoint is tiny next to the backbone
     size = (tmp_path / "fitted" / "model.safetensors").stat().st_size
-    assert size < (clip_dir / "model.safetensors").stat().st_size
+    assert size < (folder / "model.safetensors").stat().st_size
 
 
 def test_checkpoint_for_another_backbone_is_refused(clip_dir, siglip_dir, brick, tmp_path):
@@ -456,3 +458,57 @@ def test_cli_checkpoint_errors(demo_root, tmp_path, capsys):
     assert code == 2
     assert "cannot be combined with a checkpoint" in capsys.readouterr().err
     shutil.rmtree(ckpt)
+
+
+def test_cli_train_kshot_mode_uses_masks(demo_root, tmp_path, capsys):
+    code = main(
+        [
+            "train",
+            "--backbone",
+            "efficientnet-lite0",
+            "--anchors",
+            "centroid",
+            "--dataset",
+            "mvtec",
+            "--root",
+            str(demo_root),
+            "--mode",
+            "kshot",
+            "--shots",
+            "4",
+            "--image-size",
+            "64",
+            "--image-epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--output",
+            str(tmp_path / "k"),
+            "--no-progress",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    summary = json.loads((tmp_path / "k" / "config.json").read_text())["training"]
+    assert summary["data"]["mode"] == "kshot"
+    assert summary["data"]["n_train"] + summary["data"]["n_val"] == 4
+    code = main(
+        [
+            "train",
+            "--backbone",
+            "efficientnet-lite0",
+            "--anchors",
+            "learned",
+            "--dataset",
+            "mvtec",
+            "--root",
+            str(demo_root),
+            "--mode",
+            "kshot",
+            "--output",
+            str(tmp_path / "e"),
+            "--no-progress",
+        ]
+    )
+    assert code == 2
+    assert "shots" in capsys.readouterr().err

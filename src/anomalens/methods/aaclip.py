@@ -50,6 +50,7 @@ from anomalens.backbones.base import Backbone
 from anomalens.backbones.hf import quarter_layers
 from anomalens.errors import AnomalensError
 from anomalens.methods.aaclip_parts import Projection, ResidualAdapter, ResidualProjection
+from anomalens.methods.anomalydino import is_vit
 from anomalens.methods.base import Calibration, Detector, Prediction, batches
 from anomalens.postprocess import gaussian_blur
 from anomalens.prompts import ENSEMBLES, build_prompts
@@ -249,7 +250,7 @@ class AdaptedModel(nn.Module):
     def _resolve_levels(backbone: Backbone, levels: Sequence[int] | None) -> tuple[int, ...]:
         depth = int(backbone.num_layers)
         if levels is None:
-            levels = CNN_LEVELS if not hasattr(backbone, "patch_size") else quarter_layers(depth)
+            levels = quarter_layers(depth) if is_vit(backbone) else CNN_LEVELS
         out = tuple(depth + 1 + int(v) if int(v) < 0 else int(v) for v in levels)
         bad = [v for v in out if not 1 <= v <= depth]
         if bad or not out:

@@ -60,11 +60,9 @@ def is_vit(backbone: Backbone) -> bool:
 
 
 def encode(backbone: Backbone, pixels: torch.Tensor, layers: Sequence[int], with_global: bool):
-    """``backbone.encode_image`` that skips unneeded ViT blocks when no global embedding is
-    needed (CNN backbones always return their cheap pooled embedding)."""
-    if is_vit(backbone):
-        return backbone.encode_image(pixels, layers, with_global=with_global)
-    return backbone.encode_image(pixels, layers)
+    """``backbone.encode_image`` (without the global embedding, ViTs skip the blocks after the
+    deepest requested layer)."""
+    return backbone.encode_image(pixels, layers, with_global=with_global)
 
 
 def patch_features(features: Features, neighbourhood: int = 1) -> torch.Tensor:
