@@ -277,6 +277,7 @@ class Trainer:
         if not self._val:
             return {}
         net, bb = self.net, self.bb
+        self._stage1_anchors: dict[str, torch.Tensor] = {}
         if net.anchor_source == "centroid":
             self._refresh_centroid()
         scores: list[float] = []
@@ -291,7 +292,7 @@ class Trainer:
             else:
                 feats = net.image_features(pixels)
             for k, it in enumerate(chunk):
-                anchors = self._anchor_eval(it.category)
+                anchors = self._anchor_eval(it.category, stage)
                 one = ImageFeatures(
                     [t[k : k + 1] for t in feats.levels], feats.grids, feats.det[k : k + 1]
                 )
@@ -313,10 +314,18 @@ class Trainer:
         out["val_pixel_auroc"] = _safe(pixel_auroc, masks, maps)
         return out
 
-    def _anchor_eval(self, category: str) -> torch.Tensor:
-        if self.net.anchor_source == "text":
-            return self.net.text_anchor_pair(category, self.det.config.prompts)
-        return self.net.fixed_anchor_pair()
+    def _anchor_eval(self, category: str, stage: int) -> torch.Tensor:
+        """Anchors for validation: text anchors are computed once per category (stage 1: once
+        per validation, as the text adapters change between epochs; stage 2: frozen, cached)."""
+        if self.net.anchor_source != "text":
+            return self.net.fixed_anchor_pair()
+        if stage == 2:
+            return self._text_anchor(category)
+        if category not in self._stage1_anchors:
+            self._stage1_anchors[category] = self.net.text_anchor_pair(
+                category, self.det.config.prompts
+            )
+        return self._stage1_anchors[category]
 
     def _refresh_centroid(self) -> None:
         """Exact centroid over the good training images (their un-augmented views)."""
