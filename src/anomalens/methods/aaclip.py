@@ -424,6 +424,13 @@ class AdaptedModel(nn.Module):
         return m[:, 0], det
 
 
+def image_scores(kind: str, det: Tensor, maps: Tensor) -> Tensor:
+    """Image scores ``[B]`` of ``image_score`` ``kind`` from detection probabilities ``[B]`` and
+    maps ``[B, H, W]``: ``det``, the map maximum (``max``) or their mean (``fused``)."""
+    peak = maps.flatten(1).amax(1)
+    return det if kind == "det" else peak if kind == "max" else 0.5 * (det + peak)
+
+
 def _draw(items: list[str], k: int, rng: np.random.Generator) -> list[str]:
     if k >= len(items):
         return items
@@ -484,10 +491,7 @@ class AACLIP(Detector):
         maps, det = self.network.anomaly_maps(
             feats, anchors, self.config.sigma, self.backbone.image_size
         )
-        peak = maps.flatten(1).amax(1)
-        kind = self.config.image_score
-        scores = det if kind == "det" else peak if kind == "max" else 0.5 * (det + peak)
-        return scores, maps
+        return image_scores(self.config.image_score, det, maps), maps
 
     def _score_images(self, images: Sequence[np.ndarray]) -> tuple[list[float], list[np.ndarray]]:
         bb = self.backbone

@@ -42,7 +42,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from anomalens.errors import AnomalensError
-from anomalens.methods.aaclip import AACLIP, ImageFeatures
+from anomalens.methods.aaclip import AACLIP, ImageFeatures, image_scores
 from anomalens.methods.aaclip_data import TrainingData, TrainItem
 from anomalens.methods.aaclip_parts import disentangle_loss, segmentation_loss
 from anomalens.metrics import image_auroc, pixel_auroc
@@ -298,16 +298,7 @@ class Trainer:
                 )
                 m, det = net.anomaly_maps(one, anchors, self.det.config.sigma, it.mask.shape[0])
                 maps.append(m[0].numpy())
-                kind = self.det.config.image_score
-                peak = float(m.max())
-                s = (
-                    float(det[0])
-                    if kind == "det"
-                    else peak
-                    if kind == "max"
-                    else 0.5 * (float(det[0]) + peak)
-                )
-                scores.append(s)
+                scores.append(float(image_scores(self.det.config.image_score, det, m)[0]))
         labels = [it.label for it in self._val]
         masks = [it.mask for it in self._val]
         out = {"val_image_auroc": _safe(image_auroc, labels, scores)}
