@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import time
 
-import numpy as np
 import pytest
+import tiny_models as tm
 import torch
 
 transformers = pytest.importorskip("transformers")
@@ -18,37 +18,13 @@ from anomalens.backbones.siglip import SigLIPBackbone  # noqa: E402
 from anomalens.errors import ModelNotAvailableError  # noqa: E402
 
 WORDS = ["a", "photo", "of", "cat", "dog", "damaged", "flawless", "object", "scratch"]
-VISION = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    image_size=32,
-    patch_size=8,
-)
-TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+VISION, TEXT = tm.TINY_VISION, tm.TINY_TEXT
 # bf16 autocast keeps ~3 significant digits; through 4 random blocks tokens stay within this
 BF16_MIN_COSINE = 0.99
 
 
-def _clip_tokenizer():
-    from transformers import CLIPTokenizer
-
-    chars = list("abcdefghijklmnopqrstuvwxyz")
-    toks = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    return CLIPTokenizer(vocab={t: i for i, t in enumerate(toks)}, merges=[])
-
-
 def _siglip_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {w: i + 3 for i, w in enumerate(WORDS)}
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tk, unk_token="<unk>", pad_token="</s>", eos_token="</s>"
-    )
+    return tm.siglip_tokenizer(extra_words=tuple(WORDS))
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +32,7 @@ def clip_dir(tmp_path_factory):
     from transformers import CLIPConfig, CLIPModel
 
     torch.manual_seed(0)
-    tok = _clip_tokenizer()
+    tok = tm.clip_tokenizer()
     text = TEXT | dict(
         vocab_size=len(tok.get_vocab()),
         max_position_embeddings=16,
@@ -111,8 +87,7 @@ def dino_dir(request, tmp_path_factory):
 
 
 def _images(n=2, seed=0):
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (40, 52, 3), dtype=np.uint8) for _ in range(n)]
+    return tm.images(n, seed)
 
 
 def _check_tokens(bb, feats, ref_hidden, layers, prefix, grid):
