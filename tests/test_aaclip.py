@@ -119,10 +119,18 @@ def test_untrained_detector_refuses_to_fit(clip_dir):
 # ----------------------------------------------------------------------------- training
 
 
+def _train(det, samples, out, config, val_fraction: float = 0.0, **kwargs):
+    """``train_aaclip`` in synthetic mode without progress bars."""
+    kwargs.setdefault("mode", "synthetic")
+    return train_aaclip(
+        det, samples, out, config, val_fraction=val_fraction, progress=False, **kwargs
+    )
+
+
 def _check_only_trained_tensors_change(det, samples, tmp_path, config, mode="synthetic"):
     frozen = _backbone_state(det)
     before = {k: v.clone() for k, v in det.network.state_dict().items()}
-    train_aaclip(det, samples, tmp_path, config, mode=mode, val_fraction=0.0, progress=False)
+    _train(det, samples, tmp_path, config, mode=mode)
     after = _backbone_state(det)
     for k, v in frozen.items():
         assert torch.equal(v, after[k]), f"frozen weight {k} changed"
@@ -199,15 +207,7 @@ def test_save_load_round_trip_is_bit_identical(kind, clip_dir, siglip_dir, brick
     folder = clip_dir if kind == "clip" else siglip_dir
     det = AACLIP(backbone=f"{kind}:{folder}", image_size=32, precision="fp32", class_name="brick")
     config = TrainConfig(text_epochs=1, image_epochs=1, text_batch_size=4, image_batch_size=4)
-    train_aaclip(
-        det,
-        _small_samples(brick),
-        tmp_path / "ckpt",
-        config,
-        mode="synthetic",
-        val_fraction=0.0,
-        progress=False,
-    )
+    _train(det, _small_samples(brick), tmp_path / "ckpt", config)
     images = [s.image for s in brick[1][:4]]
     det.fit([s.image for s in brick[0][:4]], progress=False)
     first = det.predict(images)
@@ -248,7 +248,7 @@ def test_resume_after_interruption_gives_the_same_weights(brick, tmp_path, monke
 
     def run(out: Path) -> AACLIP:
         det = AACLIP(backbone="efficientnet-lite0", image_size=64, anchors="centroid")
-        train_aaclip(det, samples, out, config, mode="synthetic", val_fraction=0.25, progress=False)
+        _train(det, samples, out, config, val_fraction=0.25)
         return det
 
     straight = run(tmp_path / "a")
@@ -278,50 +278,23 @@ def test_resume_after_interruption_gives_the_same_weights(brick, tmp_path, monke
 def test_resume_state_of_another_run_is_refused(brick, tmp_path):
     samples = _small_samples(brick, 8)
     det = AACLIP(backbone="efficientnet-lite0", image_size=64, anchors="learned")
-    train_aaclip(
-        det,
-        samples,
-        tmp_path,
-        TrainConfig(image_epochs=1, image_batch_size=4),
-        mode="synthetic",
-        val_fraction=0.0,
-        progress=False,
-    )
+    _train(det, samples, tmp_path, TrainConfig(image_epochs=1, image_batch_size=4))
     other = AACLIP(backbone="efficientnet-lite0", image_size=64, anchors="learned")
     with pytest.raises(ResumeError, match="--no-resume"):
-        train_aaclip(
-            other,
-            samples,
-            tmp_path,
-            TrainConfig(image_epochs=2, image_batch_size=4),
-            mode="synthetic",
-            val_fraction=0.0,
-            progress=False,
-        )
-    train_aaclip(
-        other,
-        samples,
-        tmp_path,
-        TrainConfig(image_epochs=2, image_batch_size=4),
-        mode="synthetic",
-        val_fraction=0.0,
-        progress=False,
-        resume=False,
-    )
+        _train(other, samples, tmp_path, TrainConfig(image_epochs=2, image_batch_size=4))
+    _train(other, samples, tmp_path, TrainConfig(image_epochs=2, image_batch_size=4), resume=False)
     history = json.loads((tmp_path / "config.json").read_text())["training"]["history"]
     assert [h["epoch"] for h in history] == [1, 2]
 
 
 def test_checkpoint_is_chosen_on_validation(brick, tmp_path):
     det = AACLIP(backbone="efficientnet-lite0", image_size=64, anchors="learned")
-    result = train_aaclip(
+    result = _train(
         det,
         _small_samples(brick, 12),
         tmp_path,
         TrainConfig(image_epochs=3, image_batch_size=4, image_lr=1e-2),
-        mode="synthetic",
         val_fraction=0.25,
-        progress=False,
     )
     metrics = [h["selection_metric"] for h in result.history]
     assert result.best["selection_metric"] == max(metrics)
@@ -340,16 +313,7 @@ def test_learned_anchors_on_lite0_learn_synthetic_defects(brick, tmp_path):
     before = _pixel_auroc(det, train, test)
     det = AACLIP(backbone="efficientnet-lite0", image_size=128, anchors="learned")
     config = TrainConfig(image_epochs=15, image_batch_size=8, image_lr=2e-3)
-    train_aaclip(
-        det,
-        train,
-        tmp_path,
-        config,
-        mode="synthetic",
-        val_fraction=0.2,
-        defect_kinds=ALL_KINDS,
-        progress=False,
-    )
+    _train(det, train, tmp_path, config, val_fraction=0.2, defect_kinds=ALL_KINDS)
     after = _pixel_auroc(det, train, test)
     assert before < 0.8
     assert after >= 0.9, (before, after)
@@ -367,16 +331,7 @@ def test_text_anchors_on_a_tiny_random_clip_learn_synthetic_defects(brick, tmp_p
     config = TrainConfig(
         text_epochs=2, image_epochs=15, text_batch_size=8, text_lr=1e-3, image_lr=1e-2
     )
-    train_aaclip(
-        det,
-        train,
-        tmp_path / "ckpt",
-        config,
-        mode="synthetic",
-        val_fraction=0.2,
-        defect_kinds=ALL_KINDS,
-        progress=False,
-    )
+    _train(det, train, tmp_path / "ckpt", config, val_fraction=0.2, defect_kinds=ALL_KINDS)
     after = _pixel_auroc(det, train, test)
     assert before < 0.7
     assert after >= 0.9, (before, after)
