@@ -272,17 +272,9 @@ def check_options(method: str, options: Mapping[str, Any]) -> None:
 
 def _check_checkpoint(method: str, checkpoint: Any, options: Mapping[str, Any]) -> None:
     """A checkpoint folder of ``method`` with no option overriding what it fixes."""
-    from anomalens.methods.base import CONFIG_FILE, CheckpointError
+    from anomalens.methods.base import CheckpointError, checkpoint_method
 
-    path = Path(checkpoint) / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not found; is {checkpoint} a saved model folder?")
-    import json
-
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8")).get("method")
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    saved = checkpoint_method(checkpoint)
     if saved != method:
         raise CheckpointError(f"{checkpoint}: a {saved!r} checkpoint, not {method!r}")
     given = {k: v for k, v in options.items() if v is not None}

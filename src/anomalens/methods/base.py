@@ -356,17 +356,22 @@ class Detector:
         return None if cal is None else cal.threshold
 
 
-def load_detector(folder: str | Path) -> Detector:
-    """Load any saved detector, dispatching on the ``method`` in its ``config.json``."""
-    from anomalens.methods import METHODS
-
+def checkpoint_method(folder: str | Path) -> str | None:
+    """The ``method`` named in a saved model folder's ``config.json``."""
     cfg_path = Path(folder) / CONFIG_FILE
     if not cfg_path.is_file():
         raise CheckpointError(f"{cfg_path}: not found; is {folder} a saved model folder?")
     try:
-        method = json.loads(cfg_path.read_text(encoding="utf-8")).get("method")
+        return json.loads(cfg_path.read_text(encoding="utf-8")).get("method")
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from exc
+
+
+def load_detector(folder: str | Path) -> Detector:
+    """Load any saved detector, dispatching on the ``method`` in its ``config.json``."""
+    from anomalens.methods import METHODS
+
+    method = checkpoint_method(folder)
     if method not in METHODS:
         raise CheckpointError(f"{folder}: unknown method {method!r}; known: {sorted(METHODS)}")
     return METHODS[method].load(folder)
