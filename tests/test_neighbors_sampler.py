@@ -58,6 +58,32 @@ def test_exclude_hides_bank_rows(clustered):
         np.testing.assert_allclose(dist.numpy(), ref_d, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("rows", [1, 5, 16, 17, 40])
+def test_small_banks_not_a_multiple_of_the_groups(precision, rows):
+    gen = torch.Generator().manual_seed(rows)
+    bank = torch.randn(rows, 8, generator=gen) * 3
+    queries = torch.cat([torch.randn(50, 8, generator=gen) * 3, bank[[0, rows // 2, -1]]])
+    dist, idx = MemoryBank(bank, precision=precision).search(queries)
+    ref_d, ref_i = _brute_force(queries, bank)
+    np.testing.assert_allclose(dist.numpy(), ref_d, rtol=1e-4, atol=1e-4)
+    assert (idx < rows).all()
+    # a query equal to a bank row finds it at distance 0
+    assert dist[-3:].abs().max() < 1e-4 and idx[-3:].tolist() == ref_i[-3:].tolist()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_exclude_all_but_a_few_rows_still_finds_them(clustered, precision):
+    bank, queries = clustered
+    exclude = torch.ones(len(bank), dtype=torch.bool)
+    keep = torch.tensor([17, 4321, 9876])
+    exclude[keep] = False
+    dist, idx = MemoryBank(bank, precision=precision).search(queries[:300], exclude=exclude)
+    ref_d, ref_i = _brute_force(queries[:300], bank[keep])
+    np.testing.assert_allclose(dist.numpy(), ref_d, rtol=1e-4, atol=1e-4)
+    assert idx.tolist() == keep[ref_i].tolist()
+
+
 def test_bank_rejects_bad_shapes():
     with pytest.raises(ValueError, match="non-empty"):
         MemoryBank(torch.empty(0, 4))

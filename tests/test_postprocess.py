@@ -10,6 +10,7 @@ from scipy import ndimage
 
 from anomalens.postprocess import (
     Box,
+    fill_holes,
     foreground_mask,
     gaussian_blur,
     hotspots,
@@ -155,6 +156,14 @@ def test_foreground_fills_holes() -> None:
     img = disc_image()
     cv2.circle(img, (110, 95), 15, (30, 30, 30), thickness=-1)  # a dark hole inside the disc
     assert iou(foreground_mask(img, margin=0.0), disc_truth()) > 0.95
+
+
+@pytest.mark.parametrize("density", [0.3, 0.5, 0.7])
+def test_fill_holes_matches_scipy(density: float) -> None:
+    rng = np.random.default_rng(int(density * 10))
+    for _ in range(20):
+        mask = rng.random((int(rng.integers(1, 40)), int(rng.integers(1, 40)))) < density
+        np.testing.assert_array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask))
 
 
 def test_foreground_implausible_or_textures_is_all_true() -> None:

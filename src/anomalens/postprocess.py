@@ -128,6 +128,19 @@ def _keep_large_components(mask: np.ndarray, min_area: int) -> np.ndarray:
     return keep[labels]
 
 
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Boolean mask with its holes (background regions not 4-connected to the border) filled.
+
+    Same result as ``scipy.ndimage.binary_fill_holes``, by one OpenCV flood fill of the outside
+    (several times faster on small masks).
+    """
+    height, width = mask.shape
+    outside = np.zeros((height + 2, width + 2), dtype=np.uint8)
+    outside[1:-1, 1:-1] = mask
+    cv2.floodFill(outside, None, (0, 0), 2, flags=4)
+    return outside[1:-1, 1:-1] != 2
+
+
 def foreground_mask(
     image_rgb: np.ndarray,
     *,
@@ -169,7 +182,7 @@ def foreground_mask(
     mask_u8 = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, kernel)
     mask_u8 = cv2.morphologyEx(mask_u8, cv2.MORPH_OPEN, kernel)
     mask = _keep_large_components(mask_u8, int(0.01 * height * width))
-    mask = ndimage.binary_fill_holes(mask)
+    mask = fill_holes(mask)
     if margin > 0:
         mask = cv2.dilate(mask.astype(np.uint8), _ellipse(2 * round(margin * side) + 1)) > 0
 

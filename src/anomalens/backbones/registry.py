@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 from anomalens.backbones.base import Backbone
 from anomalens.errors import ModelNotAvailableError
+from anomalens.runtime import keep_freed_memory
 
 DEFAULT_BACKBONE = "efficientnet-lite0"
 
@@ -61,10 +62,12 @@ def load_backbone(
 
     ``image_size`` None keeps the model's own default (320 for EfficientNet-Lite, the
     checkpoint's processor size for transformers models); ``layers`` None keeps its default taps.
+    Also applies :func:`anomalens.runtime.keep_freed_memory` (about 2x faster CPU forwards).
     """
     kind, model = parse_spec(spec)
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    keep_freed_memory()
     if kind == "efficientnet":
         from anomalens.backbones.efficientnet import EfficientNetLite
 

@@ -130,7 +130,8 @@ def soft_foreground(image: np.ndarray, size: int, margin: float) -> np.ndarray:
     """Soft object mask ``[size, size]`` in [0, 1]: Otsu foreground of the image resized to
     ``size``, dilated by ``margin`` of the side and blurred by 40% of that margin (a cheap,
     low-resolution mask: it is resized to the map)."""
-    small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    small = cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA)
     mask = foreground_mask(small, margin=margin).astype(np.float32)
     return cv2.GaussianBlur(mask, (0, 0), max(0.4 * margin * size, 0.5))
 
@@ -221,10 +222,10 @@ class PatchCore(Detector):
         grid = gaussian_blur(dist.view(b, h, w), self.config.sigma * h / self.config.image_size)
         scores, maps = [], []
         for i, img in enumerate(images):
-            m = resize_map(grid[i].numpy(), img.shape[:2])
-            if weights is not None:
-                size = (img.shape[1], img.shape[0])
-                m *= cv2.resize(weights[i], size, interpolation=cv2.INTER_LINEAR)
+            m = grid[i].numpy()
+            if weights is not None:  # weighted at the mask's resolution: one resize to the image
+                m = resize_map(m, weights[i].shape) * weights[i]
+            m = resize_map(m, img.shape[:2])
             scores.append(float(m.max()))
             maps.append(m)
         return scores, maps
