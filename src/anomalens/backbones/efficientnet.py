@@ -73,7 +73,8 @@ class EfficientNetLite(Backbone):
         net = EfficientNet.from_name(model_name, image_size=self.image_size)
         state = torch.load(_weights_file(variant), map_location="cpu", weights_only=True)
         net.load_state_dict(state, strict=True)
-        net.set_swish(memory_efficient=False)
+        # keep the ReLU6 activations the Lite weights were trained with (``set_swish`` would
+        # replace them by Swish: ImageNet top-1 then calls a coffee cup a toilet seat)
         self.net = net.eval().requires_grad_(False)
         # A stage starts at each block that changes the channel count; record where each ends.
         starts = [
