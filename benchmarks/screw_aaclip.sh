@@ -13,7 +13,7 @@ for anchors in "${@:-learned centroid}"; do
     rm -rf "$out"
     /usr/bin/time -f "train wall %e s" $PY -m anomalens train --method aaclip \
       --backbone efficientnet-lite0 --anchors "$a" --dataset mvtec --root "$ROOT" \
-      --category screw --mode synthetic --image-epochs 10 --lr 2e-3 --output "$out/ckpt" \
+      --category screw --mode synthetic --image-epochs 10 --output "$out/ckpt" \
       --no-progress
     $PY -m anomalens benchmark --method aaclip --checkpoint "$out/ckpt" --dataset mvtec \
       --root "$ROOT" --category screw --output "$out/bench" --save-maps 8 --no-progress
