@@ -178,7 +178,7 @@ def test_dinov2_drops_cls_and_registers(dino_dir):
 def test_other_image_size_and_early_stop(cls, clip_dir, siglip_dir, dino_dir):
     folder = {CLIPBackbone: clip_dir, SigLIPBackbone: siglip_dir}.get(cls, dino_dir[0])
     bb = cls(str(folder), image_size=48, layers=(2, 4))
-    assert bb.default_layers == (2, 4) and bb.grid == (6, 6)
+    assert bb.default_layers == (2, 4) and bb.grid() == (6, 6)
     pixels = bb.preprocess(_images())
     assert pixels.shape == (2, 3, 48, 48)
     feats = bb.encode_image(pixels)

@@ -140,7 +140,7 @@ def test_full_grid_window_is_the_image_embedding(kind, clip_dir, siglip_dir):
         str(clip_dir if kind == "clip" else siglip_dir)
     )
     pixels = bb.preprocess(tm.images(2))
-    full = window_indices(bb.grid, bb.grid[0])
+    full = window_indices(bb.grid(), bb.grid()[0])
     (emb,) = window_embeddings(bb, pixels, [full])
     glob = bb.encode_image(pixels).global_embedding
     assert emb.shape == (2, 1, glob.shape[1])
@@ -152,10 +152,10 @@ def test_clip_window_matches_attention_masked_forward(clip_dir):
     and the window tokens (an independent way to compute it)."""
     bb = CLIPBackbone(str(clip_dir))
     pixels = bb.preprocess(tm.images(1, seed=4))
-    idx = window_indices(bb.grid, 3)
+    idx = window_indices(bb.grid(), 3)
     (emb,) = window_embeddings(bb, pixels, [idx])
     vision = bb.model.vision_model
-    n = bb.grid[0] * bb.grid[1] + 1
+    n = bb.grid()[0] * bb.grid()[1] + 1
     for k in (0, 3):
         keep = torch.zeros(n, dtype=torch.bool)
         keep[0] = True

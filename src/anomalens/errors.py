@@ -1,4 +1,8 @@
-"""Exceptions users see. Each message names the file or model and the problem."""
+"""Exceptions users see. Each message names the file, folder or model and the problem.
+
+The CLI prints any :class:`AnomalensError` as one line ``anomalens: error: ...`` and exits
+with code 2; ``ANOMALENS_DEBUG=1`` re-raises it with its traceback (for bug reports).
+"""
 
 
 class AnomalensError(Exception):
@@ -15,3 +19,23 @@ class DatasetError(AnomalensError):
 
 class ModelNotAvailableError(AnomalensError):
     """Model weights are not available locally, or the model id is unknown."""
+
+
+class CheckpointError(AnomalensError):
+    """A checkpoint folder is missing, incomplete or was written by another method."""
+
+
+class NotFittedError(AnomalensError, ValueError):
+    """``predict`` or ``save`` was called before ``fit`` (a ValueError, as in scikit-learn)."""
+
+
+class TextTowerMissingError(AnomalensError, ValueError):
+    """Text prompts were needed on a backbone without a text encoder."""
+
+
+class UntrainedError(AnomalensError):
+    """A trainable detector (AA-CLIP) was used without trained weights."""
+
+
+class ResumeError(AnomalensError):
+    """The resume state of a training run does not belong to this run."""

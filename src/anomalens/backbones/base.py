@@ -14,6 +14,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from anomalens.data.transforms import resize_square
+from anomalens.errors import TextTowerMissingError
+
+#: Backbone precisions: float32, or bfloat16 autocast on CPU.
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str, name: str = "precision") -> str:
+    """Return ``precision`` if it is one of :data:`PRECISIONS`, else raise ValueError."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{name} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
 
 @dataclass
 class Features:
@@ -37,24 +50,48 @@ class Features:
 
 
 class Backbone(nn.Module):
-    """Base class: subclasses set the attributes below and implement ``encode_image``."""
+    """Base class of every backbone: the whole contract methods may rely on.
 
+    Methods use only what is declared here (never the wrapped model's internals, never
+    ``hasattr`` probes). Subclasses set the attributes and implement ``encode_image``,
+    ``resolve_layers``/``grid`` where the defaults do not fit, and the text / window parts when
+    they have a text tower.
+
+    Attributes:
+        kind: the family (``efficientnet``, ``clip``, ``siglip``, ``dinov2``).
+        architecture: ``cnn`` (stages of decreasing resolution) or ``vit`` (one token grid).
+        name: the spec the backbone was built from.
+        image_size, mean, std: preprocessing (square input side, normalisation).
+        num_layers: taps ``1..num_layers`` (CNN stages, ViT blocks).
+        default_layers: taps used when a method passes none.
+        feature_levels: shallow-to-deep taps for multi-level methods (AA-CLIP).
+        has_text: a text tower exists (``encode_text``, ``project_tokens``, ``logit_scale``,
+            ``text_dims``, ``text_layer_module``).
+        embed_dim: size of the joint image-text space (None without a text tower).
+        supports_windows: ``encode_windows`` is implemented (CLIP, SigLIP).
+        precision: ``fp32`` or ``bf16`` (autocast on CPU).
+    """
+
+    kind: str = "backbone"
+    architecture: str = "cnn"
     name: str = "backbone"
     image_size: int = 224
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     default_layers: tuple[int, ...] = ()
+    feature_levels: tuple[int, ...] = ()
     num_layers: int = 0
     has_text: bool = False
-    precision: str = "fp32"  # "fp32" or "bf16"
+    embed_dim: int | None = None
+    supports_windows: bool = False
+    precision: str = "fp32"
 
+    # -- images ---------------------------------------------------------------------------
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Resize RGB uint8 images to ``image_size`` (square, no crop) and normalise.
 
         Returns ``[B, 3, S, S]`` float32.
         """
-        import cv2
-
         s = self.image_size
         batch = np.empty((len(images), s, s, 3), dtype=np.float32)
         for k, img in enumerate(images):
@@ -62,8 +99,7 @@ class Backbone(nn.Module):
                 raise ValueError(
                     f"expected an RGB uint8 image H x W x 3, got shape {img.shape} {img.dtype}"
                 )
-            interp = cv2.INTER_AREA if min(img.shape[:2]) > s else cv2.INTER_LINEAR
-            batch[k] = cv2.resize(img, (s, s), interpolation=interp)
+            batch[k] = resize_square(img, s)
         x = torch.from_numpy(batch).permute(0, 3, 1, 2).div_(255.0)
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
@@ -72,6 +108,36 @@ class Backbone(nn.Module):
     def autocast(self):
         """Context manager applying this backbone's precision on CPU."""
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    def run_context(self, grad: bool = False):
+        """Inference mode, or autograd on when ``grad`` (see :meth:`encode_image`)."""
+        return contextlib.nullcontext() if grad else torch.inference_mode()
+
+    def resolve_layers(self, layers: Sequence[int] | int) -> tuple[int, ...]:
+        """1-based taps; negative ones count from the end (``-1`` = the last layer).
+
+        Raises ValueError for taps out of range or an empty list.
+        """
+        if isinstance(layers, int):
+            layers = (layers,)
+        out = []
+        for layer in layers:
+            idx = int(layer)
+            idx = self.num_layers + 1 + idx if idx < 0 else idx
+            if not 1 <= idx <= self.num_layers:
+                raise ValueError(
+                    f"layer {layer} out of range for {self.name} with {self.num_layers} layers "
+                    f"(use 1..{self.num_layers} or -{self.num_layers}..-1)"
+                )
+            out.append(idx)
+        if not out:
+            raise ValueError("at least one layer is required")
+        return tuple(out)
+
+    def grid(self, layer: int | None = None, image_size: int | None = None) -> tuple[int, int]:
+        """Token grid ``(h, w)`` of tap ``layer`` (None: the last default tap) for a square
+        input of ``image_size`` (None: ``self.image_size``)."""
+        raise NotImplementedError
 
     def encode_image(
         self,
@@ -83,16 +149,12 @@ class Backbone(nn.Module):
     ) -> Features:
         """Patch tokens of ``pixels`` (output of ``preprocess``) at ``layers``.
 
-        ``with_global=False`` may skip work only the global embedding needs. ``grad=True`` runs
-        with autograd on (the weights stay frozen) so that trainable modules hooked into the
-        network (see :meth:`layer_module`) receive gradients; the default runs in inference mode.
+        ``with_global=False`` may skip work only the global embedding needs (ViTs skip the
+        blocks after the deepest requested layer). ``grad=True`` runs with autograd on (the
+        weights stay frozen) so that trainable modules hooked into the network (see
+        :meth:`layer_module`) receive gradients; the default runs in inference mode.
         """
         raise NotImplementedError
-
-    def encode_text(self, prompts: Sequence[str], *, grad: bool = False) -> torch.Tensor:
-        """Normalised text embeddings ``[P, D]`` in the joint space (``grad`` as in
-        :meth:`encode_image`)."""
-        raise NotImplementedError(f"backbone {self.name!r} has no text tower")
 
     def layer_module(self, layer: int) -> nn.Module:
         """The module whose output is layer ``layer`` (1-based); forward hooks on it can read or
@@ -104,14 +166,53 @@ class Backbone(nn.Module):
         (a ViT's final LayerNorm); identity for CNNs."""
         return nn.Identity()
 
-    def run_context(self, grad: bool = False):
-        """Inference mode, or autograd on when ``grad`` (see :meth:`encode_image`)."""
-        return contextlib.nullcontext() if grad else torch.inference_mode()
+    # -- text (has_text) ------------------------------------------------------------------
+    def _no_text(self) -> TextTowerMissingError:
+        return TextTowerMissingError(
+            f"backbone {self.name!r} has no text tower (vision-only); use a clip: or siglip: "
+            "backbone for text prompts"
+        )
+
+    def encode_text(self, prompts: Sequence[str], *, grad: bool = False) -> torch.Tensor:
+        """Normalised text embeddings ``[P, D]`` in the joint space (``grad`` as in
+        :meth:`encode_image`)."""
+        raise self._no_text()
+
+    def project_tokens(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Map patch tokens ``[..., C]`` of any layer into the joint space ``[..., D]`` with the
+        map the model applies to its pooled image token (L2-normalised by default)."""
+        raise self._no_text()
+
+    def logit_scale(self) -> float:
+        """The model's learned image-text logit scale (``exp(logit_scale)``)."""
+        raise self._no_text()
+
+    def text_dims(self) -> tuple[int, int]:
+        """``(hidden width, number of blocks)`` of the text tower."""
+        raise self._no_text()
+
+    def text_layer_module(self, layer: int) -> nn.Module:
+        """Text transformer block ``layer`` (1-based); hooks as in :meth:`layer_module`."""
+        raise self._no_text()
+
+    def encode_windows(
+        self, pixels: torch.Tensor, indices: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """Unit-norm joint-space embeddings ``[B, n_windows, D]`` of patch windows, per scale.
+
+        ``indices[s]`` is ``[n_windows, k]`` row-major patch indices of each window of scale
+        ``s``; the window's tokens run through the transformer alone and are pooled as the
+        whole image is (a window covering the whole grid gives the image embedding).
+        """
+        raise NotImplementedError(
+            f"window embeddings need a CLIP or SigLIP backbone, got {self.name!r}"
+        )
 
     def describe(self) -> dict:
         """JSON-serialisable description used in configs and reports."""
         return {
             "name": self.name,
+            "kind": self.kind,
             "image_size": self.image_size,
             "precision": self.precision,
             "has_text": self.has_text,

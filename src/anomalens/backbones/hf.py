@@ -334,6 +334,7 @@ class HFViTBackbone(Backbone):
     """
 
     kind: str = "hf"
+    architecture = "vit"
     patch_size: int = 16
     num_prefix_tokens: int = 0
 
@@ -385,10 +386,10 @@ class HFViTBackbone(Backbone):
         raise NotImplementedError
 
     # -- public API -----------------------------------------------------------------------
-    @property
-    def grid(self) -> tuple[int, int]:
-        """Token grid ``(h, w)`` at ``image_size``."""
-        return self.image_size // self.patch_size, self.image_size // self.patch_size
+    def grid(self, layer: int | None = None, image_size: int | None = None) -> tuple[int, int]:
+        """Token grid ``(h, w)`` (the same for every block) at ``image_size``."""
+        side = (image_size or self.image_size) // self.patch_size
+        return side, side
 
     def resolve_layers(self, layers: Sequence[int]) -> tuple[int, ...]:
         """1-based block indices; negative ones count from the end (``-1`` = last block)."""

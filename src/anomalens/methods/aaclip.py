@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from anomalens.backbones.base import Backbone
 from anomalens.backbones.hf import quarter_layers
-from anomalens.errors import AnomalensError
+from anomalens.errors import UntrainedError
 from anomalens.methods.aaclip_parts import Projection, ResidualAdapter, ResidualProjection
 from anomalens.methods.anomalydino import is_vit
 from anomalens.methods.base import Calibration, Detector, Prediction, batches
@@ -72,10 +72,6 @@ UNTRAINED_MESSAGE = (
     "(or aaclip_train.train_aaclip) and pass the checkpoint folder "
     "(`anomalens benchmark --method aaclip --checkpoint DIR`)"
 )
-
-
-class UntrainedError(AnomalensError):
-    """An AA-CLIP detector was used without trained adapters."""
 
 
 @dataclass

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from anomalens.errors import AnomalensError
+from anomalens.errors import ResumeError
 from anomalens.methods.aaclip import AACLIP, ImageFeatures, image_scores
 from anomalens.methods.aaclip_data import TrainingData, TrainItem
 from anomalens.methods.aaclip_parts import disentangle_loss, segmentation_loss
@@ -52,10 +52,6 @@ STATE_FILE = "state.json"
 WEIGHTS_FILE = "weights.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 BEST_TEXT_FILE = "best_text.safetensors"
-
-
-class ResumeError(AnomalensError):
-    """The resume state in ``OUT/last`` does not belong to this training run."""
 
 
 @dataclass
@@ -248,7 +244,7 @@ class Trainer:
         if stage == 1:
             with torch.no_grad():
                 levels = net.frozen_features(pixels)
-            grids = [self.bb.grid] * len(levels)
+            grids = [self.bb.grid()] * len(levels)
             anchors = self._anchors_for(cats, 1, rng)
             feats = ImageFeatures(levels=levels, grids=grids, det=levels[-1].mean(1))
             seg = segmentation_loss(seg_probs(net.level_logits(feats, anchors), size), masks)
@@ -288,7 +284,7 @@ class Trainer:
             pixels = bb.preprocess([it.image for it in chunk])
             if stage == 1:
                 levels = net.frozen_features(pixels)
-                feats = ImageFeatures(levels, [bb.grid] * len(levels), levels[-1].mean(1))
+                feats = ImageFeatures(levels, [bb.grid()] * len(levels), levels[-1].mean(1))
             else:
                 feats = net.image_features(pixels)
             for k, it in enumerate(chunk):

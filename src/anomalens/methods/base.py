@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from anomalens.errors import AnomalensError
+from anomalens.errors import CheckpointError, NotFittedError
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -67,14 +67,6 @@ def check_shared_fields(config: Any, min_shots: int = 1) -> None:
     for name in ("neighbourhood", "batch_size"):
         if getattr(config, name, 1) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
-
-
-class NotFittedError(AnomalensError):
-    """``predict`` or ``save`` was called before ``fit``."""
-
-
-class CheckpointError(AnomalensError):
-    """A checkpoint folder is missing, incomplete or was written by another method."""
 
 
 @dataclass

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from anomalens.backbones.base import Backbone, Features
-from anomalens.errors import AnomalensError
+from anomalens.errors import TextTowerMissingError
 from anomalens.methods.anomalydino import (
     PatchMemory,
     build_memory,
@@ -75,10 +75,6 @@ from anomalens.prompts import ENSEMBLES, build_prompts, text_anchors
 
 SCORINGS = ("tokens", "windows")
 WINDOW_CHUNK = 4096  # window sequences per transformer call
-
-
-class TextTowerMissingError(AnomalensError, ValueError):
-    """Zero-shot scoring was requested on a backbone without a text encoder."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -532,7 +528,7 @@ class WinCLIP(Detector):
         t1 = time.perf_counter()
         self.memory, self.window_memory, self._index, self._window_index = None, None, None, None
         self.n_shots = len(images)
-        self.grid = tuple(bb.grid) if hasattr(bb, "grid") else None
+        self.grid = tuple(bb.grid()) if bb.architecture == "vit" else None
         enc = None
         if use_memory:
             enc = self._encode_all(images, use_text, True, progress, "winclip fit: features")
