@@ -56,6 +56,8 @@ from anomalens.postprocess import gaussian_blur
 from anomalens.prompts import ENSEMBLES, build_prompts
 
 ANCHOR_SOURCES = ("text", "learned", "centroid")
+#: training data modes of ``anomalens train`` (see :mod:`anomalens.methods.aaclip_data`)
+TRAINING_MODES = ("masks", "kshot", "synthetic")
 IMAGE_SCORES = ("det", "max", "fused")
 #: feature levels of the EfficientNet-Lite stages (1..7) when ``levels`` is None
 CNN_LEVELS = (2, 3, 4, 5)

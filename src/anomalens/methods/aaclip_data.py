@@ -30,12 +30,12 @@ import numpy as np
 
 from anomalens.data.sample import Sample
 from anomalens.data.synthetic import DEFECT_KINDS, add_synthetic_defect
+from anomalens.methods.aaclip import TRAINING_MODES as MODES
 from anomalens.methods.patchcore import FOREGROUND_SIZE, has_plain_background
 from anomalens.postprocess import foreground_mask
 
-__all__ = ["MODES", "TrainItem", "TrainingData", "select_kshot", "split_validation"]
+__all__ = ["TrainItem", "TrainingData", "select_kshot", "split_validation"]
 
-MODES = ("masks", "kshot", "synthetic")
 FOREGROUND_MODES = ("auto", "on", "off")
 #: Stage-1 geometry: rotation range in degrees and crop side range (fraction of the image).
 ROTATION = 5.0
