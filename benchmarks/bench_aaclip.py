@@ -53,8 +53,8 @@ import tiny_models as tm  # noqa: E402
 from bench_zero_few_shot import cpu_name  # noqa: E402
 
 from anomalens.methods.aaclip import AACLIP, AACLIPConfig  # noqa: E402
-from anomalens.methods.aaclip_data import TrainItem, _augment  # noqa: E402
-from anomalens.methods.aaclip_train import TrainConfig, Trainer  # noqa: E402
+from anomalens.methods.aaclip.data import TrainItem, _augment  # noqa: E402
+from anomalens.methods.aaclip.train import TrainConfig, Trainer  # noqa: E402
 from anomalens.prompts import build_prompts  # noqa: E402
 
 #: text towers of the real checkpoints

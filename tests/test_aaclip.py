@@ -17,9 +17,10 @@ import torch
 from anomalens.cli import main
 from anomalens.data.datasets import build_dataset
 from anomalens.data.synthetic import make_demo_dataset
+from anomalens.errors import ResumeError, UntrainedError
 from anomalens.methods import load_detector
-from anomalens.methods.aaclip import AACLIP, AACLIPConfig, UntrainedError
-from anomalens.methods.aaclip_train import LAST_DIR, ResumeError, TrainConfig, train_aaclip
+from anomalens.methods.aaclip import AACLIP, AACLIPConfig
+from anomalens.methods.aaclip.train import LAST_DIR, TrainConfig, train_aaclip
 from anomalens.metrics import pixel_auroc
 
 ALL_KINDS = ("scratch", "stain", "cutpaste", "perlin")
@@ -155,8 +156,8 @@ def test_training_changes_only_adapters_and_keeps_backbone_bit_identical(
 
 
 def test_stage_gradients_reach_only_that_stage(clip_dir, brick, tmp_path):
-    from anomalens.methods.aaclip_data import TrainingData
-    from anomalens.methods.aaclip_train import Trainer
+    from anomalens.methods.aaclip.data import TrainingData
+    from anomalens.methods.aaclip.train import Trainer
 
     det = AACLIP(backbone=f"clip:{clip_dir}", image_size=32, precision="fp32")
     data = TrainingData(_small_samples(brick), 32, "synthetic", val_fraction=0.0)
@@ -241,7 +242,7 @@ def test_checkpoint_for_another_backbone_is_refused(clip_dir, siglip_dir, brick,
 
 
 def test_resume_after_interruption_gives_the_same_weights(brick, tmp_path, monkeypatch):
-    from anomalens.methods.aaclip_train import Trainer
+    from anomalens.methods.aaclip.train import Trainer
 
     samples = _small_samples(brick, 12)
     config = TrainConfig(image_epochs=2, image_batch_size=4, checkpoint_every=1)

@@ -8,7 +8,7 @@ import pytest
 
 from anomalens.data.sample import Sample
 from anomalens.data.synthetic import add_synthetic_defect, fractal_noise
-from anomalens.methods.aaclip_data import (
+from anomalens.methods.aaclip.data import (
     TrainingData,
     TrainItem,
     _resize_mask,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from anomalens.methods.aaclip_parts import (
+from anomalens.methods.aaclip.parts import (
     ResidualAdapter,
     dice_loss,
     disentangle_loss,

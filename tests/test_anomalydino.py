@@ -21,12 +21,9 @@ from anomalens.backbones.base import Features  # noqa: E402
 from anomalens.backbones.dinov2 import DINOv2Backbone  # noqa: E402
 from anomalens.data.synthetic import _good_view, _load_texture, add_synthetic_defect  # noqa: E402
 from anomalens.methods import AnomalyDINO, WinCLIP, create_detector, load_detector  # noqa: E402
-from anomalens.methods.anomalydino import (  # noqa: E402
-    AnomalyDINOConfig,
-    patch_features,
-    patch_masks,
-    top_fraction_mean,
-)
+from anomalens.methods.anomalydino import AnomalyDINOConfig  # noqa: E402
+from anomalens.methods.common import pool_patches, top_fraction_mean  # noqa: E402
+from anomalens.postprocess import patch_masks  # noqa: E402
 from anomalens.metrics import compute_all, image_auroc, pixel_auroc  # noqa: E402
 from anomalens.postprocess import gaussian_blur  # noqa: E402
 
@@ -72,10 +69,10 @@ def test_top_fraction_mean_by_hand():
     assert top_fraction_mean(torch.tensor([[1.0, 2.0, 3.0, 6.0]]), 0.5).item() == 4.5
 
 
-def test_patch_features_average_the_layer_cosines():
+def test_pool_patches_average_the_layer_cosines():
     a = torch.tensor([[[3.0, 4.0], [1.0, 0.0]]])  # layer 1: 2 patches (grid 1 x 2), 2 channels
     b = torch.tensor([[[0.0, 2.0, 0.0], [1.0, 1.0, 0.0]]])  # layer 2: 3 channels
-    pf = patch_features(Features([a, b], [(1, 2), (1, 2)]))
+    pf = pool_patches(Features([a, b], [(1, 2), (1, 2)]), normalize=True)
     assert pf.shape == (1, 1, 2, 5)
     torch.testing.assert_close(pf.norm(dim=-1), torch.ones(1, 1, 2))
     cos = float(pf[0, 0, 0] @ pf[0, 0, 1])
@@ -83,7 +80,7 @@ def test_patch_features_average_the_layer_cosines():
     assert cos == pytest.approx((0.6 + 2**-0.5) / 2, rel=1e-6)
     # a coarser layer is resized to the finest grid
     coarse = torch.ones(1, 1, 3)
-    pf = patch_features(Features([torch.ones(1, 4, 2), coarse], [(2, 2), (1, 1)]))
+    pf = pool_patches(Features([torch.ones(1, 4, 2), coarse], [(2, 2), (1, 1)]), normalize=True)
     assert pf.shape == (1, 2, 2, 5)
 
 
@@ -125,15 +122,15 @@ def test_masking_only_lowers_distances(dino_dir):
     good = tm.object_images(3, seed=1, size=48)
     test = tm.object_images(2, seed=2, size=48)
     plain = AnomalyDINO(backbone=f"dinov2:{dino_dir}", image_size=48).fit(good, False)
-    masked = AnomalyDINO(backbone=f"dinov2:{dino_dir}", image_size=48, masking=True)
+    masked = AnomalyDINO(backbone=f"dinov2:{dino_dir}", image_size=48, foreground="on")
     masked.fit(good, False)
-    assert torch.equal(plain.memory, masked.memory)  # mask_memory is off
+    assert torch.equal(plain.memory, masked.memory)  # foreground_memory is off
     p, m = plain.predict(test), masked.predict(test)
     assert (m.scores <= p.scores + 1e-6).all()
     for a, b in zip(m.maps, p.maps, strict=True):
         assert (a <= b + 1e-5).all()
         assert a[:2, :2].max() < 0.1 * b[:2, :2].min()  # background corner ~zeroed
-    both = AnomalyDINO(backbone=f"dinov2:{dino_dir}", image_size=48, mask_memory=True)
+    both = AnomalyDINO(backbone=f"dinov2:{dino_dir}", image_size=48, foreground_memory=True)
     both.fit(good, False)
     fg = patch_masks(good, (6, 6))
     assert both.memory.shape[0] == int(fg.sum()) < plain.memory.shape[0]

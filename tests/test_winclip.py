@@ -217,7 +217,7 @@ def reference_token_prediction(clip_dir, good, test, sigma):
 
 def test_token_variant_matches_plain_reference(clip_dir):
     good, test = tm.images(3, seed=1), tm.images(2, seed=2, shape=(37, 45))
-    cfg = dict(precision="fp32", search_precision="fp32", foreground=False, sigma=1.5)
+    cfg = dict(precision="fp32", search_precision="fp32", foreground="off", sigma=1.5)
     det = WinCLIP(backbone=f"clip:{clip_dir}", class_name="screw", **cfg).fit(good, False)
     assert det.use_text and det.use_memory and det.memory.shape == (3 * 16, 4 * 32)
     pred = det.predict(test)
@@ -234,7 +234,7 @@ def test_windows_zero_shot_matches_reference(siglip_dir):
         scoring="windows",
         shots=0,
         precision="fp32",
-        foreground=False,
+        foreground="off",
         normalize=False,
         sigma=0.0,
         window_sizes=(2, 3),

@@ -434,15 +434,11 @@ def _print_predictions(
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from anomalens.methods.aaclip import AACLIP, AACLIPConfig
-    from anomalens.methods.aaclip_train import TrainConfig, load_training_samples, train_aaclip
+    from anomalens.training import train_detector
 
     model_options = {
-        k: getattr(args, k)
-        for k in ("backbone", "image_size", "precision", "seed")
-        if getattr(args, k) is not None
+        k: getattr(args, k) for k in ("backbone", "image_size", "precision", "seed", "anchors")
     }
-    detector = AACLIP(AACLIPConfig(anchors=args.anchors, **model_options))
     schedule = {
         "text_epochs": args.text_epochs,
         "image_epochs": args.image_epochs,
@@ -453,34 +449,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "image_lr": args.lr,
         "seed": args.seed,
     }
-    config = TrainConfig(**{k: v for k, v in schedule.items() if v is not None})
-    size = detector.backbone.image_size  # loads the backbone (fails early when missing)
-    samples = load_training_samples(
+    _, result = train_detector(
+        args.method,
         args.dataset,
         args.root,
-        args.category,
-        args.mode,
-        size,
-        skip_bad=args.skip_bad,
-        progress=_progress(args),
-    )
-    print(
-        f"train: aaclip ({detector.config.backbone}, anchors={args.anchors}) on "
-        f"{len(samples)} images of {args.dataset} ({args.mode} mode)",
-        flush=True,
-    )
-    result = train_aaclip(
-        detector,
-        samples,
         args.output,
-        config,
+        categories=args.category,
         mode=args.mode,
+        model_options=model_options,
+        schedule=schedule,
         shots=args.shots,
         val_fraction=args.val_fraction,
         defect_kinds=args.defect_kinds,
         resume=not args.no_resume,
+        skip_bad=args.skip_bad,
         progress=_progress(args),
-        log=lambda line: print(line, flush=True),
     )
     best = result.best or {}
     chosen = ", ".join(

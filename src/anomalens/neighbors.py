@@ -19,8 +19,8 @@ distance is always the exact distance to the returned row, so it can only err up
 only when the product's rounding hides the true neighbour from the shortlist (bf16: rare;
 ``tests/test_neighbors_sampler.py`` measures it; fp32: never in practice).
 
-* ``precision="bf16"``: the product runs in bfloat16 (about 3x faster than float32 on CPUs
-  with AVX512-BF16 or AMX).
+* ``precision="bf16"``: the product runs in bfloat16 (several times faster than float32 on
+  CPUs with AVX512-BF16 or AMX; docs/benchmarks.md).
 * ``precision="fp32"``: the product runs in float32.
 """
 
@@ -29,7 +29,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-#: Queries per product: measured fastest on a 2-core AVX512-BF16 CPU for a 10240-row bank.
+from anomalens.backbones.base import check_precision
+
+#: Queries per product (the fastest chunk for a 10240-row bank; docs/benchmarks.md).
 QUERY_CHUNK = 512
 #: Rows of the bank grouped per column for the two-level minimum (see the module doc).
 GROUPS = 16
@@ -51,8 +53,7 @@ class MemoryBank:
             raise ValueError(
                 f"memory bank must be a non-empty [M, D] tensor, got {tuple(features.shape)}"
             )
-        if precision not in _DTYPE:
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        check_precision(precision, "search precision")
         self.features = features.float().contiguous()
         self.precision = precision
         self.rerank = max(1, int(rerank))
@@ -143,6 +144,14 @@ class MemoryBank:
         if bool(missed.any()):  # shortlist held only hidden rows (tiny or mostly hidden banks)
             dist[missed], index[missed] = self._exhaustive(q[missed], exclude)
         return dist, index
+
+    def cosine_distance(
+        self, queries: torch.Tensor, exclude: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``1 - cos`` to the nearest row, for unit-norm queries ``[Q, D]`` and bank rows
+        (``|a - b|^2 = 2 - 2 cos`` for unit vectors); ``exclude`` as in :meth:`search`."""
+        dist, _ = self.search(queries, exclude)
+        return dist.square().mul_(0.5).clamp_(0.0, 2.0)
 
     def _exhaustive(
         self, q: torch.Tensor, exclude: torch.Tensor | None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import cv2
@@ -11,9 +12,16 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from anomalens.data.transforms import spread_indices
+
 __all__ = [
+    "FOREGROUND_MODES",
     "Box",
     "foreground_mask",
+    "has_plain_background",
+    "patch_masks",
+    "soft_foreground",
+    "use_foreground",
     "gaussian_blur",
     "hotspots",
     "resize_map",
@@ -190,6 +198,68 @@ def foreground_mask(
     if not min_fraction <= fraction <= max_fraction:
         return everything
     return mask
+
+
+#: Side of the (square, downscaled) image foreground decisions and soft masks are made on.
+FOREGROUND_SIZE = 128
+#: An object may cover at most this fraction of the image border to count as "on a plain
+#: background" (textures and frame-filling objects cover more).
+MAX_BORDER_TOUCH = 0.2
+#: Settings of a detector's ``foreground`` field.
+FOREGROUND_MODES = ("auto", "on", "off")
+
+
+def check_foreground(value: str) -> str:
+    """Return ``value`` if it is one of :data:`FOREGROUND_MODES`, else raise ValueError."""
+    if value not in FOREGROUND_MODES:
+        raise ValueError(f"foreground must be one of {', '.join(FOREGROUND_MODES)}, got {value!r}")
+    return value
+
+
+def soft_foreground(image: np.ndarray, size: int, margin: float) -> np.ndarray:
+    """Soft object mask ``[size, size]`` in [0, 1]: :func:`foreground_mask` of the image resized
+    to ``size``, dilated by ``margin`` of the side and blurred by 40% of that margin (a cheap,
+    low-resolution mask: callers resize it to their map)."""
+    gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    small = cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA)
+    mask = foreground_mask(small, margin=margin).astype(np.float32)
+    return cv2.GaussianBlur(mask, (0, 0), max(0.4 * margin * size, 0.5))
+
+
+def has_plain_background(
+    images: Sequence[np.ndarray], size: int = FOREGROUND_SIZE, n: int = 16
+) -> bool:
+    """True when every one of (up to ``n``, evenly spread) images shows an object on a plain
+    background.
+
+    An image qualifies when its foreground mask is a plausible split (not the all-image
+    fallback of :func:`foreground_mask`) and the object covers at most ``MAX_BORDER_TOUCH`` of
+    the image border; textures and frame-filling objects do not.
+    """
+    for i in spread_indices(len(images), n):
+        small = cv2.resize(images[i], (size, size), interpolation=cv2.INTER_AREA)
+        mask = foreground_mask(small, margin=0.0)
+        border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
+        if mask.all() or border.mean() > MAX_BORDER_TOUCH:
+            return False
+    return True
+
+
+def use_foreground(setting: str, images: Sequence[np.ndarray]) -> bool:
+    """The decision a ``foreground`` setting gives for these good images (``auto``: on for
+    objects on a plain background, see :func:`has_plain_background`)."""
+    check_foreground(setting)
+    return setting == "on" or (setting == "auto" and has_plain_background(images))
+
+
+def patch_masks(images: Sequence[np.ndarray], grid: tuple[int, int]) -> torch.Tensor:
+    """``[B, h, w]`` bool: patches overlapping each image's :func:`foreground_mask`."""
+    masks = []
+    for img in images:
+        fg = foreground_mask(img).astype(np.float32)
+        small = cv2.resize(fg, (grid[1], grid[0]), interpolation=cv2.INTER_AREA)
+        masks.append(torch.from_numpy(small > 0))
+    return torch.stack(masks)
 
 
 # --------------------------------------------------------------------------------------------

@@ -126,6 +126,15 @@ AACLIP = PromptEnsemble(
 ENSEMBLES: dict[str, PromptEnsemble] = {"winclip": WINCLIP, "aaclip": AACLIP}
 
 
+def check_ensembles(names: Sequence[str] | str) -> tuple[str, ...]:
+    """Ensemble names as a tuple, each a key of :data:`ENSEMBLES` (ValueError otherwise)."""
+    names = (names,) if isinstance(names, str) else tuple(names)
+    unknown = sorted(set(names) - set(ENSEMBLES))
+    if unknown or not names:
+        raise ValueError(f"unknown prompt ensembles {unknown}; choose from {list(ENSEMBLES)}")
+    return names
+
+
 def object_name(class_name: str | None) -> str:
     """The object word used in prompts: underscores/dashes become spaces (``metal_nut`` ->
     ``metal nut``); an empty or missing name becomes ``"object"``."""

@@ -25,11 +25,18 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=interp)
 
 
-def augmented_views(image: np.ndarray, augment: Sequence[str]) -> list[np.ndarray]:
-    """The image followed by its requested flipped / rotated copies (:data:`AUGMENTATIONS`)."""
-    bad = sorted(set(augment) - set(AUGMENTATIONS))
+def check_augment(augment: Sequence[str] | str) -> tuple[str, ...]:
+    """``augment`` as a tuple of names from :data:`AUGMENTATIONS` (ValueError otherwise)."""
+    names = (augment,) if isinstance(augment, str) else tuple(augment)
+    bad = sorted(set(names) - set(AUGMENTATIONS))
     if bad:
         raise ValueError(f"unknown augmentations {bad}; choose from {AUGMENTATIONS}")
+    return names
+
+
+def augmented_views(image: np.ndarray, augment: Sequence[str]) -> list[np.ndarray]:
+    """The image followed by its requested flipped / rotated copies (:data:`AUGMENTATIONS`)."""
+    check_augment(augment)
     return [image] + [np.ascontiguousarray(_VIEWS[name](image)) for name in augment]
 
 

@@ -2,254 +2,103 @@
 
 Damm et al., "AnomalyDINO: Boosting Patch-based Few-shot Anomaly Detection with DINOv2":
 
-1. patch features of the last block (DINOv2's final layernorm applied, as
+1. patch features of the last block (the model's final norm applied, as DINOv2's
    ``get_intermediate_layers(norm=True)``); any registry backbone works (for a CNN such as the
    offline EfficientNet-Lite the default taps are used, resized to the finest grid);
 2. ``fit``: the features of every patch of the k good images (optionally with flipped / rotated
    copies) form the memory; an optional greedy coreset bounds its size;
 3. ``predict``: cosine distance ``1 - cos`` of each test patch to its nearest memory patch;
-   optional background masking zeroes the distances of background patches (OpenCV foreground
+   with ``foreground`` on, the distances of background patches are zeroed (OpenCV foreground
    mask of the image, see :func:`anomalens.postprocess.foreground_mask`); the image score is
    the mean of the top 1% patch distances; the map is the distance grid upsampled to
    ``image_size``, Gaussian-smoothed and resized to the input;
 4. thresholds from good images only, leave-one-out as in PatchCore (>= 2 shots).
-
-The helpers in this module (per-layer normalised patch features, the patch memory, map
-smoothing, foreground masks) are shared with :mod:`anomalens.methods.winclip`.
 """
 
 from __future__ import annotations
 
-import math
 import time
-import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from anomalens.backbones.base import Backbone, Features
-from anomalens.backbones.registry import DEFAULT_BACKBONE
+from anomalens.backbones.base import Features, check_precision
+from anomalens.data.transforms import augmented_views, check_augment, resize_square
 from anomalens.methods.base import (
-    Calibration,
     Detector,
+    DetectorConfig,
     FitReport,
     Prediction,
-    augmented_views,
     batches,
-    check_shared_fields,
+    check_at_least,
     select_shots,
 )
+from anomalens.methods.common import (
+    build_memory,
+    calibrate,
+    check_fraction,
+    pool_patches,
+    top_fraction_mean,
+    upsample_smooth,
+)
 from anomalens.neighbors import MemoryBank
-from anomalens.postprocess import foreground_mask, gaussian_blur
+from anomalens.postprocess import check_foreground, patch_masks, use_foreground
 from anomalens.sampler import coreset_indices
-
-# ------------------------------------------------------------------------------------------
-# shared helpers (also used by WinCLIP's memory branch)
-# ------------------------------------------------------------------------------------------
-
-
-def is_vit(backbone: Backbone) -> bool:
-    """True for the transformers ViT backbones (CLIP, SigLIP, DINOv2)."""
-    return hasattr(backbone, "resolve_layers") and hasattr(backbone, "model")
-
-
-def encode(backbone: Backbone, pixels: torch.Tensor, layers: Sequence[int], with_global: bool):
-    """``backbone.encode_image`` (without the global embedding, ViTs skip the blocks after the
-    deepest requested layer)."""
-    return backbone.encode_image(pixels, layers, with_global=with_global)
-
-
-def patch_features(features: Features, neighbourhood: int = 1) -> torch.Tensor:
-    """Unit-norm patch features ``[B, h, w, C]`` on the finest grid of ``features``.
-
-    Each layer is locally averaged over ``neighbourhood x neighbourhood`` patches (1 = off),
-    resized (bilinear) to the finest grid and L2-normalised over channels; the layers are
-    concatenated and divided by ``sqrt(n_layers)``, so the cosine of two features is the mean
-    of the per-layer cosines.
-    """
-    finest = max(range(len(features.grids)), key=lambda i: features.grids[i][0])
-    grid = features.grids[finest]
-    maps = []
-    for i in range(len(features.tokens)):
-        m = features.as_map(i).float()
-        if neighbourhood > 1:
-            m = F.avg_pool2d(m, neighbourhood, 1, neighbourhood // 2, count_include_pad=False)
-        if tuple(m.shape[-2:]) != tuple(grid):
-            m = F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
-        maps.append(F.normalize(m, dim=1))
-    out = torch.cat(maps, 1) / math.sqrt(len(maps))
-    return out.permute(0, 2, 3, 1).contiguous()
-
-
-def top_fraction_mean(values: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Mean of the largest ``max(1, int(N * fraction))`` values of each row of ``[B, N]``
-    (AnomalyDINO's "mean of the top 1%")."""
-    k = max(1, int(values.shape[1] * fraction))
-    return values.topk(k, dim=1).values.mean(1)
-
-
-def resize_square(images: Sequence[np.ndarray], size: int) -> list[np.ndarray]:
-    """RGB images resized to ``size x size`` the way ``Backbone.preprocess`` does."""
-    out = []
-    for img in images:
-        interp = cv2.INTER_AREA if min(img.shape[:2]) > size else cv2.INTER_LINEAR
-        out.append(cv2.resize(img, (size, size), interpolation=interp))
-    return out
-
-
-def patch_masks(images: Sequence[np.ndarray], grid: tuple[int, int]) -> torch.Tensor:
-    """``[B, h, w]`` bool: patches overlapping each image's OpenCV foreground mask."""
-    masks = []
-    for img in images:
-        fg = foreground_mask(img).astype(np.float32)
-        small = cv2.resize(fg, (grid[1], grid[0]), interpolation=cv2.INTER_AREA)
-        masks.append(torch.from_numpy(small > 0))
-    return torch.stack(masks)
-
-
-def upsample_smooth(patch_maps: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
-    """Patch maps ``[B, h, w]`` -> ``[B, size, size]``: bilinear upsampling, Gaussian blur."""
-    up = F.interpolate(patch_maps[:, None].float(), size=(size, size), mode="bilinear")
-    return gaussian_blur(up[:, 0], sigma)
-
-
-class PatchMemory:
-    """Unit-norm memory features ``[M, C]`` with nearest-neighbour cosine distances.
-
-    ``sources`` (``[M]`` image index of each row, kept only during ``fit``) lets a training
-    image be scored against the memory without its own rows (leave-one-out).
-    """
-
-    def __init__(
-        self, memory: torch.Tensor, sources: torch.Tensor | None = None, precision: str = "bf16"
-    ) -> None:
-        self.memory = memory
-        self.sources = sources
-        self.bank = MemoryBank(memory, precision)
-
-    def cosine_distance(self, queries: torch.Tensor, leave_out: int | None = None) -> torch.Tensor:
-        """``1 - cos`` to the nearest memory row for unit-norm ``queries [Q, C]``."""
-        exclude = None
-        if leave_out is not None:
-            if self.sources is None:
-                raise ValueError("leave-one-out needs the memory's source image ids")
-            exclude = self.sources == int(leave_out)
-        dist, _ = self.bank.search(queries, exclude=exclude)
-        # |a - b|^2 = 2 - 2 cos for unit vectors
-        return dist.square().mul_(0.5).clamp_(0.0, 2.0)
-
-
-def build_memory(
-    feats: torch.Tensor,
-    n_views: int,
-    memory_size: int | None,
-    seed: int,
-    progress: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(memory [M, C], sources [M])`` from patch features ``[G * n_views, h, w, C]``.
-
-    Views of one image are adjacent; ``sources`` gives the original image of each row. A greedy
-    coreset keeps ``memory_size`` rows when there are more (None = keep all).
-    """
-    n, h, w, dim = feats.shape
-    flat = feats.reshape(-1, dim)
-    if memory_size is not None and flat.shape[0] > memory_size:
-        idx = coreset_indices(flat, memory_size, seed=seed, block=h * w, progress=progress)
-    else:
-        idx = torch.arange(flat.shape[0])
-    return flat[idx].clone(), idx // (h * w * n_views)
-
-
-def calibrate(
-    score_one: Callable[[int], tuple[float, float]],
-    n_images: int,
-    max_images: int,
-    quantile: float,
-    progress: bool,
-    desc: str,
-) -> Calibration:
-    """Leave-one-out thresholds: ``score_one(i) -> (score, map_max)`` of good image ``i``
-    scored without its own memory rows, for up to ``max_images`` evenly spread images."""
-    if n_images < 2:
-        warnings.warn(
-            "one good image cannot calibrate a threshold (leave-one-out needs at least 2); "
-            "predictions will have no defective/ok verdict",
-            stacklevel=3,
-        )
-        return Calibration(quantile=quantile)
-    chosen = np.unique(np.linspace(0, n_images - 1, min(n_images, max_images)).round()).astype(int)
-    scores, maxima = [], []
-    for i in tqdm(chosen, desc=desc, unit="img", disable=not progress, leave=False):
-        s, m = score_one(int(i))
-        scores.append(s)
-        maxima.append(m)
-    return Calibration.from_scores(scores, maxima, quantile)
-
-
-# ------------------------------------------------------------------------------------------
-# AnomalyDINO
-# ------------------------------------------------------------------------------------------
 
 
 @dataclass
-class AnomalyDINOConfig:
-    """Parameters of :class:`AnomalyDINO` (stored in ``config.json``).
+class AnomalyDINOConfig(DetectorConfig):
+    """Parameters of :class:`AnomalyDINO` (stored in ``config.json``); the shared fields are
+    described in :class:`~anomalens.methods.base.DetectorConfig`.
 
-    backbone: registry spec (``dinov2:facebook/dinov2-small`` as in the paper; the offline
-    ``efficientnet-lite0`` works too); image_size: square input side (None: the backbone's
-    default; the paper uses 448 for DINOv2); layers: backbone taps (None: the last block of a
-    ViT, the default taps of a CNN); final_norm: apply DINOv2's final layernorm to the tokens;
-    precision: backbone precision; neighbourhood: local averaging of patch features (1 = off);
-    masking: zero the distances of background patches (OpenCV foreground mask; leave off for
-    textures and objects that fill the frame); mask_memory: also drop background patches of
-    the good images from the memory; augment: extra flipped / rotated views of each good image
-    (``hflip, vflip, rot90, rot180, rot270``); memory_size: coreset size (None: keep every
-    patch); top_fraction: image score = mean of this fraction of the highest patch distances;
-    sigma: map smoothing in pixels at ``image_size``; search_precision: ``bf16`` shortlist +
-    exact re-rank, or ``fp32``; shots: good images used (None: all; random by ``seed``);
-    calibration_images / calibration_quantile: leave-one-out thresholds.
+    backbone: ``dinov2:facebook/dinov2-small`` as in the paper; the offline
+    ``efficientnet-lite0`` (the default) works too; image_size: None = the backbone's default
+    (the paper uses 448 for DINOv2); layers: backbone taps (None: the last block of a ViT, the
+    default taps of a CNN); final_norm: apply the model's final norm to the tokens
+    (:meth:`~anomalens.backbones.base.Backbone.output_norm`); neighbourhood: local averaging of
+    patch features (1 = off); foreground: ``off`` (default), ``on`` (zero the distances of
+    background patches) or ``auto`` (on for objects on a plain background, decided at
+    ``fit``); foreground_memory: drop the background patches of the good images from the
+    memory; augment: extra flipped / rotated views of each good image;
+    memory_size: coreset size (None: keep every patch); top_fraction: image score = mean of
+    this fraction of the highest patch distances; sigma: map smoothing in pixels at
+    ``image_size``; search_precision: ``bf16`` shortlist + exact re-rank, or ``fp32``;
+    calibration_images: good images scored leave-one-out for the thresholds.
     """
 
-    backbone: str = DEFAULT_BACKBONE
-    image_size: int | None = None
     layers: tuple[int, ...] | None = None
     final_norm: bool = True
-    precision: str = "bf16"
     neighbourhood: int = 1
-    masking: bool = False
-    mask_memory: bool = False
+    foreground: str = "off"
+    foreground_memory: bool = False
     augment: tuple[str, ...] = ()
     memory_size: int | None = None
     top_fraction: float = 0.01
     sigma: float = 4.0
     search_precision: str = "bf16"
-    shots: int | None = None
     calibration_images: int = 64
-    calibration_quantile: float = 0.99
-    batch_size: int = 8
-    seed: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.layers = tuple(self.layers) if self.layers is not None else None
-        check_shared_fields(self)
-        if not 0.0 < self.top_fraction <= 1.0:
-            raise ValueError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
-        if self.memory_size is not None and self.memory_size < 1:
-            raise ValueError("memory_size must be >= 1 or None")
-        if self.image_size is not None and self.image_size < 8:
-            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+        self.augment = check_augment(self.augment)
+        check_precision(self.search_precision, "search_precision")
+        check_foreground(self.foreground)
+        check_fraction("top_fraction", self.top_fraction)
+        check_at_least(self, 1, "neighbourhood", "memory_size", "calibration_images")
 
 
 @dataclass
-class _Encoded:
-    feats: torch.Tensor  # [B, h, w, C] unit norm
-    masks: torch.Tensor | None  # [B, h, w] bool foreground patches
+class EncodedPatches:
+    """Unit-norm patch features ``[B, h, w, C]`` and, with foreground on, the foreground
+    patches ``[B, h, w]`` (bool)."""
+
+    feats: torch.Tensor
+    masks: torch.Tensor | None
 
 
 class AnomalyDINO(Detector):
@@ -262,7 +111,9 @@ class AnomalyDINO(Detector):
         super().__init__(config, **kwargs)
         self.memory: torch.Tensor | None = None
         self.grid: tuple[int, int] | None = None
-        self._index: PatchMemory | None = None
+        self.use_foreground = self.config.foreground == "on"
+        self._bank: MemoryBank | None = None
+        self._sources: torch.Tensor | None = None  # memory row -> good image, during fit
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -271,30 +122,31 @@ class AnomalyDINO(Detector):
         bb = self.backbone
         if self.config.layers is not None:
             return tuple(self.config.layers)
-        return (bb.num_layers,) if is_vit(bb) else tuple(bb.default_layers)
+        return (bb.num_layers,) if bb.architecture == "vit" else tuple(bb.default_layers)
 
     def is_fitted(self) -> bool:
         return self.memory is not None
 
-    def _memory_index(self) -> PatchMemory:
-        if self._index is None:
+    def _memory_bank(self) -> MemoryBank:
+        if self._bank is None:
             assert self.memory is not None
-            self._index = PatchMemory(self.memory, None, self.config.search_precision)
-        return self._index
+            self._bank = MemoryBank(self.memory, self.config.search_precision)
+        return self._bank
 
-    def _encode(self, images: Sequence[np.ndarray], masks: bool) -> _Encoded:
+    def _encode(self, images: Sequence[np.ndarray], masks: bool) -> EncodedPatches:
         bb = self.backbone
-        feats = encode(bb, bb.preprocess(images), self.layers, with_global=False)
-        if self.config.final_norm and getattr(bb, "kind", "") == "dinov2":
-            norm = bb.model.layernorm
+        feats = bb.encode_image(bb.preprocess(images), self.layers, with_global=False)
+        if self.config.final_norm and bb.architecture == "vit":
+            norm = bb.output_norm()
             with torch.inference_mode():
                 tokens = [norm(t).float().clone() for t in feats.tokens]
             feats = Features(tokens=tokens, grids=feats.grids)
-        pf = patch_features(feats, self.config.neighbourhood)
+        pf = pool_patches(feats, self.config.neighbourhood, normalize=True)
         fg = None
         if masks:
-            fg = patch_masks(resize_square(images, bb.image_size), tuple(pf.shape[1:3]))
-        return _Encoded(pf, fg)
+            small = [resize_square(img, bb.image_size) for img in images]
+            fg = patch_masks(small, tuple(pf.shape[1:3]))
+        return EncodedPatches(pf, fg)
 
     # ------------------------------------------------------------------ fit
     def fit(self, images: Iterable[np.ndarray], progress: bool = True) -> AnomalyDINO:
@@ -305,6 +157,8 @@ class AnomalyDINO(Detector):
         if not images:
             raise ValueError("AnomalyDINO needs at least one good image (it has no zero-shot mode)")
         images = [images[i] for i in select_shots(len(images), c.shots, c.seed)]
+        self.use_foreground = use_foreground(c.foreground, images)
+        need_masks = self.use_foreground or c.foreground_memory
         n_views = 1 + len(c.augment)
         views = [v for img in images for v in augmented_views(img, c.augment)]
         feats, fg = [], []
@@ -312,7 +166,7 @@ class AnomalyDINO(Detector):
             total=len(views), desc="anomalydino fit: features", unit="img", disable=not progress
         ) as bar:
             for batch in batches(views, c.batch_size):
-                enc = self._encode(batch, masks=c.masking or c.mask_memory)
+                enc = self._encode(batch, masks=need_masks)
                 feats.append(enc.feats)
                 if enc.masks is not None:
                     fg.append(enc.masks)
@@ -320,7 +174,7 @@ class AnomalyDINO(Detector):
         all_feats = torch.cat(feats)
         n, h, w, dim = all_feats.shape
         t1 = time.perf_counter()
-        if c.mask_memory:
+        if c.foreground_memory:
             keep = torch.cat(fg).reshape(-1)
             flat = all_feats.reshape(-1, dim)
             src = torch.arange(n).repeat_interleave(h * w) // n_views
@@ -333,13 +187,13 @@ class AnomalyDINO(Detector):
         if memory.shape[0] == 0:
             raise ValueError("the foreground masks removed every patch of the good images")
         self.memory, self.grid = memory, (h, w)
-        self._index = PatchMemory(memory, sources, c.search_precision)
+        self._bank, self._sources = MemoryBank(memory, c.search_precision), sources
         t2 = time.perf_counter()
         originals = all_feats[::n_views]
-        orig_masks = torch.cat(fg)[::n_views] if fg and c.masking else None
+        orig_masks = torch.cat(fg)[::n_views] if fg and self.use_foreground else None
 
         def score_one(i: int) -> tuple[float, float]:
-            enc = _Encoded(
+            enc = EncodedPatches(
                 originals[i : i + 1], None if orig_masks is None else orig_masks[i : i + 1]
             )
             scores, maps = self._score(enc, leave_out=i)
@@ -353,7 +207,7 @@ class AnomalyDINO(Detector):
             progress,
             "anomalydino fit: calibration",
         )
-        self._index = PatchMemory(memory, None, c.search_precision)
+        self._sources = None
         t3 = time.perf_counter()
         self.fit_report = FitReport(
             n_images=len(images),
@@ -369,11 +223,16 @@ class AnomalyDINO(Detector):
         return self
 
     # ------------------------------------------------------------------ predict
-    def _score(self, enc: _Encoded, leave_out: int | None = None):
-        """Image scores ``[B]`` and smoothed maps ``[B, S, S]`` of encoded images."""
-        assert self._index is not None
+    def _score(self, enc: EncodedPatches, leave_out: int | None = None):
+        """Image scores ``[B]`` and smoothed maps ``[B, S, S]`` of encoded images; ``leave_out``
+        hides the memory rows of that good image (during ``fit``)."""
+        exclude = None
+        if leave_out is not None:
+            assert self._sources is not None
+            exclude = self._sources == leave_out
         b, h, w, dim = enc.feats.shape
-        dist = self._index.cosine_distance(enc.feats.reshape(-1, dim), leave_out).view(b, h * w)
+        queries = enc.feats.reshape(-1, dim)
+        dist = self._memory_bank().cosine_distance(queries, exclude).view(b, h * w)
         if enc.masks is not None:
             dist = dist * enc.masks.reshape(b, h * w)
         scores = top_fraction_mean(dist, self.config.top_fraction)
@@ -382,11 +241,9 @@ class AnomalyDINO(Detector):
 
     def predict(self, images: Sequence[np.ndarray], progress: bool = False) -> Prediction:
         """Image scores and anomaly maps (at each input's resolution) for RGB uint8 images."""
-        self._require_fitted()
-        self._memory_index()
         return self._predict_batches(
             images,
-            lambda batch: self._score(self._encode(batch, masks=self.config.masking)),
+            lambda batch: self._score(self._encode(batch, masks=self.use_foreground)),
             progress,
         )
 
@@ -395,7 +252,12 @@ class AnomalyDINO(Detector):
         """Write ``config.json`` + ``model.safetensors`` (the memory, float32)."""
         self._require_fitted()
         assert self.memory is not None and self.grid is not None
-        return self._write(folder, {"memory": self.memory}, grid=list(self.grid))
+        return self._write(
+            folder,
+            {"memory": self.memory},
+            grid=list(self.grid),
+            use_foreground=self.use_foreground,
+        )
 
     @classmethod
     def load(cls, folder: str | Path) -> AnomalyDINO:
@@ -403,4 +265,5 @@ class AnomalyDINO(Detector):
         model, meta, tensors = cls._read(folder)
         model.memory = tensors["memory"]
         model.grid = tuple(meta["grid"])
+        model.use_foreground = bool(meta["use_foreground"])
         return model

@@ -21,6 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from anomalens.backbones.base import check_precision
+from anomalens.backbones.registry import DEFAULT_BACKBONE
 from anomalens.errors import CheckpointError, NotFittedError
 
 FORMAT_VERSION = 1
@@ -28,45 +30,51 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
-#: Extra views of a good image a memory can hold (PatchCore, AnomalyDINO ``augment``).
-AUGMENTATIONS = ("hflip", "vflip", "rot90", "rot180", "rot270")
+@dataclass
+class DetectorConfig:
+    """Fields every detector config has, validated in one place (subclasses add their own
+    fields, override defaults, and call ``super().__post_init__()`` first).
+
+    backbone: registry spec (see :mod:`anomalens.backbones.registry`); image_size: square input
+    side (None: the backbone's default); precision: backbone precision (``fp32``, or ``bf16``
+    autocast on CPU); shots: use only this many good images, drawn by ``seed`` (None: all);
+    seed: every random choice of the method; batch_size: images per forward pass;
+    calibration_quantile: the thresholds are this quantile of good images' scores.
+    """
+
+    #: smallest valid ``shots`` (0 for methods with a zero-shot mode)
+    min_shots: ClassVar[int] = 1
+
+    backbone: str = DEFAULT_BACKBONE
+    image_size: int | None = None
+    precision: str = "bf16"
+    shots: int | None = None
+    seed: int = 0
+    batch_size: int = 8
+    calibration_quantile: float = 0.99
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
+        if self.image_size is not None and self.image_size < 8:
+            raise ValueError(f"image_size must be >= 8 or None, got {self.image_size}")
+        if self.shots is not None and self.shots < self.min_shots:
+            raise ValueError(
+                f"shots must be >= {self.min_shots} for {type(self).__name__} (or None for all "
+                f"images), got {self.shots}"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0.0 < self.calibration_quantile <= 1.0:
+            raise ValueError("calibration_quantile must be in (0, 1]")
 
 
-def augmented_views(image: np.ndarray, augment: Sequence[str]) -> list[np.ndarray]:
-    """The image followed by its requested flipped / rotated copies."""
-    ops = {
-        "hflip": lambda a: a[:, ::-1],
-        "vflip": lambda a: a[::-1],
-        "rot90": lambda a: np.rot90(a, 1),
-        "rot180": lambda a: np.rot90(a, 2),
-        "rot270": lambda a: np.rot90(a, 3),
-    }
-    return [image] + [np.ascontiguousarray(ops[name](image)) for name in augment]
-
-
-def check_shared_fields(config: Any, min_shots: int = 1) -> None:
-    """Validate the fields detector configs share, where present: ``augment`` (made a tuple),
-    ``precision``, ``search_precision``, ``shots`` (>= ``min_shots`` or None),
-    ``calibration_quantile``, ``neighbourhood`` and ``batch_size``."""
-    if hasattr(config, "augment"):
-        config.augment = tuple(config.augment)
-        bad = sorted(set(config.augment) - set(AUGMENTATIONS))
-        if bad:
-            raise ValueError(f"unknown augmentations {bad}; choose from {AUGMENTATIONS}")
-    for name in ("precision", "search_precision"):
-        if getattr(config, name, "fp32") not in ("fp32", "bf16"):
-            raise ValueError(f"{name} must be 'fp32' or 'bf16', got {getattr(config, name)!r}")
-    shots = getattr(config, "shots", None)
-    if shots is not None and shots < min_shots:
-        raise ValueError(
-            f"shots must be >= {min_shots} for {type(config).__name__} (or None for all "
-            f"images), got {shots}"
-        )
-    if not 0.0 < getattr(config, "calibration_quantile", 1.0) <= 1.0:
-        raise ValueError("calibration_quantile must be in (0, 1]")
-    for name in ("neighbourhood", "batch_size"):
-        if getattr(config, name, 1) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+def check_at_least(config: Any, minimum: int, *names: str) -> None:
+    """Raise ValueError unless every named integer field of ``config`` is ``>= minimum``
+    (None allowed)."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
 @dataclass

@@ -21,7 +21,6 @@ Pipeline (Roth et al., "Towards Total Recall in Industrial Anomaly Detection"):
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,54 +28,56 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from anomalens.backbones.base import Features
-from anomalens.backbones.registry import DEFAULT_BACKBONE
+from anomalens.backbones.base import check_precision
+from anomalens.data.transforms import augmented_views, check_augment
 from anomalens.methods.base import (
     Calibration,
     Detector,
+    DetectorConfig,
     FitReport,
     Prediction,
-    augmented_views,
     batches,
-    check_shared_fields,
+    check_at_least,
     select_shots,
 )
+from anomalens.methods.common import build_memory, calibrate, pool_patches
 from anomalens.neighbors import MemoryBank
-from anomalens.postprocess import foreground_mask, gaussian_blur, resize_map
-from anomalens.sampler import coreset_indices
+from anomalens.postprocess import (
+    FOREGROUND_SIZE,
+    check_foreground,
+    gaussian_blur,
+    resize_map,
+    soft_foreground,
+    use_foreground,
+)
 
-#: Side of the (square, downscaled) image the foreground mask is computed on.
-FOREGROUND_SIZE = 128
 #: Patches whose foreground weight is below this are not searched (their distance is 0).
 MIN_WEIGHT = 0.05
-#: Objects may cover at most this fraction of the image border for foreground weighting.
-MAX_BORDER_TOUCH = 0.2
 
 
 @dataclass
-class PatchCoreConfig:
-    """Parameters of :class:`PatchCore` (stored in ``config.json``).
+class PatchCoreConfig(DetectorConfig):
+    """Parameters of :class:`PatchCore` (stored in ``config.json``); the shared fields are
+    described in :class:`~anomalens.methods.base.DetectorConfig`.
 
-    backbone: registry spec; image_size: square input side; layers: backbone taps (None: the
-    backbone default); grid_layer: the tap whose grid the patches live on (None: the finest);
-    precision: backbone precision (``fp32``/``bf16``); neighbourhood: local
-    averaging window; memory_size: coreset rows kept (all patches if fewer); proj_dim: random
-    projection used by the coreset; search_precision: ``bf16`` shortlist + exact fp32 re-rank,
-    or ``fp32``; sigma: map smoothing in pixels at ``image_size``; augment: extra views of each
-    good image in the memory (``hflip, vflip, rot90, rot180, rot270``); shots: use only this
-    many good images (random, by ``seed``; None = all); calibration_images and
-    calibration_quantile: see the module doc. batch_size 4 measured fastest per image for
-    EfficientNet-Lite0 on 2 cores (larger batches spill the caches).
+    layers: backbone taps (None: the backbone default); grid_layer: the tap whose grid the
+    patches live on (None: the finest); neighbourhood: local averaging window; memory_size:
+    coreset rows kept (all patches if fewer); proj_dim: random projection used by the coreset;
+    search_precision: ``bf16`` shortlist + exact fp32 re-rank, or ``fp32``; sigma: map
+    smoothing in pixels at ``image_size``; foreground: ``auto`` (weighting on for objects on a
+    plain background, decided at ``fit``), ``on`` or ``off``; foreground_margin: dilation of the
+    object mask (fraction of the side); augment: extra views of each good image in the memory
+    (``hflip, vflip, rot90, rot180, rot270``); calibration_images: good images scored
+    leave-one-out for the thresholds. batch_size 4 is the fastest per image for
+    EfficientNet-Lite0 on CPU (larger batches spill the caches; docs/benchmarks.md).
     """
 
-    backbone: str = DEFAULT_BACKBONE
-    image_size: int = 320
+    image_size: int | None = 320
+    batch_size: int = 4
     layers: tuple[int, ...] | None = (2, 3)
     grid_layer: int | None = 3
-    precision: str = "bf16"
     neighbourhood: int = 3
     memory_size: int = 10240
     proj_dim: int = 128
@@ -85,72 +86,21 @@ class PatchCoreConfig:
     foreground: str = "auto"
     foreground_margin: float = 0.04
     augment: tuple[str, ...] = ()
-    shots: int | None = None
     calibration_images: int = 64
-    calibration_quantile: float = 0.99
-    batch_size: int = 4
-    seed: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.layers = tuple(self.layers) if self.layers is not None else None
-        check_shared_fields(self)
-        if self.foreground not in ("auto", "on", "off"):
-            raise ValueError(f"foreground must be auto, on or off, got {self.foreground!r}")
+        self.augment = check_augment(self.augment)
+        check_precision(self.search_precision, "search_precision")
+        check_foreground(self.foreground)
+        check_at_least(self, 1, "neighbourhood", "memory_size", "calibration_images")
         if (
             self.grid_layer is not None
             and self.layers is not None
             and (self.grid_layer not in self.layers)
         ):
             raise ValueError(f"grid_layer {self.grid_layer} is not one of layers {self.layers}")
-        if self.memory_size < 1:
-            raise ValueError(f"memory_size must be >= 1, got {self.memory_size}")
-
-
-def embed(features: Features, neighbourhood: int, grid_index: int | None = None) -> torch.Tensor:
-    """PatchCore patch embedding ``[B, h, w, D]`` on the grid of layer ``grid_index``.
-
-    ``grid_index`` indexes ``features.tokens``; None takes the finest grid.
-    """
-    if grid_index is None:
-        grid_index = max(range(len(features.grids)), key=lambda i: features.grids[i][0])
-    grid = features.grids[grid_index]
-    maps = []
-    for i in range(len(features.tokens)):
-        m = features.as_map(i)
-        if neighbourhood > 1:
-            pad = neighbourhood // 2
-            m = F.avg_pool2d(m, neighbourhood, 1, pad, count_include_pad=False)
-        if tuple(m.shape[-2:]) != tuple(grid):
-            m = F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
-        maps.append(m)
-    return torch.cat(maps, 1).permute(0, 2, 3, 1).contiguous()
-
-
-def soft_foreground(image: np.ndarray, size: int, margin: float) -> np.ndarray:
-    """Soft object mask ``[size, size]`` in [0, 1]: Otsu foreground of the image resized to
-    ``size``, dilated by ``margin`` of the side and blurred by 40% of that margin (a cheap,
-    low-resolution mask: it is resized to the map)."""
-    gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    small = cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA)
-    mask = foreground_mask(small, margin=margin).astype(np.float32)
-    return cv2.GaussianBlur(mask, (0, 0), max(0.4 * margin * size, 0.5))
-
-
-def has_plain_background(images: Sequence[np.ndarray], size: int, n: int = 16) -> bool:
-    """True when every one of (up to ``n``) good images shows an object on a plain background.
-
-    An image qualifies when its foreground mask is a plausible split (not the all-image
-    fallback of :func:`~anomalens.postprocess.foreground_mask`) and the object covers at most
-    ``MAX_BORDER_TOUCH`` of the image border; textures and frame-filling objects do not.
-    """
-    picked = [images[int(i)] for i in np.linspace(0, len(images) - 1, min(n, len(images)))]
-    for img in picked:
-        small = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
-        mask = foreground_mask(small, margin=0.0)
-        border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
-        if mask.all() or border.mean() > MAX_BORDER_TOUCH:
-            return False
-    return True
 
 
 class PatchCore(Detector):
@@ -183,7 +133,7 @@ class PatchCore(Detector):
         layers = list(c.layers or bb.default_layers)
         feats = bb.encode_image(bb.preprocess(images), layers)
         grid_index = layers.index(c.grid_layer) if c.grid_layer is not None else None
-        return embed(feats, c.neighbourhood, grid_index)
+        return pool_patches(feats, c.neighbourhood, grid_index)
 
     def foreground_weights(self, images: Sequence[np.ndarray]) -> list[np.ndarray] | None:
         """Soft object masks at ``FOREGROUND_SIZE`` (None when weighting is off)."""
@@ -219,7 +169,7 @@ class PatchCore(Detector):
             if bool(rows.any()):
                 dist[rows] = bank.search(flat[rows], exclude=exclude)[0]
         # sigma is given in pixels at image_size; the grid is image_size / h times coarser
-        grid = gaussian_blur(dist.view(b, h, w), self.config.sigma * h / self.config.image_size)
+        grid = gaussian_blur(dist.view(b, h, w), self.config.sigma * h / self.backbone.image_size)
         scores, maps = [], []
         for i, img in enumerate(images):
             m = grid[i].numpy()
@@ -240,9 +190,7 @@ class PatchCore(Detector):
             raise ValueError("fit needs at least one good image")
         keep = select_shots(len(images), c.shots, c.seed)
         images = [images[i] for i in keep]
-        self.use_foreground = c.foreground == "on" or (
-            c.foreground == "auto" and has_plain_background(images, FOREGROUND_SIZE)
-        )
+        self.use_foreground = use_foreground(c.foreground, images)
         n_views = 1 + len(c.augment)
         views = (v for img in images for v in augmented_views(img, c.augment))
         chunks = []
@@ -258,30 +206,18 @@ class PatchCore(Detector):
         feats = torch.cat(chunks)  # [G * n_views, h, w, D], views of one image adjacent
         del chunks
         t1 = time.perf_counter()
-        n_img, h, w, dim = feats.shape
-        flat = feats.view(-1, dim)
-        if flat.shape[0] > c.memory_size:
-            idx = coreset_indices(
-                flat,
-                c.memory_size,
-                proj_dim=c.proj_dim,
-                seed=c.seed,
-                block=h * w,
-                progress=progress,
-            )
-        else:
-            idx = torch.arange(flat.shape[0])
-        self.memory = flat[idx].clone()
+        _, h, w, _ = feats.shape
+        self.memory, sources = build_memory(
+            feats, n_views, c.memory_size, c.seed, progress, proj_dim=c.proj_dim
+        )
         self.grid = (h, w)
         self._bank = None
         t2 = time.perf_counter()
-        # source image of each memory row (all views of an image share its id)
-        sources = idx // (h * w * n_views)
         self.calibration = self._calibrate(feats[::n_views], images, sources, progress)
         t3 = time.perf_counter()
         self.fit_report = FitReport(
             n_images=len(images),
-            n_patches=int(flat.shape[0]),
+            n_patches=int(feats.shape[0] * h * w),
             memory_size=int(self.memory.shape[0]),
             seconds={
                 "features": t1 - t0,
@@ -299,27 +235,25 @@ class PatchCore(Detector):
         sources: torch.Tensor,
         progress: bool,
     ) -> Calibration:
-        c = self.config
-        n = feats.shape[0]
-        if n < 2:
-            warnings.warn(
-                "one good image cannot calibrate a threshold (leave-one-out needs "
-                "at least 2); predictions will have no defective/ok verdict",
-                stacklevel=3,
-            )
-            return Calibration(quantile=c.calibration_quantile)
-        chosen = np.unique(np.linspace(0, n - 1, min(n, c.calibration_images)).round()).astype(int)
-        scores, maxima = [], []
-        for i in tqdm(
-            chosen, desc="patchcore fit: calibration", unit="img", disable=not progress, leave=False
-        ):
-            exclude = sources == int(i)
+        """Leave-one-out thresholds: each chosen training image against the memory without the
+        rows that came from it."""
+
+        def score_one(i: int) -> tuple[float, float] | None:
+            exclude = sources == i
             if bool(exclude.all()):
-                continue
+                return None
             score, maps = self._score(feats[i : i + 1], [images[i]], exclude=exclude)
-            scores.append(score[0])
-            maxima.append(float(maps[0].max()))
-        return Calibration.from_scores(scores, maxima, c.calibration_quantile)
+            return score[0], float(maps[0].max())
+
+        c = self.config
+        return calibrate(
+            score_one,
+            feats.shape[0],
+            c.calibration_images,
+            c.calibration_quantile,
+            progress,
+            "patchcore fit: calibration",
+        )
 
     # ------------------------------------------------------------------ predict
     def predict(self, images: Sequence[np.ndarray], progress: bool = False) -> Prediction:

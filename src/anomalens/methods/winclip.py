@@ -49,32 +49,25 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from anomalens.backbones.base import Backbone, Features
+from anomalens.backbones.base import Features, check_precision
+from anomalens.data.transforms import resize_square
 from anomalens.errors import TextTowerMissingError
-from anomalens.methods.anomalydino import (
-    PatchMemory,
-    build_memory,
-    calibrate,
-    encode,
-    is_vit,
-    patch_features,
-    resize_square,
-    upsample_smooth,
-)
 from anomalens.methods.base import (
     Calibration,
     Detector,
+    DetectorConfig,
     FitReport,
     Prediction,
     batches,
-    check_shared_fields,
+    check_at_least,
     select_shots,
 )
-from anomalens.postprocess import foreground_mask, robust_normalize
-from anomalens.prompts import ENSEMBLES, build_prompts, text_anchors
+from anomalens.methods.common import build_memory, calibrate, pool_patches, upsample_smooth
+from anomalens.neighbors import MemoryBank
+from anomalens.postprocess import check_foreground, foreground_mask, robust_normalize
+from anomalens.prompts import build_prompts, check_ensembles, text_anchors
 
 SCORINGS = ("tokens", "windows")
-WINDOW_CHUNK = 4096  # window sequences per transformer call
 
 
 # ------------------------------------------------------------------------------------------
@@ -116,52 +109,6 @@ def harmonic_aggregation(
         raise ValueError("some patches are covered by no window")
     inv = 1.0 / scores.double().clamp_min(eps)
     return (counts / (inv @ cover)).float().view(-1, *grid)
-
-
-def window_embeddings(
-    backbone: Backbone, pixels: torch.Tensor, indices: Sequence[torch.Tensor]
-) -> list[torch.Tensor]:
-    """Unit-norm joint-space embeddings ``[B, n_windows, D]`` of every window, per scale.
-
-    The tokens of a window (after patch and position embedding) run through the transformer
-    alone and are pooled like the full image: CLIP prepends the CLS token and projects it
-    (``visual_projection(post_layernorm(CLS))``); SigLIP applies ``post_layernorm`` and its
-    attention-pooling head. A window covering the whole grid reproduces the image embedding.
-    """
-    kind = getattr(backbone, "kind", None)
-    if kind not in ("clip", "siglip"):
-        raise ValueError(
-            f"window scoring needs a CLIP or SigLIP backbone, got {backbone.name!r}; "
-            "use scoring='tokens'"
-        )
-    model = backbone.model
-    vision = model.vision_model
-    out = []
-    with torch.inference_mode(), backbone.autocast():
-        emb = vision.embeddings(pixels.float(), interpolate_pos_encoding=True)
-        if kind == "clip":
-            emb = vision.pre_layrnorm(emb)
-            cls, patches = emb[:, :1], emb[:, 1:]
-        else:
-            cls, patches = None, emb
-        b, _, c = patches.shape
-        for idx in indices:
-            n_w, k = idx.shape
-            seq = patches[:, idx.reshape(-1)].reshape(b * n_w, k, c)
-            if cls is not None:
-                seq = torch.cat([cls.expand(b, n_w, c).reshape(b * n_w, 1, c), seq], 1)
-            pooled = []
-            for start in range(0, seq.shape[0], WINDOW_CHUNK):
-                h = vision.encoder(inputs_embeds=seq[start : start + WINDOW_CHUNK])
-                h = h.last_hidden_state
-                if kind == "clip":
-                    p = model.visual_projection(vision.post_layernorm(h[:, 0]))
-                else:
-                    h = vision.post_layernorm(h)
-                    p = vision.head(h) if getattr(vision, "use_head", False) else h.mean(1)
-                pooled.append(p.float())
-            out.append(F.normalize(torch.cat(pooled), dim=-1).reshape(b, n_w, -1).clone())
-    return out
 
 
 def fuse(values: Sequence[torch.Tensor | None], weights: Sequence[float]) -> torch.Tensor:
@@ -208,30 +155,31 @@ def fuse_and_normalize(
 
 
 @dataclass
-class WinCLIPConfig:
-    """Parameters of :class:`WinCLIP` (stored in ``config.json``).
+class WinCLIPConfig(DetectorConfig):
+    """Parameters of :class:`WinCLIP` (stored in ``config.json``); the shared fields are
+    described in :class:`~anomalens.methods.base.DetectorConfig`.
 
-    backbone: registry spec (``clip:...`` or ``siglip:...`` for the text branch; any backbone
-    for the memory branch alone); image_size: square input side (None: the backbone default);
-    precision: backbone precision; class_name: the object word in the prompts (``metal_nut``
-    becomes "metal nut"); prompts: ensembles from :data:`anomalens.prompts.ENSEMBLES`;
-    extra_normal / extra_anomalous: user state words ("scratched" or "{} with a bent tip");
-    scoring: ``tokens`` or ``windows`` (see the module doc); text_layers: blocks whose projected
-    tokens give the token text map (negative = from the end); memory_layers: backbone taps of
-    the memory (None: the backbone default); window_sizes: window sides in patches;
-    temperature: softmax temperature (None: the model's learned logit scale); text_weight /
-    memory_weight: fusion weights; shots: good images used (None: all, 0: zero-shot);
-    memory_size: coreset size of the patch memory (None: keep all); neighbourhood: local
-    averaging of memory features; foreground: OpenCV foreground masking (None: on when the
-    text branch is used, whose maps light up the background; off for the memory branch alone,
-    which learns the background from the good images; turn off for textures); normalize:
-    per-image median/MAD normalisation over the foreground; sigma: map
-    smoothing in pixels at ``image_size``; search_precision: nearest-neighbour precision.
+    backbone: ``clip:...`` or ``siglip:...`` for the text branch; any backbone for the memory
+    branch alone; shots: 0 = zero-shot; class_name: the object word in the prompts
+    (``metal_nut`` becomes "metal nut"); prompts: ensembles from
+    :data:`anomalens.prompts.ENSEMBLES`; extra_normal / extra_anomalous: user state words
+    ("scratched" or "{} with a bent tip"); scoring: ``tokens`` or ``windows`` (see the module
+    doc); text_layers: blocks whose projected tokens give the token text map (negative = from
+    the end); memory_layers: backbone taps of the memory (None: the backbone default);
+    window_sizes: window sides in patches; temperature: softmax temperature (None: the model's
+    learned logit scale); text_weight / memory_weight: fusion weights; memory_size: coreset size
+    of the patch memory (None: keep all); neighbourhood: local averaging of memory features;
+    foreground: OpenCV foreground masking, ``auto`` (on when the text branch is used, whose maps
+    light up the background; off for the memory branch alone, which learns the background from
+    the good images), ``on`` or ``off`` (for textures); normalize: per-image median/MAD
+    normalisation over the foreground; sigma: map smoothing in pixels at ``image_size``;
+    search_precision: nearest-neighbour precision; calibration_images: good images scored leave-
+    one-out for the thresholds.
     """
 
+    min_shots = 0
+
     backbone: str = "clip:openai/clip-vit-base-patch16"
-    image_size: int | None = None
-    precision: str = "bf16"
     class_name: str = "object"
     prompts: tuple[str, ...] = ("winclip",)
     extra_normal: tuple[str, ...] = ()
@@ -243,30 +191,27 @@ class WinCLIPConfig:
     temperature: float | None = 0.07
     text_weight: float = 0.3
     memory_weight: float = 0.7
-    shots: int | None = None
     memory_size: int | None = 16384
     neighbourhood: int = 1
-    foreground: bool | None = None
+    foreground: str = "auto"
     normalize: bool = True
     sigma: float = 4.0
     search_precision: str = "bf16"
     calibration_images: int = 64
-    calibration_quantile: float = 0.99
-    batch_size: int = 8
-    seed: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("prompts", "extra_normal", "extra_anomalous", "text_layers", "window_sizes"):
             value = getattr(self, name)
             setattr(self, name, (value,) if isinstance(value, str | int) else tuple(value))
         if self.memory_layers is not None:
             self.memory_layers = tuple(self.memory_layers)
-        unknown = sorted(set(self.prompts) - set(ENSEMBLES))
-        if unknown or not self.prompts:
-            raise ValueError(f"unknown prompt ensembles {unknown}; choose from {list(ENSEMBLES)}")
+        self.prompts = check_ensembles(self.prompts)
         if self.scoring not in SCORINGS:
             raise ValueError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
-        check_shared_fields(self, min_shots=0)
+        check_precision(self.search_precision, "search_precision")
+        check_foreground(self.foreground)
+        check_at_least(self, 1, "memory_size", "neighbourhood", "calibration_images")
         if self.text_weight < 0 or self.memory_weight < 0:
             raise ValueError("text_weight and memory_weight must be >= 0")
         if self.text_weight == 0 and self.memory_weight == 0:
@@ -275,8 +220,6 @@ class WinCLIPConfig:
             raise ValueError("temperature must be > 0 or None")
         if not self.text_layers or not self.window_sizes or min(self.window_sizes) < 1:
             raise ValueError("text_layers and window_sizes must be non-empty, sizes >= 1")
-        if self.memory_size is not None and self.memory_size < 1:
-            raise ValueError("memory_size must be >= 1 or None")
 
 
 # ------------------------------------------------------------------------------------------
@@ -285,7 +228,7 @@ class WinCLIPConfig:
 
 
 @dataclass
-class _Encoded:
+class BranchInputs:
     """What ``predict`` needs of a batch of images, computed once (also kept for calibration)."""
 
     text_map: torch.Tensor | None = None  # [B, h, w] anomaly probabilities
@@ -294,11 +237,11 @@ class _Encoded:
     windows: list[torch.Tensor] | None = None  # per scale [B, n_w, D]
     fg: list[np.ndarray] | None = None  # [S, S] bool foreground masks
 
-    def item(self, i: int) -> _Encoded:
+    def item(self, i: int) -> BranchInputs:
         def part(t):
             return None if t is None else t[i : i + 1]
 
-        return _Encoded(
+        return BranchInputs(
             part(self.text_map),
             part(self.text_score),
             part(self.feats),
@@ -307,7 +250,7 @@ class _Encoded:
         )
 
     @staticmethod
-    def cat(parts: Sequence[_Encoded]) -> _Encoded:
+    def cat(parts: Sequence[BranchInputs]) -> BranchInputs:
         def join(name):
             vals = [getattr(p, name) for p in parts]
             return None if vals[0] is None else torch.cat(vals)
@@ -316,7 +259,7 @@ class _Encoded:
         if parts[0].windows is not None:
             wins = [torch.cat(ws) for ws in zip(*(p.windows for p in parts), strict=True)]
         fg = None if parts[0].fg is None else [m for p in parts for m in p.fg]
-        return _Encoded(join("text_map"), join("text_score"), join("feats"), wins, fg)
+        return BranchInputs(join("text_map"), join("text_score"), join("feats"), wins, fg)
 
 
 class WinCLIP(Detector):
@@ -334,8 +277,10 @@ class WinCLIP(Detector):
         self.grid: tuple[int, int] | None = None
         self.n_shots = 0
         self._fitted = False
-        self._index: PatchMemory | None = None
-        self._window_index: list[PatchMemory] | None = None
+        self._bank: MemoryBank | None = None
+        self._window_banks: list[MemoryBank] | None = None
+        self._sources: torch.Tensor | None = None  # memory row -> good image, during fit
+        self._window_sources: list[torch.Tensor] | None = None
         self._anchor_cache: dict[tuple, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ plumbing
@@ -358,16 +303,16 @@ class WinCLIP(Detector):
     def _memory_layers(self) -> tuple[int, ...]:
         c, bb = self.config, self.backbone
         layers = c.memory_layers if c.memory_layers is not None else bb.default_layers
-        return tuple(bb.resolve_layers(layers)) if is_vit(bb) else tuple(layers)
+        return tuple(bb.resolve_layers(layers))
 
     def _use_foreground(self, text: bool) -> bool:
         fg = self.config.foreground
-        return text if fg is None else fg
+        return text if fg == "auto" else fg == "on"
 
     def _scale(self) -> float:
         if self.config.temperature is not None:
             return 1.0 / self.config.temperature
-        return float(self.backbone.model.logit_scale.detach().exp())
+        return self.backbone.logit_scale()
 
     def _windows(self) -> list[torch.Tensor]:
         assert self.grid is not None
@@ -385,21 +330,21 @@ class WinCLIP(Detector):
         return self._anchor_cache[key].clone()
 
     # ------------------------------------------------------------------ encoding
-    def _encode(self, images: Sequence[np.ndarray], text: bool, memory: bool) -> _Encoded:
+    def _encode(self, images: Sequence[np.ndarray], text: bool, memory: bool) -> BranchInputs:
         c, bb = self.config, self.backbone
         pixels = bb.preprocess(images)
         token_text = text and c.scoring == "tokens"
         t_layers = self._text_layers() if token_text else ()
         m_layers = self._memory_layers() if memory else ()
         layers = tuple(dict.fromkeys(t_layers + m_layers))
-        enc = _Encoded()
+        enc = BranchInputs()
         if layers or text:
-            feats = encode(bb, pixels, layers or (bb.num_layers,), with_global=text)
+            feats = bb.encode_image(pixels, layers or (bb.num_layers,), with_global=text)
             by_layer = dict(zip(layers, feats.tokens, strict=False))
             grids = dict(zip(layers, feats.grids, strict=False))
             if memory:
                 mf = Features([by_layer[k] for k in m_layers], [grids[k] for k in m_layers])
-                enc.feats = patch_features(mf, c.neighbourhood)
+                enc.feats = pool_patches(mf, c.neighbourhood, normalize=True)
             if text:
                 assert self.anchors is not None and feats.global_embedding is not None
                 scale = self._scale()
@@ -412,7 +357,7 @@ class WinCLIP(Detector):
                     probs = anomaly_probability(tokens, self.anchors, scale)
                     enc.text_map = probs.view(-1, h, w)
         if c.scoring == "windows":
-            wins = window_embeddings(bb, pixels, self._windows())
+            wins = bb.encode_windows(pixels, self._windows())
             if memory:
                 enc.windows = wins
             if text:
@@ -425,12 +370,12 @@ class WinCLIP(Detector):
                 stack = torch.stack(scales).double()
                 enc.text_map = (len(scales) / (1.0 / stack.clamp_min(1e-12)).sum(0)).float()
         if self._use_foreground(text):
-            enc.fg = [foreground_mask(img) for img in resize_square(images, bb.image_size)]
+            enc.fg = [foreground_mask(resize_square(img, bb.image_size)) for img in images]
         return enc
 
     def _encode_all(
         self, images: Sequence[np.ndarray], text: bool, memory: bool, progress: bool, desc: str
-    ) -> _Encoded:
+    ) -> BranchInputs:
         parts = []
         for batch in tqdm(
             list(batches(images, self.config.batch_size)),
@@ -439,26 +384,35 @@ class WinCLIP(Detector):
             disable=not progress,
         ):
             parts.append(self._encode(batch, text, memory))
-        return _Encoded.cat(parts)
+        return BranchInputs.cat(parts)
 
     # ------------------------------------------------------------------ scoring
-    def _memory_map(self, enc: _Encoded, leave_out: int | None) -> torch.Tensor:
+    def _memory_map(self, enc: BranchInputs, leave_out: int | None) -> torch.Tensor:
         """WinCLIP+ visual association map ``[B, h, w]`` (``(1 - cos) / 2`` to the memory)."""
-        assert enc.feats is not None and self._index is not None
+        assert enc.feats is not None
+        bank, window_banks = self._banks()
+
+        def hidden(sources: torch.Tensor | None) -> torch.Tensor | None:
+            if leave_out is None:
+                return None
+            assert sources is not None, "leave-one-out needs the fit-time source ids"
+            return sources == leave_out
+
         b, h, w, dim = enc.feats.shape
-        dist = self._index.cosine_distance(enc.feats.reshape(-1, dim), leave_out)
+        dist = bank.cosine_distance(enc.feats.reshape(-1, dim), hidden(self._sources))
         maps = [dist.view(b, h, w) / 2]
         if self.config.scoring == "windows":
-            assert enc.windows is not None and self._window_index is not None
-            for emb, index, idx in zip(
-                enc.windows, self._window_index, self._windows(), strict=True
+            assert enc.windows is not None and window_banks is not None
+            sources = self._window_sources or [None] * len(window_banks)
+            for emb, wbank, src, idx in zip(
+                enc.windows, window_banks, sources, self._windows(), strict=True
             ):
                 n_w = emb.shape[1]
-                wd = index.cosine_distance(emb.reshape(b * n_w, -1), leave_out).view(b, n_w) / 2
-                maps.append(harmonic_aggregation(wd, (h, w), idx))
+                wd = wbank.cosine_distance(emb.reshape(b * n_w, -1), hidden(src))
+                maps.append(harmonic_aggregation(wd.view(b, n_w) / 2, (h, w), idx))
         return torch.stack(maps).mean(0)
 
-    def _score(self, enc: _Encoded, leave_out: int | None = None):
+    def _score(self, enc: BranchInputs, leave_out: int | None = None):
         """Image scores ``[B]`` (numpy) and final maps ``[B, S, S]`` (list of numpy)."""
         c = self.config
         size = self.backbone.image_size
@@ -499,7 +453,7 @@ class WinCLIP(Detector):
         images = [] if c.shots == 0 else list(images)
         images = [images[i] for i in select_shots(len(images), c.shots, c.seed)]
         bb = self.backbone
-        has_text = bool(getattr(bb, "has_text", False))
+        has_text = bb.has_text
         use_memory = bool(images) and c.memory_weight > 0
         use_text = has_text and c.text_weight > 0
         if not images and not has_text:
@@ -513,7 +467,7 @@ class WinCLIP(Detector):
             raise ValueError("zero-shot WinCLIP needs text_weight > 0")
         if images and not use_text and not use_memory:
             raise ValueError("memory_weight is 0 and the backbone has no text tower")
-        if c.scoring == "windows" and getattr(bb, "kind", None) not in ("clip", "siglip"):
+        if c.scoring == "windows" and not bb.supports_windows:
             raise ValueError(
                 f"scoring='windows' needs a CLIP or SigLIP backbone, got {c.backbone!r}; "
                 "use scoring='tokens'"
@@ -526,7 +480,8 @@ class WinCLIP(Detector):
             )
         self.anchors = self._compute_anchors() if use_text else None
         t1 = time.perf_counter()
-        self.memory, self.window_memory, self._index, self._window_index = None, None, None, None
+        self.memory, self.window_memory = None, None
+        self._bank, self._window_banks = None, None
         self.n_shots = len(images)
         self.grid = tuple(bb.grid()) if bb.architecture == "vit" else None
         enc = None
@@ -535,16 +490,14 @@ class WinCLIP(Detector):
             assert enc.feats is not None
             self.grid = tuple(enc.feats.shape[1:3])
             memory, sources = build_memory(enc.feats, 1, c.memory_size, c.seed, progress)
-            self.memory = memory
-            self._index = PatchMemory(memory, sources, c.search_precision)
+            self.memory, self._sources = memory, sources
             if c.scoring == "windows":
                 assert enc.windows is not None
-                self.window_memory, self._window_index = [], []
+                self.window_memory, self._window_sources = [], []
                 for emb in enc.windows:
-                    flat = emb.reshape(-1, emb.shape[-1]).clone()
+                    self.window_memory.append(emb.reshape(-1, emb.shape[-1]).clone())
                     src = torch.arange(emb.shape[0]).repeat_interleave(emb.shape[1])
-                    self.window_memory.append(flat)
-                    self._window_index.append(PatchMemory(flat, src, c.search_precision))
+                    self._window_sources.append(src)
         elif self.grid is None:
             raise ValueError(f"cannot tell the patch grid of {bb.name!r}")
         self._fitted = True
@@ -566,7 +519,7 @@ class WinCLIP(Detector):
             )
         else:
             self.calibration = Calibration(quantile=c.calibration_quantile)
-        self._reset_indexes()
+        self._sources, self._window_sources = None, None
         t3 = time.perf_counter()
         self.fit_report = FitReport(
             n_images=len(images),
@@ -576,17 +529,15 @@ class WinCLIP(Detector):
         )
         return self
 
-    def _reset_indexes(self) -> None:
-        """Search indexes without the fit-time source ids (built lazily after ``load``)."""
+    def _banks(self) -> tuple[MemoryBank, list[MemoryBank] | None]:
+        """Search indexes of the patch memory and the window memories (built on first use)."""
         c = self.config
-        self._index = (
-            None if self.memory is None else PatchMemory(self.memory, None, c.search_precision)
-        )
-        self._window_index = (
-            None
-            if self.window_memory is None
-            else [PatchMemory(m, None, c.search_precision) for m in self.window_memory]
-        )
+        if self._bank is None:
+            assert self.memory is not None
+            self._bank = MemoryBank(self.memory, c.search_precision)
+            if self.window_memory is not None:
+                self._window_banks = [MemoryBank(m, c.search_precision) for m in self.window_memory]
+        return self._bank, self._window_banks
 
     # ------------------------------------------------------------------ predict
     def predict(self, images: Sequence[np.ndarray], progress: bool = False) -> Prediction:
@@ -594,9 +545,6 @@ class WinCLIP(Detector):
 
         Runs no text encoder: the anchors come from ``fit``.
         """
-        self._require_fitted()
-        if self.use_memory and self._index is None:
-            self._reset_indexes()
         return self._predict_batches(
             images,
             lambda batch: self._score(self._encode(batch, self.use_text, self.use_memory)),

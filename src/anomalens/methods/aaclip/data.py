@@ -8,7 +8,7 @@
   category, as the reference defines k-shot), then as ``"masks"``;
 * ``"synthetic"``: good images only; each epoch every image independently gets one synthetic
   defect with probability ``defect_probability`` (placed on the object for objects on a plain
-  background, see :func:`~anomalens.methods.patchcore.has_plain_background`).
+  background, see :func:`~anomalens.postprocess.has_plain_background`).
 
 The validation split (:func:`split_validation`) is made first, from the pool the mode uses.
 Augmentation follows the reference: stage 1 rotates (+-5 degrees), crops (90-100 % side) and
@@ -30,13 +30,16 @@ import numpy as np
 
 from anomalens.data.sample import Sample
 from anomalens.data.synthetic import DEFECT_KINDS, add_synthetic_defect
-from anomalens.methods.aaclip import TRAINING_MODES as MODES
-from anomalens.methods.patchcore import FOREGROUND_SIZE, has_plain_background
-from anomalens.postprocess import foreground_mask
+from anomalens.postprocess import (
+    check_foreground,
+    foreground_mask,
+    has_plain_background,
+)
 
-__all__ = ["TrainItem", "TrainingData", "select_kshot", "split_validation"]
+__all__ = ["MODES", "TrainItem", "TrainingData", "select_kshot", "split_validation"]
 
-FOREGROUND_MODES = ("auto", "on", "off")
+#: Training data modes (``anomalens train --mode``).
+MODES = ("masks", "kshot", "synthetic")
 #: Stage-1 geometry: rotation range in degrees and crop side range (fraction of the image).
 ROTATION = 5.0
 CROP = (0.9, 1.0)
@@ -296,8 +299,7 @@ class TrainingData:
                 )
         if not 0.0 <= defect_probability <= 1.0:
             raise ValueError(f"defect_probability must be in [0, 1], got {defect_probability}")
-        if foreground not in FOREGROUND_MODES:
-            raise ValueError(f"foreground must be auto, on or off, got {foreground!r}")
+        check_foreground(foreground)
 
     def _pool(self, samples: Sequence[Sample], shots: int | None) -> list[Sample]:
         """The samples this mode trains and validates on, checked."""
@@ -342,7 +344,7 @@ class TrainingData:
         for category in {item.category for item in self._train + val}:
             if self.foreground == "auto":
                 images = [i.image for i in self._train + val if i.category == category]
-                on[category] = has_plain_background(images, FOREGROUND_SIZE)
+                on[category] = has_plain_background(images)
             else:
                 on[category] = self.foreground == "on"
 

@@ -1,44 +1,16 @@
-"""AA-CLIP / AA-SigLIP: anomaly-aware residual adapters on a frozen backbone.
+"""AA-CLIP / AA-SigLIP's trainable modules around a frozen backbone, and their config.
 
-Ma et al., "AA-CLIP: Enhancing Zero-shot Anomaly Detection via Anomaly-Aware CLIP" (CVPR 2025;
-reference code ``Mwxinnn/AA-CLIP``), generalised to SigLIP and to vision-only backbones
-(DINOv2, EfficientNet-Lite) as in the AA-SigLIP design notes. The backbone stays frozen; only
-small modules are trained (:mod:`anomalens.methods.aaclip_train`):
-
-* image adapters: a :class:`~anomalens.methods.aaclip_parts.ResidualAdapter` after each of the
-  first ``adapt_layers`` layers (a quarter of the depth: 6 for ViT-L/24, 7 for SO400M/27, 3 for
-  B/12; 2 of the 7 EfficientNet stages), ``x <- 0.1 * adapter(x) + 0.9 * x``;
-* projections: one :class:`~anomalens.methods.aaclip_parts.Projection` per feature level (the
-  quarters of the depth for ViTs) from the final-normed tokens into the anchor space, and one for
-  the detection token (mean of the normalised projected tokens of the deepest level);
-* anchors (``anchors``): ``text``: prompt-ensemble embeddings of the text tower with residual
-  adapters after its first 3 layers and a residual projection after its output (CLIP, SigLIP);
-  ``learned``: two trainable vectors; ``centroid``: the normal anchor is the mean projected
-  feature of good images (kept as a buffer, recomputed from the good images at ``fit``), the
-  anomalous anchor is trainable. ``learned`` and ``centroid`` need no text tower.
-
-Inference. Per level ``l``: ``p_l = softmax(logit_scale * cos(token, [T_N, T_A]))[anomalous]`` on
-the patch grid; the levels are averaged (coarser grids upsampled to the finest), blurred with a
-Gaussian of ``sigma`` patches (1 for industrial images in AA-CLIP, 1.5 for medical) and upsampled
-to the input. The image score is the detection probability
-``softmax(logit_scale * cos(det, [T_N, T_A]))[anomalous]``, the map maximum, or their mean
-(``image_score`` = ``det`` / ``max`` / ``fused``). Deviation from the reference: its detection
-logits are unscaled cosines (probabilities stuck in [0.27, 0.73]); ours use the same scale as
-the maps so the two can be fused.
-
-A detector needs trained adapters: ``anomalens train --method aaclip ...`` writes them (only the
-trained tensors, as safetensors + config.json); ``fit`` on good images of the target category
-then computes the anchors (and centroid) and calibrates the thresholds.
+See :mod:`anomalens.methods.aaclip` for the method. :class:`AdaptedModel` holds the image and text
+adapters, the per-level projections and the anchors; it computes adapted features, anchors and
+anomaly maps. Training is in :mod:`anomalens.methods.aaclip.train`, the detector in
+:mod:`anomalens.methods.aaclip.detector`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,20 +19,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anomalens.backbones.base import Backbone
-from anomalens.backbones.hf import quarter_layers
-from anomalens.errors import UntrainedError
-from anomalens.methods.aaclip_parts import Projection, ResidualAdapter, ResidualProjection
-from anomalens.methods.anomalydino import is_vit
-from anomalens.methods.base import Calibration, Detector, Prediction, batches
+from anomalens.methods.aaclip.parts import Projection, ResidualAdapter, ResidualProjection
+from anomalens.methods.base import DetectorConfig, check_at_least
 from anomalens.postprocess import gaussian_blur
-from anomalens.prompts import ENSEMBLES, build_prompts
+from anomalens.prompts import build_prompts, check_ensembles
 
 ANCHOR_SOURCES = ("text", "learned", "centroid")
-#: training data modes of ``anomalens train`` (see :mod:`anomalens.methods.aaclip_data`)
-TRAINING_MODES = ("masks", "kshot", "synthetic")
 IMAGE_SCORES = ("det", "max", "fused")
-#: feature levels of the EfficientNet-Lite stages (1..7) when ``levels`` is None
-CNN_LEVELS = (2, 3, 4, 5)
 #: anchor-space size for ``learned`` / ``centroid`` anchors when ``embed_dim`` is None
 DEFAULT_EMBED_DIM = 256
 #: text layers with adapters when ``text_adapt_layers`` is None (K_T of AA-CLIP)
@@ -69,36 +34,25 @@ TEXT_ADAPT_LAYERS = 3
 CENTROID_MOMENTUM = 0.9
 
 
-UNTRAINED_MESSAGE = (
-    "AA-CLIP needs trained adapters: train them with `anomalens train --method aaclip ...` "
-    "(or aaclip_train.train_aaclip) and pass the checkpoint folder "
-    "(`anomalens benchmark --method aaclip --checkpoint DIR`)"
-)
-
-
 @dataclass
-class AACLIPConfig:
-    """Parameters of :class:`AACLIP` (stored in ``config.json``).
+class AACLIPConfig(DetectorConfig):
+    """Parameters of :class:`~anomalens.methods.aaclip.AACLIP` (stored in ``config.json``);
+    the shared fields are described in :class:`~anomalens.methods.base.DetectorConfig` (``shots``:
+    good images used by ``fit``; ``seed``: initialisation of the trained modules).
 
-    backbone: registry spec; image_size: square input side (None: the backbone default);
-    precision: backbone precision (bf16 autocast on CPU, or fp32); anchors: ``text``, ``learned``
-    or ``centroid``; class_name: object word of the prompts (``text`` anchors); prompts: prompt
-    ensembles of :mod:`anomalens.prompts`; levels: backbone layers whose tokens are scored (None:
-    the quarters of a ViT's depth, EfficientNet stages 2-5); adapt_layers: image adapters after
-    layers 1..K (None: a quarter of the depth); text_adapt_layers: text adapters after text
-    layers 1..K (None: 3, or all of a shallower text tower); adapter_weight /
-    text_adapter_weight: weight of the adapted branch (0.1); embed_dim: anchor space size
-    (None: the joint space for ``text``, 256 otherwise);
-    logit_scale: cosine scale before the softmax (100 as CLIP); sigma: map blur in patches;
-    image_score: ``det``, ``max`` or ``fused``; refit_centroid: recompute the normal centroid from
-    the good images given to ``fit``; calibration_quantile: quantile of the good images' scores
-    used as threshold; batch_size: images per forward pass; seed: initialisation of the trained
-    modules.
+    anchors: ``text``, ``learned`` or ``centroid``; class_name: object word of the prompts
+    (``text`` anchors); prompts: prompt ensembles of :mod:`anomalens.prompts`; levels: backbone
+    layers whose tokens are scored (None: the backbone's ``feature_levels``, the quarters of a
+    ViT's depth, EfficientNet stages 2-5); adapt_layers: image adapters after layers 1..K (None:
+    a quarter of the depth); text_adapt_layers: text adapters after text layers 1..K (None: 3,
+    or all of a shallower text tower); adapter_weight / text_adapter_weight: weight of the
+    adapted branch (0.1); embed_dim: anchor space size (None: the joint space for ``text``, 256
+    otherwise); logit_scale: cosine scale before the softmax (100 as CLIP); sigma: map blur in
+    patches; image_score: ``det``, ``max`` or ``fused``; refit_centroid: recompute the normal
+    centroid from the good images given to ``fit``.
     """
 
     backbone: str = "clip:openai/clip-vit-large-patch14-336"
-    image_size: int | None = None
-    precision: str = "bf16"
     anchors: str = "text"
     class_name: str = "object"
     prompts: tuple[str, ...] = ("aaclip",)
@@ -112,31 +66,19 @@ class AACLIPConfig:
     sigma: float = 1.0
     image_score: str = "fused"
     refit_centroid: bool = True
-    calibration_quantile: float = 0.99
-    batch_size: int = 8
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        self.prompts = (self.prompts,) if isinstance(self.prompts, str) else tuple(self.prompts)
+        super().__post_init__()
+        self.prompts = check_ensembles(self.prompts)
         if self.levels is not None:
             self.levels = tuple(int(v) for v in self.levels)
         if self.anchors not in ANCHOR_SOURCES:
             raise ValueError(f"anchors must be one of {ANCHOR_SOURCES}, got {self.anchors!r}")
         if self.image_score not in IMAGE_SCORES:
             raise ValueError(f"image_score must be one of {IMAGE_SCORES}, got {self.image_score!r}")
-        unknown = sorted(set(self.prompts) - set(ENSEMBLES))
-        if unknown or not self.prompts:
-            raise ValueError(f"unknown prompt ensembles {unknown}; choose from {list(ENSEMBLES)}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        for name in ("adapt_layers", "embed_dim", "text_adapt_layers"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if self.logit_scale <= 0 or self.sigma < 0 or self.batch_size < 1:
-            raise ValueError("logit_scale must be > 0, sigma >= 0 and batch_size >= 1")
-        if not 0.0 < self.calibration_quantile <= 1.0:
-            raise ValueError("calibration_quantile must be in (0, 1]")
+        check_at_least(self, 1, "adapt_layers", "embed_dim", "text_adapt_layers")
+        if self.logit_scale <= 0 or self.sigma < 0:
+            raise ValueError("logit_scale must be > 0 and sigma >= 0")
 
 
 @dataclass
@@ -228,8 +170,7 @@ class AdaptedModel(nn.Module):
             self.seg_proj = nn.ModuleList(Projection(dims[layer], dim) for layer in self.levels)
             self.det_proj = Projection(dims[self.levels[-1]], dim)
             if c.anchors == "text":
-                width = int(backbone.model.config.text_config.hidden_size)
-                n_text = int(backbone.model.config.text_config.num_hidden_layers)
+                width, n_text = backbone.text_dims()
                 k_text = c.text_adapt_layers or min(TEXT_ADAPT_LAYERS, n_text)
                 if k_text > n_text:
                     raise ValueError(f"text_adapt_layers={k_text} exceeds the {n_text} text layers")
@@ -248,7 +189,7 @@ class AdaptedModel(nn.Module):
     def _resolve_levels(backbone: Backbone, levels: Sequence[int] | None) -> tuple[int, ...]:
         depth = int(backbone.num_layers)
         if levels is None:
-            levels = quarter_layers(depth) if is_vit(backbone) else CNN_LEVELS
+            levels = backbone.feature_levels
         out = tuple(depth + 1 + int(v) if int(v) < 0 else int(v) for v in levels)
         bad = [v for v in out if not 1 <= v <= depth]
         if bad or not out:
@@ -433,135 +374,3 @@ def _draw(items: list[str], k: int, rng: np.random.Generator) -> list[str]:
     if k >= len(items):
         return items
     return [items[int(i)] for i in sorted(rng.choice(len(items), size=k, replace=False))]
-
-
-class AACLIP(Detector):
-    """AA-CLIP / AA-SigLIP detector (see the module docstring).
-
-    Lifecycle: build with a config, train the adapters (:func:`anomalens.methods.aaclip_train.
-    train_aaclip`, or ``AACLIP.load`` a trained checkpoint), ``fit`` on good images of the target
-    category (anchors, centroid, thresholds), ``predict``.
-    """
-
-    method = "aaclip"
-    config_class = AACLIPConfig
-    requires_checkpoint = True
-
-    def __init__(self, config: AACLIPConfig | None = None, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
-        self._network: AdaptedModel | None = None
-        self.trained = False
-        self.training_summary: dict[str, Any] = {}
-        self.anchors: Tensor | None = None  # [2, D] of the fitted category
-
-    @property
-    def network(self) -> AdaptedModel:
-        """The trainable modules around the backbone (built on first use)."""
-        if self._network is None:
-            self._network = AdaptedModel(self.backbone, self.config)
-            self._network.eval()
-        return self._network
-
-    def with_class_name(self, class_name: str) -> AACLIP:
-        """Set the object word of the prompts (anchors are recomputed at the next ``fit``)."""
-        self.config = dataclasses.replace(self.config, class_name=class_name)
-        self.anchors = None
-        return self
-
-    def is_fitted(self) -> bool:
-        return self.anchors is not None
-
-    def _require_trained(self) -> None:
-        if not self.trained:
-            raise UntrainedError(UNTRAINED_MESSAGE)
-
-    def anchor_pair(self, class_name: str | None = None) -> Tensor:
-        """``[2, D]`` anchors for ``class_name`` (text) or the learned / centroid pair."""
-        net = self.network
-        if net.anchor_source == "text":
-            return net.text_anchor_pair(class_name or self.config.class_name, self.config.prompts)
-        with torch.no_grad():
-            return net.fixed_anchor_pair().detach().clone()
-
-    def score_pixels(self, pixels: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:
-        """``(image scores [B], maps [B, S, S])`` of preprocessed images."""
-        feats = self.network.image_features(pixels)
-        maps, det = self.network.anomaly_maps(
-            feats, anchors, self.config.sigma, self.backbone.image_size
-        )
-        return image_scores(self.config.image_score, det, maps), maps
-
-    def _score_images(self, images: Sequence[np.ndarray]) -> tuple[list[float], list[np.ndarray]]:
-        bb = self.backbone
-        scores, maps = self.score_pixels(bb.preprocess(images), self.anchors)
-        return scores.tolist(), [m.numpy() for m in maps]
-
-    def fit(self, images: Iterable[np.ndarray], progress: bool = True) -> AACLIP:
-        """Anchors for ``class_name``, the normal centroid (``centroid`` anchors with
-        ``refit_centroid``) and thresholds from good images; needs trained adapters."""
-        from tqdm import tqdm
-
-        self._require_trained()
-        images = list(images)
-        if not images:
-            raise ValueError("fit needs at least one good image")
-        start = time.perf_counter()
-        bb, c = self.backbone, self.config
-        chunks = list(batches(images, c.batch_size))
-        net = self.network
-        if c.anchors == "centroid" and c.refit_centroid:
-            net.compute_centroid(bb.preprocess(b) for b in chunks)
-        self.anchors = self.anchor_pair()
-        t_anchor = time.perf_counter()
-        scores: list[float] = []
-        maxima: list[float] = []
-        for batch in tqdm(chunks, desc="aaclip calibrate", unit="batch", disable=not progress):
-            s, m = self.score_pixels(bb.preprocess(batch), self.anchors)
-            scores += s.tolist()
-            maxima += m.flatten(1).amax(1).tolist()
-        self.calibration = Calibration.from_scores(scores, maxima, c.calibration_quantile)
-        end = time.perf_counter()
-        self.fit_report.n_images = len(images)
-        self.fit_report.seconds = {
-            "anchors": t_anchor - start,
-            "calibration": end - t_anchor,
-            "total": end - start,
-        }
-        return self
-
-    def predict(self, images: Sequence[np.ndarray], progress: bool = False) -> Prediction:
-        """Scores, maps (at each image's size) and the calibrated thresholds."""
-        return self._predict_batches(images, self._score_images, progress)
-
-    def save(self, folder: str | Path) -> Path:
-        """``config.json`` + ``model.safetensors`` holding only the trained tensors (and the
-        fitted anchors); the frozen backbone is named in the config, never copied."""
-        tensors = {f"net.{k}": v for k, v in self.network.state_dict().items()}
-        if self.anchors is not None:
-            tensors["anchors"] = self.anchors
-        return self._write(
-            folder,
-            tensors,
-            trained=self.trained,
-            training=self.training_summary,
-            backbone=self.backbone.describe(),
-        )
-
-    @classmethod
-    def load(cls, folder: str | Path) -> AACLIP:
-        """Restore a detector written by :meth:`save` (bit-for-bit)."""
-        from anomalens.methods.base import CheckpointError
-
-        model, meta, tensors = cls._read(folder)
-        model.trained = bool(meta.get("trained", False))
-        model.training_summary = dict(meta.get("training", {}))
-        state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
-        try:
-            model.network.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"{folder}: the trained tensors do not fit {model.config.backbone} "
-                f"({str(exc).splitlines()[0]})"
-            ) from exc
-        model.anchors = tensors.get("anchors")
-        return model

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,10 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from anomalens.errors import ResumeError
-from anomalens.methods.aaclip import AACLIP, ImageFeatures, image_scores
-from anomalens.methods.aaclip_data import TrainingData, TrainItem
-from anomalens.methods.aaclip_parts import disentangle_loss, segmentation_loss
+from anomalens.methods.aaclip.data import TrainingData, TrainItem
+from anomalens.methods.aaclip.detector import AACLIP
+from anomalens.methods.aaclip.model import ImageFeatures, image_scores
+from anomalens.methods.aaclip.parts import disentangle_loss, segmentation_loss
 from anomalens.metrics import image_auroc, pixel_auroc
 
 LAST_DIR = "last"
@@ -52,6 +54,8 @@ STATE_FILE = "state.json"
 WEIGHTS_FILE = "weights.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 BEST_TEXT_FILE = "best_text.safetensors"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -176,14 +180,12 @@ class Trainer:
         config: TrainConfig,
         output: str | Path,
         progress: bool = True,
-        log: Callable[[str], None] | None = None,
     ) -> None:
-        self.det = detector
+        self.detector = detector
         self.data = data
         self.cfg = config
         self.out = Path(output)
         self.progress = progress
-        self.log = log or (lambda _msg: None)
         self.net = detector.network
         self.bb = detector.backbone
         self.result = TrainResult()
@@ -215,7 +217,7 @@ class Trainer:
             pairs = {
                 cat: net.text_anchor_pair(
                     cat,
-                    self.det.config.prompts,
+                    self.detector.config.prompts,
                     grad=True,
                     sample=self.cfg.prompts_per_step,
                     generator=rng,
@@ -229,7 +231,7 @@ class Trainer:
     def _text_anchor(self, category: str) -> torch.Tensor:
         if category not in self._text_cache:
             self._text_cache[category] = self.net.text_anchor_pair(
-                category, self.det.config.prompts
+                category, self.detector.config.prompts
             ).detach()
         return self._text_cache[category]
 
@@ -278,7 +280,7 @@ class Trainer:
             self._refresh_centroid()
         scores: list[float] = []
         maps: list[np.ndarray] = []
-        bs = self.det.config.batch_size
+        bs = self.detector.config.batch_size
         for start in range(0, len(self._val), bs):
             chunk = self._val[start : start + bs]
             pixels = bb.preprocess([it.image for it in chunk])
@@ -292,9 +294,11 @@ class Trainer:
                 one = ImageFeatures(
                     [t[k : k + 1] for t in feats.levels], feats.grids, feats.det[k : k + 1]
                 )
-                m, det = net.anomaly_maps(one, anchors, self.det.config.sigma, it.mask.shape[0])
+                m, det = net.anomaly_maps(
+                    one, anchors, self.detector.config.sigma, it.mask.shape[0]
+                )
                 maps.append(m[0].numpy())
-                scores.append(float(image_scores(self.det.config.image_score, det, m)[0]))
+                scores.append(float(image_scores(self.detector.config.image_score, det, m)[0]))
         labels = [it.label for it in self._val]
         masks = [it.mask for it in self._val]
         out = {"val_image_auroc": _safe(image_auroc, labels, scores)}
@@ -310,22 +314,22 @@ class Trainer:
             return self._text_anchor(category)
         if category not in self._stage1_anchors:
             self._stage1_anchors[category] = self.net.text_anchor_pair(
-                category, self.det.config.prompts
+                category, self.detector.config.prompts
             )
         return self._stage1_anchors[category]
 
     def _refresh_centroid(self) -> None:
         """Exact centroid over the good training images (their un-augmented views)."""
         good = [s.image for s in self.data.train_samples if s.label == 0]
-        bs = self.det.config.batch_size
+        bs = self.detector.config.batch_size
         self.net.compute_centroid(
             self.bb.preprocess(good[i : i + bs]) for i in range(0, len(good), bs)
         )
 
     # -- checkpoints ------------------------------------------------------------------------
     def _save_best(self, record: dict[str, Any]) -> None:
-        self.det.trained = True
-        self.det.training_summary = {
+        self.detector.trained = True
+        self.detector.training_summary = {
             "train": dataclasses.asdict(self.cfg),
             "data": {
                 "mode": self.data.mode,
@@ -337,7 +341,7 @@ class Trainer:
             "chosen": record,
             "history": self.result.history,
         }
-        self.det.save(self.out)
+        self.detector.save(self.out)
 
     def _save_state(self, position: dict[str, Any], opt, sched) -> None:
         """Resume state; ``opt`` / ``sched`` None at a stage boundary (fresh optimizer next)."""
@@ -355,7 +359,7 @@ class Trainer:
         _atomic_json(state, folder / STATE_FILE)
 
     def _fingerprint(self) -> dict[str, Any]:
-        c = self.det.config
+        c = self.detector.config
         return {
             "backbone": c.backbone,
             "anchors": c.anchors,
@@ -391,7 +395,7 @@ class Trainer:
             best = state.get("best_metric")
             self.best_metric = -math.inf if best is None else float(best)
             self.result.resumed_from = dict(position)
-            self.log(
+            logger.info(
                 f"resuming at stage {position['stage']}, epoch {position['epoch'] + 1}, "
                 f"batch {position['batch']}"
             )
@@ -482,7 +486,9 @@ class Trainer:
         shown = "".join(
             f", {k} {record[k]:.3f}" for k in ("val_image_auroc", "val_pixel_auroc") if k in record
         )
-        self.log(f"stage {stage} epoch {epoch + 1}: loss {record.get('loss', math.nan):.4f}{shown}")
+        logger.info(
+            f"stage {stage} epoch {epoch + 1}: loss {record.get('loss', math.nan):.4f}{shown}"
+        )
         if stage == 1:
             self._keep_best_text(record, metric)
         elif metric is None or metric >= self.best_metric:
@@ -538,45 +544,6 @@ def _selection_metric(record: dict[str, Any]) -> float | None:
 # entry points
 # --------------------------------------------------------------------------------------------
 
-#: dataset split the training images come from, per data mode (masks need defective images,
-#: which MVTec-style datasets hold in their test split: the cross-dataset protocol)
-MODE_SPLITS = {"masks": "test", "kshot": "test", "synthetic": "train"}
-
-
-def load_training_samples(
-    dataset: str,
-    root: str | os.PathLike,
-    categories: Sequence[str] | None,
-    mode: str,
-    size: int,
-    *,
-    skip_bad: bool = False,
-    progress: bool = True,
-) -> list:
-    """Samples of every category for ``mode``, each image shrunk to ``size`` as it is read (so
-    a large dataset fits in memory)."""
-    import cv2
-
-    from anomalens.data.datasets import build_dataset
-    from anomalens.data.sample import Sample
-    from anomalens.evaluate import resolve_categories
-
-    if mode not in MODE_SPLITS:
-        raise ValueError(f"mode must be one of {tuple(MODE_SPLITS)}, got {mode!r}")
-    split = MODE_SPLITS[mode]
-    out: list[Sample] = []
-    for category in resolve_categories(dataset, root, categories):
-        ds = build_dataset(dataset, root, category, split, skip_bad=skip_bad)
-        for s in tqdm(ds, desc=f"load {category}", unit="img", disable=not progress):
-            h, w = s.image.shape[:2]
-            if min(h, w) > size:
-                scale = size / min(h, w)
-                shape = (max(size, round(w * scale)), max(size, round(h * scale)))
-                s.image = cv2.resize(s.image, shape, interpolation=cv2.INTER_AREA)
-                s.mask = cv2.resize(s.mask, shape, interpolation=cv2.INTER_NEAREST)
-            out.append(s)
-    return out
-
 
 def train_aaclip(
     detector: AACLIP,
@@ -591,7 +558,6 @@ def train_aaclip(
     defect_probability: float = 0.5,
     resume: bool = True,
     progress: bool = True,
-    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train ``detector``'s adapters on ``samples`` and write the chosen model to ``output``.
 
@@ -610,7 +576,7 @@ def train_aaclip(
         defect_kinds=tuple(defect_kinds),
         defect_probability=defect_probability,
     )
-    trainer = Trainer(detector, data, config, output, progress=progress, log=log)
+    trainer = Trainer(detector, data, config, output, progress=progress)
     result = trainer.run(resume=resume)
     chosen = AACLIP.load(output)
     detector.network.load_state_dict(chosen.network.state_dict())

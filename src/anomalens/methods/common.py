@@ -1,0 +1,149 @@
+"""Parts the memory-based detectors share (PatchCore, AnomalyDINO, WinCLIP+, AA-CLIP's maps).
+
+* :func:`pool_patches`: multi-layer patch embedding on one grid (PatchCore's locally aware
+  features; with ``normalize`` the per-layer unit-norm features of AnomalyDINO / WinCLIP+);
+* :func:`build_memory`: the memory of good patches (greedy coreset when it is too large) with
+  the source image of each row, for leave-one-out calibration;
+* :func:`calibrate`: leave-one-out thresholds over evenly spread good images;
+* :func:`upsample_smooth`, :func:`top_fraction_mean`: patch maps to image maps and scores.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from anomalens.backbones.base import Features
+from anomalens.data.transforms import spread_indices
+from anomalens.methods.base import Calibration
+from anomalens.postprocess import gaussian_blur
+from anomalens.sampler import coreset_indices
+
+#: The warning when too few good images are given for leave-one-out thresholds.
+ONE_IMAGE_WARNING = (
+    "one good image cannot calibrate a threshold (leave-one-out needs at least 2); "
+    "predictions will have no defective/ok verdict"
+)
+
+
+def finest_grid_index(features: Features) -> int:
+    """Index of the layer with the finest grid in ``features``."""
+    return max(range(len(features.grids)), key=lambda i: features.grids[i][0])
+
+
+def pool_patches(
+    features: Features,
+    neighbourhood: int = 1,
+    grid_index: int | None = None,
+    normalize: bool = False,
+) -> torch.Tensor:
+    """Patch embedding ``[B, h, w, D]`` of all layers on the grid of layer ``grid_index``.
+
+    Each layer is locally averaged over ``neighbourhood x neighbourhood`` patches (1 = off,
+    padding not counted) and resized (bilinear) to the grid of ``grid_index`` (an index into
+    ``features.tokens``; None: the finest grid); the layers are concatenated over channels.
+    With ``normalize`` each layer is L2-normalised over its channels first and the result
+    divided by ``sqrt(n_layers)``, so the cosine of two embeddings is the mean of the per-layer
+    cosines.
+    """
+    if grid_index is None:
+        grid_index = finest_grid_index(features)
+    grid = features.grids[grid_index]
+    maps = []
+    for i in range(len(features.tokens)):
+        m = features.as_map(i).float()
+        if neighbourhood > 1:
+            m = F.avg_pool2d(m, neighbourhood, 1, neighbourhood // 2, count_include_pad=False)
+        if tuple(m.shape[-2:]) != tuple(grid):
+            m = F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
+        maps.append(F.normalize(m, dim=1) if normalize else m)
+    out = torch.cat(maps, 1)
+    if normalize:
+        out = out / math.sqrt(len(maps))
+    return out.permute(0, 2, 3, 1).contiguous()
+
+
+def build_memory(
+    feats: torch.Tensor,
+    n_views: int,
+    memory_size: int | None,
+    seed: int,
+    progress: bool,
+    proj_dim: int | None = 128,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(memory [M, C], sources [M])`` from patch features ``[G * n_views, h, w, C]``.
+
+    Views of one image are adjacent; ``sources`` gives the original image of each row. A greedy
+    coreset (random projection to ``proj_dim``, per-image prefilter) keeps ``memory_size`` rows
+    when there are more (None = keep all).
+    """
+    _, h, w, dim = feats.shape
+    flat = feats.reshape(-1, dim)
+    if memory_size is not None and flat.shape[0] > memory_size:
+        idx = coreset_indices(
+            flat, memory_size, proj_dim=proj_dim, seed=seed, block=h * w, progress=progress
+        )
+    else:
+        idx = torch.arange(flat.shape[0])
+    return flat[idx].clone(), idx // (h * w * n_views)
+
+
+def calibrate(
+    score_one: Callable[[int], tuple[float, float] | None],
+    n_images: int,
+    max_images: int,
+    quantile: float,
+    progress: bool,
+    desc: str,
+) -> Calibration:
+    """Leave-one-out thresholds: ``score_one(i) -> (score, map_max)`` of good image ``i`` scored
+    without its own memory rows (None: image ``i`` cannot be left out), for up to
+    ``max_images`` evenly spread images; fewer than 2 images give no thresholds (a warning)."""
+    if n_images < 2:
+        warnings.warn(ONE_IMAGE_WARNING, stacklevel=3)
+        return Calibration(quantile=quantile)
+    scores, maxima = [], []
+    chosen = spread_indices(n_images, max_images)
+    for i in tqdm(chosen, desc=desc, unit="img", disable=not progress, leave=False):
+        result = score_one(i)
+        if result is not None:
+            scores.append(result[0])
+            maxima.append(result[1])
+    return Calibration.from_scores(scores, maxima, quantile)
+
+
+def top_fraction_mean(values: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Mean of the largest ``max(1, int(N * fraction))`` values of each row of ``[B, N]``
+    (AnomalyDINO's "mean of the top 1%")."""
+    k = max(1, int(values.shape[1] * fraction))
+    return values.topk(k, dim=1).values.mean(1)
+
+
+def upsample_smooth(patch_maps: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """Patch maps ``[B, h, w]`` -> ``[B, size, size]``: bilinear upsampling, Gaussian blur of
+    ``sigma`` pixels."""
+    up = F.interpolate(patch_maps[:, None].float(), size=(size, size), mode="bilinear")
+    return gaussian_blur(up[:, 0], sigma)
+
+
+def check_fraction(name: str, value: float) -> None:
+    """Raise ValueError unless ``0 < value <= 1``."""
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1], got {value}")
+
+
+__all__ = [
+    "ONE_IMAGE_WARNING",
+    "build_memory",
+    "calibrate",
+    "check_fraction",
+    "finest_grid_index",
+    "pool_patches",
+    "top_fraction_mean",
+    "upsample_smooth",
+]

@@ -1,0 +1,123 @@
+"""Training API: train a trainable method (AA-CLIP / AA-SigLIP) on a dataset folder.
+
+``anomalens train`` is a shell over :func:`train_detector`. This module reads the dataset (the
+methods never open files) and hands samples to the method's trainer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+from tqdm import tqdm
+
+from anomalens.data.datasets import build_dataset
+from anomalens.data.sample import Sample
+from anomalens.evaluate import resolve_categories
+from anomalens.methods.aaclip import (
+    AACLIP,
+    TRAINING_MODES,
+    AACLIPConfig,
+    TrainConfig,
+    TrainResult,
+    train_aaclip,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Methods that train weights before ``fit``.
+TRAINABLE_METHODS = ("aaclip",)
+#: Dataset split the training images come from, per data mode (masks need defective images,
+#: which MVTec-style datasets hold in their test split: the cross-dataset protocol).
+MODE_SPLITS = {"masks": "test", "kshot": "test", "synthetic": "train"}
+
+
+def load_training_samples(
+    dataset: str,
+    root: str | os.PathLike,
+    categories: Sequence[str] | None,
+    mode: str,
+    size: int,
+    *,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> list[Sample]:
+    """Samples of every category for ``mode``, each image shrunk so its short side is ``size``
+    as it is read (so a large dataset fits in memory)."""
+    if mode not in MODE_SPLITS:
+        raise ValueError(f"mode must be one of {', '.join(TRAINING_MODES)}, got {mode!r}")
+    split = MODE_SPLITS[mode]
+    out: list[Sample] = []
+    for category in resolve_categories(dataset, root, categories):
+        ds = build_dataset(dataset, root, category, split, skip_bad=skip_bad)
+        for s in tqdm(ds, desc=f"load {category}", unit="img", disable=not progress):
+            h, w = s.image.shape[:2]
+            if min(h, w) > size:
+                scale = size / min(h, w)
+                shape = (max(size, round(w * scale)), max(size, round(h * scale)))
+                s.image = cv2.resize(s.image, shape, interpolation=cv2.INTER_AREA)
+                s.mask = cv2.resize(s.mask, shape, interpolation=cv2.INTER_NEAREST)
+            out.append(s)
+    return out
+
+
+def train_detector(
+    method: str,
+    dataset: str,
+    root: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    categories: Sequence[str] | None = None,
+    mode: str = "masks",
+    model_options: Mapping[str, Any] | None = None,
+    schedule: Mapping[str, Any] | None = None,
+    shots: int | None = None,
+    val_fraction: float = 0.1,
+    defect_kinds: Sequence[str] = ("cutpaste", "perlin"),
+    resume: bool = True,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> tuple[AACLIP, TrainResult]:
+    """Train ``method`` on ``dataset`` at ``root`` and write the chosen checkpoint to ``output``.
+
+    ``model_options`` are fields of the method's config (e.g. ``backbone``, ``anchors``),
+    ``schedule`` fields of :class:`~anomalens.methods.aaclip.TrainConfig`; None values keep the
+    defaults. The backbone is loaded before any data is read, so a bad spec fails fast.
+    Returns the trained detector (not fitted to a category yet) and the training result.
+    """
+    if method not in TRAINABLE_METHODS:
+        raise ValueError(
+            f"method {method!r} has nothing to train; trainable: {', '.join(TRAINABLE_METHODS)}"
+        )
+    options = {k: v for k, v in (model_options or {}).items() if v is not None}
+    config = TrainConfig(**{k: v for k, v in (schedule or {}).items() if v is not None})
+    detector = AACLIP(AACLIPConfig(**options))
+    size = detector.backbone.image_size
+    samples = load_training_samples(
+        dataset, root, categories, mode, size, skip_bad=skip_bad, progress=progress
+    )
+    logger.info(
+        "train: aaclip (%s, anchors=%s) on %d images of %s (%s mode)",
+        detector.config.backbone,
+        detector.config.anchors,
+        len(samples),
+        dataset,
+        mode,
+    )
+    result = train_aaclip(
+        detector,
+        samples,
+        Path(output),
+        config,
+        mode=mode,
+        shots=shots,
+        val_fraction=val_fraction,
+        defect_kinds=defect_kinds,
+        resume=resume,
+        progress=progress,
+    )
+    return detector, result
