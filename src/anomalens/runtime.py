@@ -2,9 +2,9 @@
 
 glibc's ``malloc`` serves large blocks (feature maps of a few MB) with ``mmap`` and gives freed
 heap back to the system as soon as its top exceeds a small, self-adjusting threshold. A network
-that allocates and frees such blocks on every batch then pays page faults on every batch: on
-the 2-core machine of the README an EfficientNet-Lite0 forward (320 px, batch 4, bf16) took
-9.2 ms per image with the defaults and 5.1 ms with :func:`keep_freed_memory`.
+that allocates and frees such blocks on every batch then pays page faults on every batch, and
+its speed depends on what ran before. :func:`keep_freed_memory` raises both thresholds so freed
+blocks are reused (measurements: docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -274,17 +274,14 @@ class Detector:
 
     @property
     def backbone(self) -> Any:
-        """The backbone, built on first use from the config's ``backbone``, ``image_size``,
-        ``precision`` and (when the config has them) ``layers``."""
+        """The backbone, built on first use from the config's ``backbone``, ``image_size`` and
+        ``precision`` (methods pass their layers to ``encode_image``)."""
         if self._backbone is None:
             from anomalens.backbones.registry import load_backbone
 
             c = self.config
             self._backbone = load_backbone(
-                c.backbone,
-                image_size=c.image_size,
-                precision=c.precision,
-                layers=getattr(c, "layers", None),
+                c.backbone, image_size=c.image_size, precision=c.precision
             )
         return self._backbone
 
@@ -352,8 +349,7 @@ class Detector:
     @property
     def threshold(self) -> float | None:
         """The calibrated image-score threshold (None before calibration)."""
-        cal = getattr(self, "calibration", None)
-        return None if cal is None else cal.threshold
+        return self.calibration.threshold
 
 
 def checkpoint_method(folder: str | Path) -> str | None:
