@@ -394,3 +394,15 @@ def test_anomalens_debug_shows_the_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "Traceback (most recent call last)" in proc.stderr
     assert proc.stderr.rstrip().splitlines()[-1].startswith("anomalens.errors.CheckpointError: ")
+
+
+def test_download_without_transformers_names_the_hf_extra(monkeypatch, capsys) -> None:
+    from anomalens import download
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import raises ImportError
+    code = download.main(["clip:openai/clip-vit-base-patch16", "somewhere"])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "anomalens.download: error: downloading hub models needs transformers (transformers "
+        "is not installed); install it with: pip install 'anomalens[hf]'\n"
+    )
