@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_TEXTURE, N_TEST_BAD, N_TEST_GOOD, TINY_FLAGS
+from conftest import DEMO_TEXTURE, N_TEST_BAD, N_TEST_GOOD, N_TRAIN, TINY_FLAGS
 from PIL import Image
 
 from anomalens.cli import main
@@ -305,7 +305,7 @@ def test_verbose_prints_debug_lines(fake_method, demo_root, tmp_path, capsys) ->
     _, err = _fake_benchmark(capsys, demo_root, tmp_path, "--verbose", "--no-progress")
     lines = err.splitlines()
     debug = [line for line in lines if line.startswith("anomalens: debug: ")]
-    assert f"anomalens: debug: fake on mvtec at {demo_root}: categories {DEMO_TEXTURE}" in debug
+    assert f"anomalens: debug: categories: {DEMO_TEXTURE}" in debug
     assert f"[1/1] {DEMO_TEXTURE}" in lines  # and the info lines
     with pytest.raises(SystemExit) as exc:
         main(["predict", "-q", "-v", "--model", "m", "--input", "i", "--output", "o"])
@@ -406,3 +406,16 @@ def test_download_without_transformers_names_the_hf_extra(monkeypatch, capsys) -
         "anomalens.download: error: downloading hub models needs transformers (transformers "
         "is not installed); install it with: pip install 'anomalens[hf]'\n"
     )
+
+
+def test_fit_says_how_many_images_it_used(demo_root: Path, tmp_path: Path, capsys) -> None:
+    code, out, err = run(
+        capsys, "fit", "--dataset", "mvtec", "--root", demo_root, "--output", tmp_path / "m",
+        "--shots", "2", "-q", *TINY_FLAGS,
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    fitted, saved = out.splitlines()
+    head, threshold = fitted.split("; image threshold ")
+    assert head == f"fitted patchcore on 2 of {N_TRAIN} good images of {DEMO_TEXTURE!r}"
+    assert float(threshold) > 0  # two shots calibrate leave-one-out
+    assert saved == f"saved model to {tmp_path / 'm'} (config.json, model.safetensors)"

@@ -246,8 +246,9 @@ def test_run_demo_synthetic_writes_data_and_report(fake_method, tmp_path: Path, 
     assert result.categories[0].n_test == 6
     assert caplog.messages == [
         f"Writing the synthetic demo dataset (grass) to {tmp_path / 'data'}",
+        f"benchmark: fake (defaults) on mvtec at {tmp_path / 'data'}",
         "[1/1] grass",
-        caplog.messages[2],  # the metrics line, checked in test_benchmark_logs_...
+        caplog.messages[3],  # the metrics line, checked in test_benchmark_logs_...
     ]
     lines = format_summary(result, tmp_path).splitlines()
     assert lines[0].startswith("category") and lines[-6].startswith("MEAN")
@@ -259,20 +260,21 @@ def test_run_demo_synthetic_writes_data_and_report(fake_method, tmp_path: Path, 
     ]
 
 
-def test_benchmark_logs_one_info_line_per_category_start_and_end(
+def test_benchmark_logs_what_runs_and_each_category_start_and_end(
     fake_method, demo_root: Path, caplog
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="anomalens")
-    result = run_benchmark("mvtec", demo_root, None, fake_method, {}, progress=False)
+    result = run_benchmark("mvtec", demo_root, None, fake_method, {"seed": 3}, progress=False)
     cat = result.categories[0]
     info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert info == [
+        f"benchmark: fake (seed=3) on mvtec at {demo_root}",
         f"[1/1] {DEMO_TEXTURE}",
         f"[1/1] {DEMO_TEXTURE}: image AUROC {cat.image_auroc:.3f}, fit {cat.fit_seconds:.1f} s, "
         f"{cat.ms_per_image:.1f} ms/image",
     ]
     debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
-    assert f"fake on mvtec at {demo_root}: categories {DEMO_TEXTURE}" in debug
+    assert f"categories: {DEMO_TEXTURE}" in debug
     assert (
         f"{DEMO_TEXTURE}: {N_TRAIN} train and {N_TEST} test images (0 unreadable skipped), "
         "masks: yes" in debug

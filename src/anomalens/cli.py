@@ -45,7 +45,6 @@ DEBUG_ENV = "ANOMALENS_DEBUG"
 #: Exceptions ``main`` turns into one ``anomalens: error: ...`` line and exit code 2.
 USER_ERRORS = (AnomalensError, ValueError, OSError, FloatingPointError)
 
-logger = logging.getLogger(__name__)
 #: Detector options the CLI understands: (flag, config field).
 METHOD_OPTIONS = (
     ("backbone", "backbone"),
@@ -297,15 +296,12 @@ def _progress(args: argparse.Namespace) -> bool:
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from anomalens.evaluate import format_table, run_benchmark
 
-    options = _method_options(args)
-    shown = ", ".join(f"{k}={v}" for k, v in options.items()) or "defaults"
-    logger.info("benchmark: %s (%s) on %s at %s", args.method, shown, args.dataset, args.root)
     result = run_benchmark(
         args.dataset,
         args.root,
         args.category,
         args.method,
-        options,
+        _method_options(args),
         output=args.output,
         skip_bad=args.skip_bad,
         save_maps=args.save_maps,
@@ -344,8 +340,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     folder = detector.save(args.output)
     threshold = detector.threshold
     shown = "none (too few images to calibrate)" if threshold is None else f"{threshold:.4g}"
+    shots = getattr(detector.config, "shots", None)
+    used = len(train) if shots is None else f"{min(shots, len(train))} of {len(train)}"
     print(
-        f"fitted {args.method} on {len(train)} good images of {category!r}"
+        f"fitted {args.method} on {used} good images of {category!r}"
         + (f" ({len(skipped)} unreadable skipped)" if skipped else "")
         + f"; image threshold {shown}"
     )

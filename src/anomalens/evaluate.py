@@ -465,13 +465,16 @@ def run_benchmark(
     """Evaluate every category (all found under ``root`` when ``categories`` is None).
 
     With ``output``, ``results.json`` and ``predictions.csv`` are rewritten after each
-    category. Logs one INFO line when a category starts and one with its image AUROC and
-    timings when it ends.
+    category. Logs INFO lines: what runs on which data (once the options and categories are
+    checked), and per category one line when it starts and one with its image AUROC and timings
+    when it ends.
     """
     given = {k: v for k, v in dict(options or {}).items() if v is not None}
     check_options(method, given)
     cats = resolve_categories(dataset, root, categories)
-    logger.debug("%s on %s at %s: categories %s", method, dataset, root, ", ".join(cats))
+    shown = ", ".join(f"{k}={v}" for k, v in given.items()) or "defaults"
+    logger.info("benchmark: %s (%s) on %s at %s", method, shown, dataset, root)
+    logger.debug("categories: %s", ", ".join(cats))
     result = BenchmarkResult(
         method=method,
         dataset=dataset,
