@@ -1,7 +1,8 @@
 # One-command entry points that work on a fresh clone with python3.11 (or python3) and PyPI.
 #   make demo   offline demo: synthetic defects, PatchCore, report in ./anomalens_demo
-#   make test   the test suite
-#   make lint   ruff check + format check
+#   make test   the test suite (installs the dev and hf extras: pytest, ruff, scikit-learn,
+#               transformers)
+#   make lint   ruff check + format check of src, tests and benchmarks
 # torch==2.13.0 is installed FIRST: pinned, pip takes the CPU wheel; a bare "torch" requirement
 # resolved together with the package could pull the multi-GB CUDA build instead.
 
@@ -20,10 +21,10 @@ install: $(STAMP)
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstalls only when pyproject.toml changes (or the stamp is missing).
-$(STAMP): pyproject.toml | $(BIN)/python
+# Reinstalls only when pyproject.toml or this Makefile changes (or the stamp is missing).
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install $(TORCH)
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -e '.[dev,hf]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -33,8 +34,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 clean-demo:
 	rm -rf anomalens_demo

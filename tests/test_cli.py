@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_TEXTURE, N_TEST_BAD, N_TEST_GOOD, TINY_FLAGS
+from conftest import DEMO_TEXTURE, N_TEST_BAD, N_TEST_GOOD, N_TRAIN, TINY_FLAGS
 from PIL import Image
 
 from anomalens.cli import main
+from anomalens.errors import ImageLoadError
 
 FIGURE_SIZE = (1350, 480)
 PLOT_SIZE = (500, 450)
@@ -245,3 +247,175 @@ def test_python_dash_m_entry_point(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert_one_line_error(proc.returncode, proc.stdout, proc.stderr, "config.json: not found")
+
+
+# --------------------------------------------------------------------------------------------
+# choices, logging (-q / -v), exceptions in main
+# --------------------------------------------------------------------------------------------
+
+
+def _choices(parser, *path: str) -> dict[str, tuple]:
+    """``{option: choices}`` of a sub-command."""
+    sub = next(a for a in parser._actions if a.dest == "command").choices[path[0]]
+    return {a.option_strings[-1]: tuple(a.choices) for a in sub._actions if a.choices}
+
+
+def test_choices_come_from_the_modules_that_define_them() -> None:
+    from anomalens.backbones.base import PRECISIONS
+    from anomalens.cli import build_parser
+    from anomalens.data.datasets import DATASET_NAMES
+    from anomalens.methods import METHODS
+    from anomalens.methods.aaclip import ANCHOR_SOURCES, TRAINING_MODES
+
+    parser = build_parser()
+    bench = _choices(parser, "benchmark")
+    assert bench["--dataset"] == DATASET_NAMES
+    assert bench["--method"] == tuple(sorted(METHODS))
+    assert bench["--precision"] == PRECISIONS and bench["--anchors"] == ANCHOR_SOURCES
+    train = _choices(parser, "train")
+    assert train["--mode"] == TRAINING_MODES and train["--anchors"] == ANCHOR_SOURCES
+
+
+def _fake_benchmark(capsys, demo_root: Path, tmp_path: Path, *flags: str) -> tuple[str, str]:
+    code, out, err = run(
+        capsys, "benchmark", "--method", "fake", "--dataset", "mvtec", "--root", demo_root,
+        "--output", tmp_path / "b", *flags,
+    )  # fmt: skip
+    assert code == 0, err
+    assert any(line.startswith("MEAN") for line in out.splitlines())  # results: stdout
+    assert out.rstrip().endswith("predictions.csv")  # the "wrote ..." line
+    return out, err
+
+
+def test_progress_lines_go_to_stderr(fake_method, demo_root, tmp_path, capsys) -> None:
+    out, err = _fake_benchmark(capsys, demo_root, tmp_path, "--no-progress")
+    lines = err.splitlines()
+    assert lines[0] == f"benchmark: fake (defaults) on mvtec at {demo_root}"
+    assert lines[1] == f"[1/1] {DEMO_TEXTURE}"
+    assert lines[2].startswith(f"[1/1] {DEMO_TEXTURE}: image AUROC ") and len(lines) == 3
+    assert "[1/1]" not in out and "benchmark:" not in out
+
+
+def test_quiet_prints_no_info_lines_and_no_bars(fake_method, demo_root, tmp_path, capsys) -> None:
+    _, err = _fake_benchmark(capsys, demo_root, tmp_path, "-q")  # no --no-progress
+    assert err == ""
+
+
+def test_verbose_prints_debug_lines(fake_method, demo_root, tmp_path, capsys) -> None:
+    _, err = _fake_benchmark(capsys, demo_root, tmp_path, "--verbose", "--no-progress")
+    lines = err.splitlines()
+    debug = [line for line in lines if line.startswith("anomalens: debug: ")]
+    assert f"anomalens: debug: categories: {DEMO_TEXTURE}" in debug
+    assert f"[1/1] {DEMO_TEXTURE}" in lines  # and the info lines
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "-q", "-v", "--model", "m", "--input", "i", "--output", "o"])
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_quiet_still_prints_warnings(model_dir: Path, tmp_path: Path, capsys) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"")
+    good = tmp_path / "good.png"
+    Image.new("RGB", (64, 64), (90, 60, 40)).save(good)
+    code, out, err = run(
+        capsys, "predict", "-q", "--model", model_dir, "--input", good, broken,
+        "--output", tmp_path / "o", "--skip-bad",
+    )  # fmt: skip
+    assert code == 0, err
+    assert err == f"anomalens: warning: skipping {broken}: file is empty (0 bytes)\n"
+    assert out.splitlines()[-1] == f"wrote {tmp_path / 'o' / 'scores.csv'}, " + (
+        f"{tmp_path / 'o' / 'scores.json'} and {tmp_path / 'o' / 'overlays'}/"
+    )
+
+
+PREDICT_ARGV = ["predict", "--model", "m", "--input", "i", "--output", "o"]
+
+
+def _raise_from_predict(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
+    import anomalens.inference
+
+    def fail(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(anomalens.inference, "predict_paths", fail)
+
+
+@pytest.mark.parametrize(
+    ("exc", "message"),
+    [
+        (FloatingPointError("overflow encountered in exp"), "numerical error: overflow "
+         "encountered in exp"),
+        (ValueError("first line\nsecond line"), "first line"),
+        (OSError(28, "No space left on device", "o/scores.csv"),
+         "o/scores.csv: No space left on device"),
+    ],
+)  # fmt: skip
+def test_caught_errors_are_one_line(monkeypatch, capsys, exc, message) -> None:
+    monkeypatch.delenv("ANOMALENS_DEBUG", raising=False)
+    _raise_from_predict(monkeypatch, exc)
+    code, out, err = run(capsys, *PREDICT_ARGV)
+    assert (code, out, err) == (2, "", f"anomalens: error: {message}\n")
+
+
+def test_keyboard_interrupt_exits_130(monkeypatch, capsys) -> None:
+    monkeypatch.delenv("ANOMALENS_DEBUG", raising=False)
+    _raise_from_predict(monkeypatch, KeyboardInterrupt())
+    assert run(capsys, *PREDICT_ARGV) == (130, "", "anomalens: interrupted\n")
+
+
+def test_runtime_errors_are_bugs_and_keep_their_traceback(monkeypatch) -> None:
+    monkeypatch.delenv("ANOMALENS_DEBUG", raising=False)
+    _raise_from_predict(monkeypatch, RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        main(PREDICT_ARGV)
+
+
+@pytest.mark.parametrize(
+    "exc", [FloatingPointError("overflow"), ImageLoadError("x.png: corrupt"), KeyboardInterrupt()]
+)
+def test_anomalens_debug_reraises(monkeypatch, capsys, exc) -> None:
+    monkeypatch.setenv("ANOMALENS_DEBUG", "1")
+    _raise_from_predict(monkeypatch, exc)
+    with pytest.raises(type(exc)):
+        main(PREDICT_ARGV)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("ANOMALENS_DEBUG", "0")  # "0" (or empty) turns it off
+    code, _, err = run(capsys, *PREDICT_ARGV)
+    assert code in (2, 130) and len(err.splitlines()) == 1
+
+
+def test_anomalens_debug_shows_the_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "anomalens", "predict", "--model", str(tmp_path / "none"),
+         "--input", str(tmp_path), "--output", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "ANOMALENS_DEBUG": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert proc.stderr.rstrip().splitlines()[-1].startswith("anomalens.errors.CheckpointError: ")
+
+
+def test_download_without_transformers_names_the_hf_extra(monkeypatch, capsys) -> None:
+    from anomalens import download
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import raises ImportError
+    code = download.main(["clip:openai/clip-vit-base-patch16", "somewhere"])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "anomalens.download: error: downloading hub models needs transformers (transformers "
+        "is not installed); install it with: pip install 'anomalens[hf]'\n"
+    )
+
+
+def test_fit_says_how_many_images_it_used(demo_root: Path, tmp_path: Path, capsys) -> None:
+    code, out, err = run(
+        capsys, "fit", "--dataset", "mvtec", "--root", demo_root, "--output", tmp_path / "m",
+        "--shots", "2", "-q", *TINY_FLAGS,
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    fitted, saved = out.splitlines()
+    head, threshold = fitted.split("; image threshold ")
+    assert head == f"fitted patchcore on 2 of {N_TRAIN} good images of {DEMO_TEXTURE!r}"
+    assert float(threshold) > 0  # two shots calibrate leave-one-out
+    assert saved == f"saved model to {tmp_path / 'm'} (config.json, model.safetensors)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -12,8 +13,10 @@ import numpy as np
 import pytest
 from conftest import DEMO_TEXTURE, N_TEST_BAD, N_TEST_GOOD, N_TRAIN, TINY_OPTIONS
 
+from anomalens.data import datasets
 from anomalens.data.datasets import SkippedImageWarning
-from anomalens.demo import run_demo
+from anomalens.data.transforms import spread_indices
+from anomalens.demo import format_summary, run_demo
 from anomalens.errors import DatasetError, ImageLoadError, ModelNotAvailableError
 from anomalens.evaluate import (
     MEAN_KEYS,
@@ -24,8 +27,8 @@ from anomalens.evaluate import (
     evaluate_category,
     format_table,
     mean_row,
+    resolve_categories,
     run_benchmark,
-    spread_indices,
 )
 from anomalens.metrics import compute_all
 
@@ -224,8 +227,8 @@ def test_unknown_category_lists_the_available_ones(demo_root: Path) -> None:
         run_benchmark("mvtec", demo_root, ["tile"], "patchcore", TINY_OPTIONS)
 
 
-def test_run_demo_synthetic_writes_data_and_report(fake_method, tmp_path: Path) -> None:
-    lines: list[str] = []
+def test_run_demo_synthetic_writes_data_and_report(fake_method, tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="anomalens")
     result = run_demo(
         tmp_path,
         method=fake_method,
@@ -235,19 +238,64 @@ def test_run_demo_synthetic_writes_data_and_report(fake_method, tmp_path: Path) 
         n_test_bad=4,
         size=64,
         progress=False,
-        echo=lines.append,
     )
     assert (tmp_path / "data" / "grass" / "train" / "good" / "002.png").is_file()
     report = tmp_path / "report"
     assert (report / "results.json").is_file() and (report / "predictions.csv").is_file()
     assert len(list((report / "grass" / "overlays").glob("*.png"))) == 6  # every test image
     assert result.categories[0].n_test == 6
-    text = "\n".join(lines)
-    assert "MEAN" in text and f"Report: {report.resolve()}" in text
+    assert caplog.messages == [
+        f"Writing the synthetic demo dataset (grass) to {tmp_path / 'data'}",
+        f"benchmark: fake (defaults) on mvtec at {tmp_path / 'data'}",
+        "[1/1] grass",
+        caplog.messages[3],  # the metrics line, checked in test_benchmark_logs_...
+    ]
+    lines = format_summary(result, tmp_path).splitlines()
+    assert lines[0].startswith("category") and lines[-6].startswith("MEAN")
+    assert lines[-4:] == [
+        f"Report: {report.resolve()}",
+        "  results.json, predictions.csv   metrics and image scores of every category",
+        "  grass/overlays/*.png   image, heatmap with hotspot boxes, verdict",
+        "  grass/roc.png, grass/histogram.png, grass/summary.json",
+    ]
+
+
+def test_benchmark_logs_what_runs_and_each_category_start_and_end(
+    fake_method, demo_root: Path, caplog
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="anomalens")
+    result = run_benchmark("mvtec", demo_root, None, fake_method, {"seed": 3}, progress=False)
+    cat = result.categories[0]
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert info == [
+        f"benchmark: fake (seed=3) on mvtec at {demo_root}",
+        f"[1/1] {DEMO_TEXTURE}",
+        f"[1/1] {DEMO_TEXTURE}: image AUROC {cat.image_auroc:.3f}, fit {cat.fit_seconds:.1f} s, "
+        f"{cat.ms_per_image:.1f} ms/image",
+    ]
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert f"categories: {DEMO_TEXTURE}" in debug
+    assert (
+        f"{DEMO_TEXTURE}: {N_TRAIN} train and {N_TEST} test images (0 unreadable skipped), "
+        "masks: yes" in debug
+    )
+    assert {r.name for r in caplog.records} == {"anomalens.evaluate"}
+
+
+def test_resolve_categories_lives_in_datasets(demo_root: Path) -> None:
+    assert resolve_categories is datasets.resolve_categories  # evaluate re-exports it
+    assert resolve_categories("mvtec", demo_root, None) == [DEMO_TEXTURE]
+    assert resolve_categories("mvtec", demo_root, [DEMO_TEXTURE] * 2) == [DEMO_TEXTURE]
+    folder = demo_root / DEMO_TEXTURE / "test"  # holds good/: a folder dataset
+    assert resolve_categories("folder", folder, ["any"]) == ["any"]  # names it only
+    assert datasets.DATASET_NAMES == ("mvtec", "mpdd", "btad", "visa", "mvtec_ad2", "folder")
 
 
 def test_spread_indices_and_environment() -> None:
-    assert spread_indices(10, 3) == [0, 4, 9] or spread_indices(10, 3) == [0, 5, 9]
+    assert spread_indices(10, 3) == [0, 4, 9]  # linspace 0, 4.5, 9: round(4.5) == 4
+    # banker's rounding: 2.5 -> 2 (down to even), 3.5 -> 4 (up to even)
+    assert spread_indices(6, 3) == [0, 2, 5]
+    assert spread_indices(8, 3) == [0, 4, 7]
     assert spread_indices(3, 10) == [0, 1, 2] and spread_indices(5, 0) == []
     env = environment()
     assert env["cores"] >= 1 and env["torch"] and env["date"][:2] == "20"

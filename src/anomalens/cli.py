@@ -1,15 +1,27 @@
 """Command line: ``anomalens {benchmark,fit,predict,train,demo}``.
 
-The CLI only parses arguments and calls the Python API (:mod:`anomalens.evaluate`,
-:mod:`anomalens.report`, :mod:`anomalens.demo`). Bad input (missing or empty folders, unreadable
-images, unknown models or options) ends with a one-line ``anomalens: error: ...`` message naming
-the file or folder, and exit code 2; warnings are printed as ``anomalens: warning: ...``.
+The CLI only parses arguments, calls the Python API (:mod:`anomalens.evaluate`,
+:mod:`anomalens.inference`, :mod:`anomalens.demo`) and prints results.
+
+Output: result tables and ``wrote ...`` / ``saved ...`` lines go to stdout; progress lines (the
+library's ``logging`` records of the ``anomalens`` loggers), progress bars, warnings and errors
+go to stderr. Every sub-command takes ``-q/--quiet`` (warnings and errors only, no progress
+bars) and ``-v/--verbose`` (also DEBUG lines, prefixed ``anomalens: debug:``).
+
+Errors: bad input (missing or empty folders, unreadable images, unknown models or options) and
+numerical failures (:class:`FloatingPointError`) end with a one-line ``anomalens: error: ...``
+message naming the file or folder, and exit code 2; Ctrl-C ends with ``anomalens: interrupted``
+and exit code 130; warnings are printed as ``anomalens: warning: ...``. With
+``ANOMALENS_DEBUG=1`` in the environment every caught exception (Ctrl-C included) is re-raised
+with its traceback, for bug reports. Other exceptions (bugs) always show their traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -17,13 +29,22 @@ from pathlib import Path
 from typing import Any
 
 from anomalens import __version__
+from anomalens.backbones.base import PRECISIONS
+from anomalens.data.datasets import DATASET_NAMES
+from anomalens.data.synthetic import DEFECT_KINDS
+from anomalens.data.transforms import AUGMENTATIONS
 from anomalens.errors import AnomalensError, ImageLoadError
+from anomalens.methods import METHODS
+from anomalens.methods.aaclip import ANCHOR_SOURCES, TRAINING_MODES
 
 EXIT_OK = 0
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+#: Environment variable: when set (and not "0"), caught exceptions show their traceback.
+DEBUG_ENV = "ANOMALENS_DEBUG"
+#: Exceptions ``main`` turns into one ``anomalens: error: ...`` line and exit code 2.
+USER_ERRORS = (AnomalensError, ValueError, OSError, FloatingPointError)
 
-DATASET_CHOICES = ("mvtec", "mpdd", "btad", "visa", "mvtec_ad2", "folder")
 #: Detector options the CLI understands: (flag, config field).
 METHOD_OPTIONS = (
     ("backbone", "backbone"),
@@ -35,7 +56,6 @@ METHOD_OPTIONS = (
     ("augment", "augment"),
     ("anchors", "anchors"),
 )
-PREDICT_CHUNK = 32  # images loaded, predicted and drawn at a time by `predict`
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,15 +76,9 @@ def _int_at_least(minimum: int):
     return parse
 
 
-def _method_names() -> list[str]:
-    from anomalens.methods import METHODS
-
-    return sorted(METHODS)
-
-
 def _add_method_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("detector options (unset = the method's default)")
-    g.add_argument("--method", default="patchcore", choices=_method_names(), help="%(default)s")
+    g.add_argument("--method", default="patchcore", choices=sorted(METHODS), help="%(default)s")
     g.add_argument(
         "--backbone",
         help="backbone spec, e.g. efficientnet-lite0, efficientnet-lite2, "
@@ -78,17 +92,17 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--seed", type=int, help="random seed (shots, coreset)")
     g.add_argument("--memory-size", type=_int_at_least(1), help="memory bank rows (PatchCore)")
-    g.add_argument("--precision", choices=("fp32", "bf16"), help="backbone precision")
+    g.add_argument("--precision", choices=PRECISIONS, help="backbone precision")
     g.add_argument(
         "--augment",
         type=_name_list,
         metavar="A,B",
-        help="extra views of each good image in the memory, e.g. rot90,rot180,rot270,hflip,vflip "
-        "(PatchCore; helps few-shot)",
+        help=f"extra views of each good image in the memory, from {','.join(AUGMENTATIONS)} "
+        "(PatchCore, AnomalyDINO; helps few-shot)",
     )
     g.add_argument(
         "--anchors",
-        choices=("text", "learned", "centroid"),
+        choices=ANCHOR_SOURCES,
         help="AA-CLIP anchor source: text (CLIP/SigLIP text tower), learned, or centroid "
         "(normal anchor = mean feature of good images); learned/centroid need no text tower",
     )
@@ -102,7 +116,7 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_dataset_options(p: argparse.ArgumentParser, many: bool) -> None:
-    p.add_argument("--dataset", required=True, choices=DATASET_CHOICES, help="dataset layout")
+    p.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="dataset layout")
     p.add_argument("--root", required=True, type=Path, help="dataset root folder")
     if many:
         p.add_argument(
@@ -121,6 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``anomalens`` command."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    loud = common.add_mutually_exclusive_group()
+    loud.add_argument(
+        "-v", "--verbose", action="store_true", help="also print debug lines (to stderr)"
+    )
+    loud.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only warnings, errors and results (no progress lines or bars)",
+    )
 
     parser = argparse.ArgumentParser(
         prog="anomalens",
@@ -192,13 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--method", default="aaclip", choices=("aaclip",), help="%(default)s")
     g.add_argument("--backbone", help="backbone spec (default: the method's)")
-    g.add_argument(
-        "--anchors", choices=("text", "learned", "centroid"), default="text", help="%(default)s"
-    )
+    g.add_argument("--anchors", choices=ANCHOR_SOURCES, default="text", help="%(default)s")
     g.add_argument("--image-size", type=_int_at_least(32), help="square input side in pixels")
-    g.add_argument("--precision", choices=("fp32", "bf16"), help="backbone precision")
+    g.add_argument("--precision", choices=PRECISIONS, help="backbone precision")
     g = p.add_argument_group("data")
-    g.add_argument("--mode", choices=("masks", "kshot", "synthetic"), default="masks")
+    g.add_argument("--mode", choices=TRAINING_MODES, default="masks")
     g.add_argument("--shots", type=_int_at_least(2), help="images per category (kshot mode)")
     g.add_argument("--val-fraction", type=float, default=0.1, help="validation share (0.1)")
     g.add_argument(
@@ -206,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_name_list,
         default=("cutpaste", "perlin"),
         metavar="A,B",
-        help="synthetic defect kinds: cutpaste, perlin, scratch, stain (cutpaste,perlin)",
+        help=f"synthetic defect kinds, from {','.join(DEFECT_KINDS)} (cutpaste,perlin)",
     )
     g = p.add_argument_group("schedule (AA-CLIP defaults)")
     g.add_argument("--text-epochs", type=_int_at_least(0), help="stage 1 epochs (5)")
@@ -268,26 +290,22 @@ def _method_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _progress(args: argparse.Namespace) -> bool:
-    return not args.no_progress
+    return not (args.no_progress or getattr(args, "quiet", False))
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from anomalens.evaluate import format_table, run_benchmark
 
-    options = _method_options(args)
-    shown = ", ".join(f"{k}={v}" for k, v in options.items()) or "defaults"
-    print(f"benchmark: {args.method} ({shown}) on {args.dataset} at {args.root}", flush=True)
     result = run_benchmark(
         args.dataset,
         args.root,
         args.category,
         args.method,
-        options,
+        _method_options(args),
         output=args.output,
         skip_bad=args.skip_bad,
         save_maps=args.save_maps,
         progress=_progress(args),
-        echo=lambda line: print(line, flush=True),
     )
     print()
     print(format_table(result.rows()))
@@ -322,8 +340,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     folder = detector.save(args.output)
     threshold = detector.threshold
     shown = "none (too few images to calibrate)" if threshold is None else f"{threshold:.4g}"
+    shots = getattr(detector.config, "shots", None)
+    used = len(train) if shots is None else f"{min(shots, len(train))} of {len(train)}"
     print(
-        f"fitted {args.method} on {len(train)} good images of {category!r}"
+        f"fitted {args.method} on {used} good images of {category!r}"
         + (f" ({len(skipped)} unreadable skipped)" if skipped else "")
         + f"; image threshold {shown}"
     )
@@ -331,84 +351,19 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def collect_images(inputs: Sequence[Path], recursive: bool = False) -> list[Path]:
-    """Image files named directly or found in folders (sorted per folder, duplicates dropped).
-
-    Raises DatasetError naming the path when it does not exist, is not an image file, or is a
-    folder without images.
-    """
-    from anomalens.data.datasets import IMAGE_EXTENSIONS, is_image_file, list_images
-    from anomalens.errors import DatasetError
-
-    exts = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
-    found: list[Path] = []
-    for path in inputs:
-        if path.is_dir():
-            if recursive:
-                images = sorted(p for p in path.rglob("*") if is_image_file(p))
-            else:
-                images = list_images(path)
-            if not images:
-                hint = "" if recursive else " (subfolders are searched with --recursive)"
-                raise DatasetError(f"{path}: no images found (extensions {exts}){hint}")
-            found += images
-        elif path.is_file():
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                raise DatasetError(f"{path}: not an image file (extensions {exts})")
-            found.append(path)
-        else:
-            raise DatasetError(f"{path}: file or folder not found")
-    return list(dict.fromkeys(found))
-
-
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from anomalens.inference import predict_paths
 
-    from anomalens.data.datasets import SkippedImageWarning
-    from anomalens.data.io import load_image
-    from anomalens.errors import DatasetError
-    from anomalens.methods import load_detector
-    from anomalens.methods.base import batches
-    from anomalens.report import ReportWriter, figure_names
-
-    detector = load_detector(args.model)
-    paths = collect_images(args.input, args.recursive)
-    names = dict(zip(paths, figure_names(paths), strict=True))
-    writer = ReportWriter(args.output, title=None)
-    skipped: list[Path] = []
-    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not _progress(args))
-    with bar:
-        for chunk in batches(paths, PREDICT_CHUNK):
-            loaded, images = [], []
-            for path in chunk:
-                try:
-                    images.append(load_image(path))
-                    loaded.append(path)
-                except ImageLoadError as e:
-                    if not args.skip_bad:
-                        raise
-                    skipped.append(path)
-                    warnings.warn(f"skipping {e}", SkippedImageWarning, stacklevel=1)
-            if loaded:
-                prediction = detector.predict(images)
-                writer.add(
-                    loaded,
-                    images,
-                    prediction,
-                    names=[names[p] for p in loaded],
-                    figures=not args.no_figures,
-                )
-            bar.update(len(chunk))
-    if not writer.records:
-        raise DatasetError(f"{', '.join(map(str, args.input))}: no readable images")
-    summary = writer.finish(
-        extra={
-            "model": str(args.model),
-            "method": getattr(detector, "method", None),
-            "skipped": [str(p) for p in skipped],
-        }
+    result = predict_paths(
+        args.model,
+        args.input,
+        args.output,
+        recursive=args.recursive,
+        skip_bad=args.skip_bad,
+        figures=not args.no_figures,
+        progress=_progress(args),
     )
-    _print_predictions(writer.records, summary, args.output, len(skipped))
+    _print_predictions(result.records, result.summary, args.output, len(result.skipped))
     return EXIT_OK
 
 
@@ -480,7 +435,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from anomalens.demo import DEFAULT_OUTPUT, run_demo
+    from anomalens.demo import DEFAULT_OUTPUT, format_summary, run_demo
 
     if args.category and args.root is None:
         raise ValueError("--category needs --root (the demo's synthetic data has fixed names)")
@@ -489,14 +444,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         for k in ("backbone", "image_size", "memory_size", "shots")
         if getattr(args, k) is not None
     }
-    run_demo(
-        args.output or Path(DEFAULT_OUTPUT),
+    output = args.output or Path(DEFAULT_OUTPUT)
+    result = run_demo(
+        output,
         root=args.root,
         categories=args.category,
         options=options,
         progress=_progress(args),
-        echo=lambda line: print(line, flush=True),
     )
+    print()
+    print(format_summary(result, output))
     return EXIT_OK
 
 
@@ -512,30 +469,94 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         stream.write(f"anomalens: warning: {message}\n")
 
 
+class _LineFormatter(logging.Formatter):
+    """INFO records as they are; others prefixed ``anomalens: debug|warning|error: ``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        if record.levelno >= logging.ERROR:
+            return f"anomalens: error: {text}"
+        if record.levelno >= logging.WARNING:
+            return f"anomalens: warning: {text}"
+        if record.levelno < logging.INFO:
+            return f"anomalens: debug: {text}"
+        return text
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to the current ``sys.stderr`` through ``tqdm.write`` (keeps progress bars intact)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _log_to_stderr(level: int):
+    """Show the records of the ``anomalens`` loggers at ``level`` and above on stderr."""
+    root = logging.getLogger("anomalens")
+    handler = _StderrHandler()
+    handler.setFormatter(_LineFormatter())
+    before = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(before)
+
+
+def _log_level(args: argparse.Namespace) -> int:
+    if getattr(args, "verbose", False):
+        return logging.DEBUG
+    if getattr(args, "quiet", False):
+        return logging.WARNING
+    return logging.INFO
+
+
+def _debug() -> bool:
+    """True when :data:`DEBUG_ENV` is set to anything but empty or ``0``."""
+    return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+
+
 def _error_message(exc: BaseException) -> str:
     if isinstance(exc, OSError) and not isinstance(exc, AnomalensError):
         where = exc.filename if exc.filename is not None else ""
         what = exc.strerror or str(exc)
         return f"{where}: {what}" if where else what
     text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0] if "\n" in text else text
+    text = text.splitlines()[0] if "\n" in text else text
+    if isinstance(exc, FloatingPointError):
+        return f"numerical error: {text}"
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (0 ok, 2 bad input, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _log_to_stderr(_log_level(args)):
         warnings.showwarning = _show_warning
         try:
             return int(args.handler(args))
-        except (AnomalensError, ValueError, OSError) as exc:
+        except USER_ERRORS as exc:
+            if _debug():
+                raise
             message = _error_message(exc)
             if isinstance(exc, ImageLoadError) and getattr(args, "skip_bad", True) is False:
                 message += " (use --skip-bad to skip unreadable images)"
             print(f"anomalens: error: {message}", file=sys.stderr)
             return EXIT_ERROR
         except KeyboardInterrupt:
+            if _debug():
+                raise
             print("anomalens: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
 

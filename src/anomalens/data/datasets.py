@@ -387,6 +387,8 @@ DATASETS: dict[str, type[ImageDataset]] = {
     "mvtec_ad2": MVTecAD2,
     "folder": FolderDataset,
 }
+#: Dataset layout names accepted by :func:`build_dataset` (and the CLI's ``--dataset``).
+DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
 
 
 def _normalize_name(name: str) -> str:
@@ -415,6 +417,29 @@ def list_categories(dataset_name: str, root: PathLike) -> list[str]:
     if not cats:
         raise DatasetError(f"{root}: no {dataset_name} categories found (expected {expected})")
     return cats
+
+
+def resolve_categories(
+    dataset_name: str, root: PathLike, categories: Sequence[str] | None
+) -> list[str]:
+    """``categories`` checked against the ones found under ``root`` (all of them when None).
+
+    Duplicates are dropped (first occurrence kept). For ``folder`` the given names are kept
+    as they are (they only name the folder). Raises DatasetError listing the available
+    categories when one is missing.
+    """
+    found = list_categories(dataset_name, root)
+    if not categories:
+        return found
+    if _normalize_name(dataset_name) == "folder":
+        return list(categories)
+    missing = [c for c in categories if c not in found]
+    if missing:
+        raise DatasetError(
+            f"{root}: category {', '.join(repr(c) for c in missing)} not found; "
+            f"available: {', '.join(found)}"
+        )
+    return list(dict.fromkeys(categories))
 
 
 def build_dataset(

@@ -1,0 +1,172 @@
+"""Score image files and folders with a fitted detector and write a report folder.
+
+The Python API behind ``anomalens predict``::
+
+    from anomalens.inference import predict_paths
+    result = predict_paths("models/screw", ["photos/", "extra.png"], "runs/photos")
+    print(result.summary["n_defective"], "of", result.summary["n_images"], "defective")
+    for record in result.records:  # one dict per image, as in scores.json
+        print(record["path"], record["score"], record["is_defective"])
+
+Images are loaded, predicted and drawn :data:`PREDICT_CHUNK` at a time, so a large folder never
+sits in memory at once. The output folder is the report folder of :mod:`anomalens.report`:
+``scores.csv``, ``scores.json`` (with hotspot boxes), ``summary.json`` (with ``model``,
+``method`` and ``skipped``) and ``overlays/<name>.png``. Unreadable images raise
+:class:`~anomalens.errors.ImageLoadError`, or with ``skip_bad`` are skipped with a
+:class:`~anomalens.data.datasets.SkippedImageWarning`. Progress is logged to the ``logging``
+logger ``anomalens.inference`` (DEBUG: model, image count, chunks).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from anomalens.data.datasets import (
+    IMAGE_EXTENSIONS,
+    SkippedImageWarning,
+    is_image_file,
+    list_images,
+)
+from anomalens.data.io import load_image
+from anomalens.errors import DatasetError, ImageLoadError
+from anomalens.methods.base import Detector, batches, load_detector
+from anomalens.report import OVERLAY_DIR, SCORES_CSV, ReportWriter, figure_names
+
+__all__ = ["PREDICT_CHUNK", "PredictResult", "collect_images", "predict_paths"]
+
+logger = logging.getLogger(__name__)
+
+#: Images loaded, predicted and drawn at a time by :func:`predict_paths`.
+PREDICT_CHUNK = 32
+
+
+@dataclass
+class PredictResult:
+    """What :func:`predict_paths` wrote.
+
+    ``summary`` is the content of ``summary.json``; ``records`` has one dict per scored image
+    (``path, score, threshold, is_defective``, ``boxes`` when the detector has a pixel
+    threshold, ``figure``), in input order, as in ``scores.json``; ``skipped`` lists the
+    unreadable images skipped with ``skip_bad``.
+    """
+
+    folder: Path
+    summary: dict[str, Any]
+    records: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    skipped: list[Path] = field(default_factory=list)
+
+    @property
+    def scores_csv(self) -> Path:
+        return self.folder / SCORES_CSV
+
+    @property
+    def overlays(self) -> Path:
+        return self.folder / OVERLAY_DIR
+
+
+def collect_images(inputs: Sequence[str | os.PathLike], recursive: bool = False) -> list[Path]:
+    """Image files named directly or found in folders (sorted per folder, duplicates dropped).
+
+    A folder contributes its image files (with ``recursive``, those of its subfolders too).
+    Raises DatasetError naming the path when it does not exist, is not an image file, or is a
+    folder without images.
+    """
+    exts = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+    found: list[Path] = []
+    for path in map(Path, inputs):
+        if path.is_dir():
+            if recursive:
+                images = sorted(p for p in path.rglob("*") if is_image_file(p))
+            else:
+                images = list_images(path)
+            if not images:
+                hint = "" if recursive else " (subfolders are searched with --recursive)"
+                raise DatasetError(f"{path}: no images found (extensions {exts}){hint}")
+            found += images
+        elif path.is_file():
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise DatasetError(f"{path}: not an image file (extensions {exts})")
+            found.append(path)
+        else:
+            raise DatasetError(f"{path}: file or folder not found")
+    return list(dict.fromkeys(found))
+
+
+def predict_paths(
+    model: Detector | str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    recursive: bool = False,
+    skip_bad: bool = False,
+    figures: bool = True,
+    progress: bool = True,
+    chunk_size: int = PREDICT_CHUNK,
+) -> PredictResult:
+    """Score the images of ``inputs`` (files and folders, see :func:`collect_images`) with
+    ``model`` (a fitted detector or a saved model folder) and write the report to ``output``.
+
+    ``figures`` draws ``overlays/<name>.png`` per image; ``progress`` shows a tqdm bar. Raises
+    CheckpointError for an unusable model folder, DatasetError for bad inputs or when no image
+    could be read, and ImageLoadError for an unreadable image unless ``skip_bad``.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if isinstance(model, Detector):
+        detector, model_dir = model, None
+    else:
+        detector, model_dir = load_detector(model), str(model)
+    inputs = [Path(p) for p in inputs]
+    paths = collect_images(inputs, recursive)
+    logger.debug(
+        "predict: %s model%s, %d images in chunks of %d",
+        getattr(detector, "method", type(detector).__name__),
+        f" from {model_dir}" if model_dir else "",
+        len(paths),
+        chunk_size,
+    )
+    names = dict(zip(paths, figure_names(paths), strict=True))
+    writer = ReportWriter(output, title=None)
+    skipped: list[Path] = []
+    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
+    with bar:
+        for chunk in batches(paths, chunk_size):
+            loaded, images = [], []
+            for path in chunk:
+                try:
+                    images.append(load_image(path))
+                    loaded.append(path)
+                except ImageLoadError as e:
+                    if not skip_bad:
+                        raise
+                    skipped.append(path)
+                    warnings.warn(f"skipping {e}", SkippedImageWarning, stacklevel=2)
+            if loaded:
+                prediction = detector.predict(images)
+                writer.add(
+                    loaded,
+                    images,
+                    prediction,
+                    names=[names[p] for p in loaded],
+                    figures=figures,
+                )
+            logger.debug("predicted %d of %d images", len(writer.records), len(paths))
+            bar.update(len(chunk))
+    if not writer.records:
+        raise DatasetError(f"{', '.join(map(str, inputs))}: no readable images")
+    summary = writer.finish(
+        extra={
+            "model": model_dir,
+            "method": getattr(detector, "method", None),
+            "skipped": [str(p) for p in skipped],
+        }
+    )
+    return PredictResult(Path(output), summary, writer.records, skipped)
