@@ -482,8 +482,44 @@ def report(rows: list[dict[str, Any]], args) -> None:
         )
 
 
+def write_json(path: str, rows: list[dict[str, Any]], args) -> None:
+    """The summary table as JSON (with the run options and the environment) for
+    ``benchmarks/results_table.py``."""
+    import json
+
+    from anomalens.evaluate import environment
+
+    out_rows = []
+    for r in rows:
+        phases = [r[k] for k in PHASES]
+        out_rows.append(
+            dict(
+                model=r["model"],
+                precision=r["precision"],
+                stage1_s_per_step=r["stage1"].median,
+                stage2_s_per_step=r["stage2"].median,
+                inference_ms_per_image=1000 * r["infer"].median / args.images,
+                backbone_ms_per_image=1000 * r["backbone"].median / args.images,
+                anchors_s=r["anchor_s"],
+                peak_gib=gib(max(r["anchor_peak"], *(t.peak for t in phases))),
+                other_cpu_share=max(r["anchor_foreign"], *(t.foreign for t in phases)),
+                text_params=r["text_params"],
+                image_params=r["image_params"],
+            )
+        )
+    run = dict(
+        batch_size=args.batch_size, images=args.images, repeats=args.repeats, budget=args.budget
+    )
+    doc = dict(benchmark="aaclip_speed", run=run, environment=environment(), rows=out_rows)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(doc, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--json", help="also write the summary rows to this JSON file (for results_table.py)"
+    )
     parser.add_argument("--models", default="clip-l,so400m", help=f"of {','.join(MODELS)}")
     parser.add_argument("--precisions", default="fp32,bf16", help="of fp32,bf16")
     parser.add_argument("--batch-size", type=int, default=2, help="images per training step")
@@ -534,6 +570,8 @@ def main() -> None:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report(rows, args)
+    if args.json:
+        write_json(args.json, rows, args)
     print(
         f"\n# total {time.perf_counter() - start:.0f} s; load average now "
         f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}"

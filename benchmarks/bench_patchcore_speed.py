@@ -1,7 +1,7 @@
 """PatchCore predict time against the backbone's forward time alone, in one run.
 
     python benchmarks/bench_patchcore_speed.py [--root ../shared/data/mvtec_ad --category screw]
-        [--image-size 320] [--precision bf16] [--batch-size 16] [--repeats 3]
+        [--image-size 320] [--precision bf16] [--batch-size 16] [--repeats 3] [--json OUT.json]
 
 Fits PatchCore (defaults unless overridden) on the category's good training images, then times,
 on the test images already in memory and with the same batch size:
@@ -9,19 +9,22 @@ on the test images already in memory and with the same batch size:
   predict    the whole ``PatchCore.predict`` (backbone, patch embedding, nearest-neighbour
              search, smoothing, foreground weighting, resizing to the input size);
 and a breakdown of predict. Prints ms/image, images/s and the ratio predict / backbone.
-Best of ``--repeats`` runs for each, the two taking turns.
+Best of ``--repeats`` runs for each, the two taking turns. ``--json`` also writes the numbers
+with the environment (CPU model, cores, threads, torch, date) for ``benchmarks/results_table.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
+import json
 import time
 from datetime import date
+from pathlib import Path
 
 import torch
 
 from anomalens.data.datasets import MVTecAD
+from anomalens.evaluate import environment
 from anomalens.methods import PatchCore, PatchCoreConfig
 from anomalens.methods.base import batches
 
@@ -46,6 +49,7 @@ def main() -> None:
     ap.add_argument("--backbone", default=None)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", help="also write the numbers to this JSON file")
     args = ap.parse_args()
     overrides = {
         k: v
@@ -88,7 +92,7 @@ def main() -> None:
         parts["search + maps (rest of predict)"] += t2 - t1
 
     print(
-        f"\n{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"\n{environment()['cpu']}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}, {date.today()}"
     )
     print(
@@ -109,6 +113,36 @@ def main() -> None:
     print("breakdown of one predict pass (ms/image):")
     for name, sec in parts.items():
         print(f"  {name:26s}{1e3 * sec / n:8.1f}")
+    if args.json:
+        out = {
+            "benchmark": "patchcore_speed",
+            "category": args.category,
+            "n_train": len(train),
+            "n_test": n,
+            "config": {
+                "backbone": c.backbone,
+                "image_size": c.image_size,
+                "layers": list(layers),
+                "batch_size": c.batch_size,
+                "precision": c.precision,
+                "memory_rows": int(model.memory.shape[0]),
+                "memory_dim": int(model.memory.shape[1]),
+                "search_precision": c.search_precision,
+                "foreground": bool(model.use_foreground),
+            },
+            "repeats": args.repeats,
+            "fit_seconds": fit_s,
+            "fit_breakdown_seconds": dict(model.fit_report.seconds),
+            "backbone_ms_per_image": 1e3 * t_bb / n,
+            "backbone_images_per_second": n / t_bb,
+            "predict_ms_per_image": 1e3 * t_pred / n,
+            "predict_images_per_second": n / t_pred,
+            "ratio_predict_backbone": t_pred / t_bb,
+            "breakdown_ms_per_image": {k: 1e3 * v / n for k, v in parts.items()},
+            "environment": environment(),
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -156,7 +156,11 @@ def main() -> None:
         help="model sizes on which to also time the (slow) window variant",
     )
     parser.add_argument("--cache", help="folder for the random models (default: a temp dir)")
-    parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument(
+        "--json",
+        help="also write the rows, the run options and the environment to this JSON file "
+        "(e.g. benchmarks/results/zero-few-shot-speed/main.json, for results_table.py)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -173,7 +177,18 @@ def main() -> None:
     )
     rows = bench(args)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        from anomalens.evaluate import environment
+
+        run = dict(
+            family=args.family,
+            images=args.images,
+            shots=args.shots,
+            repeats=args.repeats,
+            load_average=list(os.getloadavg()),
+        )
+        out = dict(benchmark="zero_few_shot_speed", run=run, environment=environment(), rows=rows)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,35 @@
 #!/usr/bin/env bash
-# The PatchCore numbers in the README, in one run (about 5 minutes on 2 cores):
-# full-shot and 1/2/4/8-shot (and 8-shot with --augment) on MVTec AD screw with the default backbone, fp32 vs bf16, and
-# predict time against the backbone's forward time. Usage:
-#   benchmarks/screw_patchcore.sh [MVTEC_ROOT] [OUT]
+# PatchCore on MVTec AD screw with the default backbone: full-shot (bf16 and fp32), 1/2/4/8-shot,
+# 8-shot with rotated and flipped copies, then predict time against the backbone forward.
+# A few minutes on a quiet 2-core AMD EPYC (2 torch threads); far longer when other jobs share
+# the cores, so time it alone.
+#
+#   bash benchmarks/screw_patchcore.sh [MVTEC_ROOT]        (run from the repository root)
+#
+# Writes the small result files benchmarks/results/patchcore-screw/*.json and
+# benchmarks/results/patchcore-speed/screw.json (committed; the README tables are rendered from
+# them by benchmarks/results_table.py) and the full run folders to runs/screw_patchcore/
+# (figures, predictions.csv; git-ignored).
 set -euo pipefail
-root=${1:-../shared/data/mvtec_ad}
-out=${2:-runs/screw_patchcore}
-run() { anomalens benchmark --dataset mvtec --root "$root" --category screw "$@" 2>/dev/null | grep -E '^(category|screw)'; }
-echo "== full-shot, defaults (bf16 backbone)"; run --output "$out/full"
-echo "== full-shot, fp32 backbone";           run --precision fp32 --output "$out/full_fp32"
-for k in 1 2 4 8; do echo "== $k-shot"; run --shots "$k" --output "$out/shot$k"; done
-echo "== 8-shot, memory with rotated and flipped copies"
-run --shots 8 --augment rot90,rot180,rot270,hflip,vflip --output "$out/shot8_aug"
+cd "$(dirname "$0")/.."
+root=${1:-${ROOT:-../shared/data/mvtec_ad}}
+PY=${PY:-.venv/bin/python}
+out=runs/screw_patchcore
+res=benchmarks/results/patchcore-screw
+mkdir -p "$res"
+run() {
+  local name=$1
+  shift
+  echo "== $name: $*"
+  $PY -m anomalens benchmark --dataset mvtec --root "$root" --category screw --no-progress \
+    --output "$out/$name" "$@" 2>/dev/null | grep -E '^(category|screw)'
+  $PY benchmarks/results_table.py collect "$out/$name/results.json" "$res/$name.json"
+}
+run full
+run full_fp32 --precision fp32
+for k in 1 2 4 8; do run "shot$k" --shots "$k"; done
+run shot8_aug --shots 8 --augment rot90,rot180,rot270,hflip,vflip
 echo "== predict vs backbone forward"
-python "$(dirname "$0")/bench_patchcore_speed.py" --root "$root" --category screw --repeats 5 2>/dev/null
+$PY benchmarks/bench_patchcore_speed.py --root "$root" --category screw --repeats 5 \
+  --json benchmarks/results/patchcore-speed/screw.json 2>/dev/null
+echo "== done in ${SECONDS} s"

@@ -1,0 +1,451 @@
+"""Render the result tables of README.md and docs/*.md from the committed JSON results.
+
+The ``benchmarks/*.sh`` and ``benchmarks/bench_*.py`` scripts write small JSON files under
+``benchmarks/results/<table>/``. Each table in the docs sits between two markers::
+
+    <!-- results:patchcore-screw -->
+    ...generated text: a line naming the machine and date, then a Markdown table...
+    <!-- /results:patchcore-screw -->
+
+Usage (from the repository root; standard library only)::
+
+    python benchmarks/results_table.py --write    # rewrite every block from the JSON
+    python benchmarks/results_table.py --check    # exit 1 with one line if a block is stale
+    python benchmarks/results_table.py            # print every table
+    python benchmarks/results_table.py collect runs/x/results.json benchmarks/results/t/x.json \\
+        [--set training_seconds=197]               # copy a results.json, adding fields
+
+Tables (name: folder under ``benchmarks/results`` and files):
+
+* ``patchcore-screw``: ``patchcore-screw/*.json``, ``anomalens benchmark`` results (one file per
+  setting) of ``benchmarks/screw_patchcore.sh``;
+* ``patchcore-speed``: ``patchcore-speed/screw.json`` of ``bench_patchcore_speed.py --json``;
+* ``fewshot-screw``: ``fewshot-screw/<method>_k<K>.json`` of ``benchmarks/screw_fewshot.sh``;
+* ``aaclip-screw``: ``aaclip-screw/<anchors>.json`` of ``benchmarks/screw_aaclip.sh``;
+* ``aaclip-speed``: ``aaclip-speed/*.json`` of ``bench_aaclip.py --json``;
+* ``zero-few-shot-speed``: ``zero-few-shot-speed/*.json`` of ``bench_zero_few_shot.py --json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = Path("benchmarks") / "results"
+#: Files (relative to the repository root) whose blocks are rendered.
+DOC_FILES = ("README.md", "docs/*.md")
+
+BLOCK = re.compile(
+    r"(<!-- results:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)",
+    re.DOTALL,
+)
+OPEN = re.compile(r"<!-- results:([a-z0-9-]+) -->")
+
+METRICS = (
+    ("I-AUROC", "image_auroc"),
+    ("P-AUROC", "pixel_auroc"),
+    ("P-AP", "pixel_ap"),
+    ("AUPRO", "aupro"),
+    ("F1-max", "f1_max"),
+)
+
+
+class ResultsError(Exception):
+    """A results file is missing or malformed, or a block is broken (one-line message)."""
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def load(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ResultsError(f"cannot read {path}: {exc}") from None
+
+
+def files(results: Path, table: str) -> list[Path]:
+    found = sorted((results / table).glob("*.json"))
+    if not found:
+        raise ResultsError(f"no results for table {table!r}: {results / table}/*.json is missing")
+    return found
+
+
+def num(value: Any, digits: int) -> str:
+    """``value`` with ``digits`` decimals; ``-`` when missing or NaN."""
+    if value is None:
+        return "-"
+    v = float(value)
+    return f"{v:.{digits}f}" if math.isfinite(v) else "-"
+
+
+def sig(value: Any, digits: int = 3) -> str:
+    """``value`` with ``digits`` significant digits (at least one decimal below 100)."""
+    if value is None or not math.isfinite(float(value)):
+        return "-"
+    v = float(value)
+    decimals = max(0, digits - 1 - int(math.floor(math.log10(abs(v))))) if v else 1
+    return f"{v:.{decimals}f}"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine(env: dict[str, Any]) -> str:
+    """``2026-11-25, AMD EPYC (2 cores), torch 2.13.0, 2 threads`` from an environment dict."""
+    date = str(env.get("date", "?"))[:10]
+    cpu = env.get("cpu", "unknown CPU")
+    cores = env.get("cores")
+    torch = str(env.get("torch", "?")).split("+")[0]
+    threads = env.get("torch_threads")
+    text = f"{date}, {cpu}" + (f" ({cores} cores)" if cores else "")
+    text += f", torch {torch}"
+    if threads:
+        text += f", {threads} thread" + ("s" if threads != 1 else "")
+    return text
+
+
+def machines(docs: Sequence[dict[str, Any]]) -> str:
+    """The distinct machines / dates of ``docs`` in order, joined by ``; ``."""
+    seen: list[str] = []
+    for d in docs:
+        m = machine(d.get("environment", {}))
+        if m not in seen:
+            seen.append(m)
+    return "; ".join(seen)
+
+
+def note(docs: Sequence[dict[str, Any]]) -> str:
+    """The ``source`` notes of hand-filled files (not produced by a run), if any."""
+    notes = sorted({d["source"] for d in docs if d.get("source")})
+    return "".join(f" {n}" for n in notes)
+
+
+def category(doc: dict[str, Any], path: Path) -> dict[str, Any]:
+    cats = doc.get("categories") or {}
+    if len(cats) != 1:
+        raise ResultsError(f"{path}: expected one category, found {len(cats)}")
+    return next(iter(cats.values()))
+
+
+def options_label(options: dict[str, Any]) -> str:
+    """Command-line flags of a run's options, e.g. ``--shots 8 --augment rot90,hflip``."""
+    parts = []
+    for key, value in options.items():
+        if isinstance(value, list | tuple):
+            value = ",".join(str(v) for v in value)
+        parts.append(f"--{key.replace('_', '-')} {value}")
+    return f"`{' '.join(parts)}`" if parts else ""
+
+
+# ---------------------------------------------------------------------------------- renderers
+
+
+def _patchcore_order(path: Path) -> tuple[int, str]:
+    order = ["full", "full_fp32", "shot1", "shot2", "shot4", "shot8", "shot8_aug"]
+    return (order.index(path.stem) if path.stem in order else len(order), path.stem)
+
+
+def render_patchcore_screw(results: Path) -> str:
+    paths = sorted(files(results, "patchcore-screw"), key=_patchcore_order)
+    docs = [load(p) for p in paths]
+    rows = []
+    for path, doc in zip(paths, docs, strict=True):
+        c = category(doc, path)
+        opts = {k: v for k, v in doc.get("options", {}).items() if k != "seed" or v != 0}
+        setting = options_label(opts) or "defaults"
+        if "shots" not in opts:
+            setting = f"full-shot ({c.get('n_train')} images), {setting}"
+        rows.append(
+            [setting]
+            + [num(c.get(k), 3) for _, k in METRICS]
+            + [num(c.get("fit_seconds"), 1), num(c.get("ms_per_image"), 1)]
+        )
+    c0 = category(docs[0], paths[0])
+    head = (
+        f"MVTec AD screw, {c0.get('n_train')} train / {c0.get('n_test')} test images, "
+        f"seed 0; {machines(docs)}.{note(docs)}"
+    )
+    header = ["setting", *(h for h, _ in METRICS), "fit s", "ms/image"]
+    return head + "\n\n" + table(header, rows)
+
+
+def render_fewshot_screw(results: Path) -> str:
+    labels = {"anomalydino": "AnomalyDINO-style", "winclip": "WinCLIP+ memory branch"}
+
+    def key(path: Path) -> tuple[str, int]:
+        m = re.fullmatch(r"(.+)_k(\d+)", path.stem)
+        if not m:
+            raise ResultsError(f"{path}: expected a name <method>_k<K>.json")
+        return m.group(1), int(m.group(2))
+
+    paths = sorted(files(results, "fewshot-screw"), key=key)
+    docs = [load(p) for p in paths]
+    rows = []
+    for path, doc in zip(paths, docs, strict=True):
+        c = category(doc, path)
+        method = doc.get("method", key(path)[0])
+        backbone = doc.get("options", {}).get("backbone", "")
+        rows.append(
+            [labels.get(method, method), str(key(path)[1]), f"`{backbone}`"]
+            + [num(c.get(k), 3) for _, k in METRICS]
+            + [num(c.get("fit_seconds"), 1), num(c.get("ms_per_image"), 0)]
+        )
+    c0 = category(docs[0], paths[0])
+    head = (
+        f"MVTec AD screw, K good train images (seed 0), {c0.get('n_test')} test images; "
+        f"{machines(docs)}.{note(docs)}"
+    )
+    header = ["method", "K", "backbone", *(h for h, _ in METRICS), "fit s", "ms/image"]
+    return head + "\n\n" + table(header, rows)
+
+
+def render_aaclip_screw(results: Path) -> str:
+    order = ["learned", "centroid", "text"]
+    paths = sorted(
+        files(results, "aaclip-screw"),
+        key=lambda p: (order.index(p.stem) if p.stem in order else len(order), p.stem),
+    )
+    docs = [load(p) for p in paths]
+    rows = []
+    for path, doc in zip(paths, docs, strict=True):
+        c = category(doc, path)
+        rows.append(
+            [f"`{path.stem}`"]
+            + [num(c.get(k), 3) for _, k in METRICS]
+            + [
+                num(doc.get("training_seconds"), 0),
+                num(c.get("fit_seconds"), 1),
+                num(c.get("ms_per_image"), 1),
+            ]
+        )
+    head = (
+        "MVTec AD screw, EfficientNet-Lite0 at 320 px, bf16, adapters trained 10 epochs in "
+        f"synthetic mode on the good train images only; {machines(docs)}.{note(docs)}"
+    )
+    header = ["anchors", *(h for h, _ in METRICS), "training s", "fit s", "ms/image"]
+    return head + "\n\n" + table(header, rows)
+
+
+def render_patchcore_speed(results: Path) -> str:
+    path = results / "patchcore-speed" / "screw.json"
+    if not path.is_file():
+        raise ResultsError(f"no results for table 'patchcore-speed': {path} is missing")
+    d = load(path)
+    c = d["config"]
+    rows = [
+        [
+            "backbone forward alone",
+            num(d["backbone_ms_per_image"], 1),
+            num(d["backbone_images_per_second"], 1),
+        ],
+        [
+            "PatchCore `predict`",
+            num(d["predict_ms_per_image"], 1),
+            num(d["predict_images_per_second"], 1),
+        ],
+    ]
+    rows += [[f"predict part: {k}", num(v, 1), "-"] for k, v in d["breakdown_ms_per_image"].items()]
+    fit = ", ".join(f"{k} {num(v, 1)}" for k, v in d.get("fit_breakdown_seconds", {}).items())
+    head = (
+        f"{d.get('category', 'screw')}, {d.get('n_test')} test images in memory, best of "
+        f"{d.get('repeats')}; {c['backbone']} at {c['image_size']} px, layers "
+        f"{tuple(c['layers'])}, batch {c['batch_size']}, {c['precision']}, memory "
+        f"{c['memory_rows']} x {c['memory_dim']}; {machine(d.get('environment', {}))}."
+        f"{note([d])}"
+    )
+    tail = (
+        f"Ratio predict / backbone: {num(d['ratio_predict_backbone'], 2)}. "
+        f"Fit: {num(d['fit_seconds'], 1)} s" + (f" ({fit})." if fit else ".")
+    )
+    return head + "\n\n" + table(["", "ms/image", "images/s"], rows) + "\n\n" + tail
+
+
+def render_zero_few_shot_speed(results: Path) -> str:
+    paths = files(results, "zero-few-shot-speed")
+    docs = [load(p) for p in paths]
+    rows = []
+    for doc in docs:
+        run = doc.get("run", {})
+        suffix = ""
+        if run.get("images") == 1 or run.get("repeats") == 1:
+            suffix = f" ({run.get('images')} image, {run.get('repeats')} run)"
+        for r in doc["rows"]:
+            rows.append(
+                [
+                    r["model"],
+                    r["precision"],
+                    r["variant"] + suffix,
+                    num(r["backbone_ms"], 0),
+                    num(r["predict_ms"], 0),
+                    num(1000 / r["predict_ms"], 2),
+                    num(r["ratio"], 2),
+                ]
+            )
+    head = (
+        f"Random-weight CLIP vision towers, images at the model's input size; "
+        f"{machines(docs)}.{note(docs)}"
+    )
+    header = [
+        "model",
+        "precision",
+        "variant",
+        "backbone ms/image",
+        "predict ms/image",
+        "images/s",
+        "predict / backbone",
+    ]
+    return head + "\n\n" + table(header, rows)
+
+
+def render_aaclip_speed(results: Path) -> str:
+    paths = files(results, "aaclip-speed")
+    docs = [load(p) for p in paths]
+    rows = []
+    for doc in docs:
+        for r in doc["rows"]:
+            rows.append(
+                [
+                    r["model"],
+                    r["precision"],
+                    sig(r["stage1_s_per_step"]),
+                    sig(r["stage2_s_per_step"]),
+                    num(r["inference_ms_per_image"], 0),
+                    num(r["backbone_ms_per_image"], 0),
+                    num(r["anchors_s"], 1),
+                    num(r["peak_gib"], 1),
+                ]
+            )
+    run = docs[0].get("run", {})
+    head = (
+        f"Random weights at the real sizes, text anchors, training batch "
+        f"{run.get('batch_size')}, inference batch {run.get('images')}; "
+        f"{machines(docs)}.{note(docs)}"
+    )
+    header = [
+        "model",
+        "precision",
+        "stage 1 s/step",
+        "stage 2 s/step",
+        "inference ms/image",
+        "backbone ms/image",
+        "anchors s",
+        "peak GiB",
+    ]
+    return head + "\n\n" + table(header, rows)
+
+
+RENDERERS: dict[str, Callable[[Path], str]] = {
+    "patchcore-screw": render_patchcore_screw,
+    "patchcore-speed": render_patchcore_speed,
+    "fewshot-screw": render_fewshot_screw,
+    "aaclip-screw": render_aaclip_screw,
+    "aaclip-speed": render_aaclip_speed,
+    "zero-few-shot-speed": render_zero_few_shot_speed,
+}
+
+
+# ------------------------------------------------------------------------------------- blocks
+
+
+def render(name: str, results: Path) -> str:
+    if name not in RENDERERS:
+        raise ResultsError(f"unknown results block {name!r} (known: {', '.join(RENDERERS)})")
+    return RENDERERS[name](results)
+
+
+def rewrite(text: str, results: Path, where: str = "text") -> str:
+    """``text`` with every results block re-rendered from ``results``."""
+    opened = OPEN.findall(text)
+    closed = re.findall(r"<!-- /results:([a-z0-9-]+) -->", text)
+    if sorted(opened) != sorted(closed) or len(BLOCK.findall(text)) != len(opened):
+        raise ResultsError(f"{where}: unbalanced results markers")
+    return BLOCK.sub(
+        lambda m: m.group(1) + render(m.group("name"), results) + "\n" + m.group(4), text
+    )
+
+
+def doc_paths(repo: Path) -> list[Path]:
+    out: list[Path] = []
+    for pattern in DOC_FILES:
+        out += sorted(repo.glob(pattern))
+    return out
+
+
+def write_or_check(repo: Path, write: bool) -> int:
+    results = repo / RESULTS
+    for path in doc_paths(repo):
+        rel = path.relative_to(repo)
+        old = path.read_text(encoding="utf-8")
+        new = rewrite(old, results, str(rel))
+        if new == old:
+            continue
+        if write:
+            path.write_text(new, encoding="utf-8")
+            print(f"rewrote {rel}")
+            continue
+        for m_old, m_new in zip(BLOCK.finditer(old), BLOCK.finditer(new), strict=True):
+            if m_old.group("body") != m_new.group("body"):
+                print(
+                    f"{rel}: block results:{m_old.group('name')} differs from {RESULTS}; "
+                    "run python benchmarks/results_table.py --write"
+                )
+                return 1
+    return 0
+
+
+def collect(src: Path, dest: Path, settings: Sequence[str]) -> None:
+    """Copy a ``results.json`` (or any result JSON) to ``dest``, adding ``key=value`` fields
+    (values parsed as JSON when they parse, else kept as strings)."""
+    doc = load(src)
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ResultsError(f"--set expects key=value, got {item!r}")
+        try:
+            doc[key] = json.loads(value)
+        except ValueError:
+            doc[key] = value
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["collect"]:
+            p = argparse.ArgumentParser(prog="results_table.py collect")
+            p.add_argument("src", type=Path)
+            p.add_argument("dest", type=Path)
+            p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+            a = p.parse_args(argv[1:])
+            collect(a.src, a.dest, a.set)
+            return 0
+        p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--write", action="store_true", help="rewrite the blocks in place")
+        g.add_argument("--check", action="store_true", help="exit 1 if a block is stale")
+        p.add_argument("--repo", type=Path, default=REPO, help="repository root")
+        a = p.parse_args(argv)
+        if a.write or a.check:
+            return write_or_check(a.repo, write=a.write)
+        for name in RENDERERS:
+            print(f"<!-- results:{name} -->\n{render(name, a.repo / RESULTS)}\n")
+        return 0
+    except ResultsError as exc:
+        print(f"results_table.py: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
