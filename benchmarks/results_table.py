@@ -106,9 +106,11 @@ def machine(env: dict[str, Any]) -> str:
     date = str(env.get("date", "?"))[:10]
     cpu = env.get("cpu", "unknown CPU")
     cores = env.get("cores")
+    isa = env.get("cpu_isa")
     torch = str(env.get("torch", "?")).split("+")[0]
     threads = env.get("torch_threads")
-    text = f"{date}, {cpu}" + (f" ({cores} cores)" if cores else "")
+    detail = ", ".join(x for x in (f"{cores} cores" if cores else "", isa or "") if x)
+    text = f"{date}, {cpu}" + (f" ({detail})" if detail else "")
     text += f", torch {torch}"
     if threads:
         text += f", {threads} thread" + ("s" if threads != 1 else "")

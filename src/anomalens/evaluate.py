@@ -191,17 +191,38 @@ def format_table(rows: Mapping[str, Mapping[str, Any]], mean: bool = True) -> st
 
 
 def environment() -> dict[str, Any]:
-    """Where the numbers come from: Python, torch, CPU model, cores, threads, date."""
+    """Where the numbers come from: Python, torch, CPU model and instruction set, cores,
+    threads, date."""
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "platform": platform.platform(),
         "cpu": _cpu_model(),
+        "cpu_isa": cpu_isa(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "date": dt.datetime.now(dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
     }
+
+
+def cpu_isa() -> str:
+    """The CPU's fastest bf16 path: ``AMX``, ``AVX512-BF16``, else torch's CPU capability
+    (e.g. ``AVX2``); the same code can run several times slower on one than another."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    if "amx_bf16" in flags:
+        return "AMX"
+    if "avx512_bf16" in flags:
+        return "AVX512-BF16"
+    return str(torch.backends.cpu.get_cpu_capability())
 
 
 def _cpu_model() -> str:
