@@ -23,9 +23,11 @@ from anomalens.data.synthetic import _good_view, _load_texture, add_synthetic_de
 from anomalens.methods import AnomalyDINO, WinCLIP, create_detector, load_detector  # noqa: E402
 from anomalens.methods.anomalydino import AnomalyDINOConfig  # noqa: E402
 from anomalens.methods.common import pool_patches, top_fraction_mean  # noqa: E402
-from anomalens.postprocess import patch_masks  # noqa: E402
 from anomalens.metrics import compute_all, image_auroc, pixel_auroc  # noqa: E402
-from anomalens.postprocess import gaussian_blur  # noqa: E402
+from anomalens.postprocess import (
+    gaussian_blur,  # noqa: E402
+    patch_masks,  # noqa: E402
+)
 
 MVTEC_ROOT = Path(
     os.environ.get("ANOMALENS_MVTEC", Path(__file__).resolve().parents[2] / "shared/data/mvtec_ad")

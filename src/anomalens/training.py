@@ -15,9 +15,8 @@ from typing import Any
 import cv2
 from tqdm import tqdm
 
-from anomalens.data.datasets import build_dataset
+from anomalens.data.datasets import build_dataset, resolve_categories
 from anomalens.data.sample import Sample
-from anomalens.evaluate import resolve_categories
 from anomalens.methods.aaclip import (
     AACLIP,
     TRAINING_MODES,
