@@ -15,7 +15,8 @@ from anomalens.backbones.clip import CLIPBackbone  # noqa: E402
 from anomalens.backbones.dinov2 import DINOv2Backbone  # noqa: E402
 from anomalens.backbones.hf import IMAGENET_MEAN, SIGLIP_MEAN, quarter_layers  # noqa: E402
 from anomalens.backbones.siglip import SigLIPBackbone  # noqa: E402
-from anomalens.errors import ModelNotAvailableError  # noqa: E402
+from anomalens.errors import ModelNotAvailableError, TextTowerMissingError  # noqa: E402
+from anomalens.methods.winclip import window_indices  # noqa: E402
 
 WORDS = ["a", "photo", "of", "cat", "dog", "damaged", "flawless", "object", "scratch"]
 VISION, TEXT = tm.TINY_VISION, tm.TINY_TEXT
@@ -170,8 +171,22 @@ def test_dinov2_drops_cls_and_registers(dino_dir):
     assert ref.hidden_states[-1].shape[1] == 16 + 1 + registers
     _check_tokens(bb, feats, ref.hidden_states, (2, 4), 1 + registers, (4, 4))
     torch.testing.assert_close(feats.global_embedding, ref.pooler_output)
-    with pytest.raises(NotImplementedError, match="no text tower"):
-        bb.encode_text(["a cat"])
+    _check_no_text(bb)
+
+
+def _check_no_text(bb):
+    calls = [
+        lambda: bb.encode_text(["a cat"]),
+        lambda: bb.project_tokens(torch.zeros(1, 4, 32)),
+        bb.logit_scale,
+        bb.text_dims,
+        lambda: bb.text_layer_module(1),
+    ]
+    for call in calls:
+        with pytest.raises(TextTowerMissingError, match="no text tower") as info:
+            call()
+        assert bb.name in str(info.value)
+    assert not bb.has_text and not bb.supports_windows
 
 
 @pytest.mark.parametrize("cls", [CLIPBackbone, SigLIPBackbone, DINOv2Backbone])
@@ -257,3 +272,151 @@ def test_uncached_hub_id_fails_fast_offline(monkeypatch):
     assert time.monotonic() - start < 5
     msg = str(info.value)
     assert model_id in msg and "save_pretrained" in msg and "clip:/path/to/" in msg
+
+
+# -- the full Backbone contract -----------------------------------------------------------
+
+
+def _all(clip_dir, siglip_dir, dino_dir):
+    return [
+        CLIPBackbone(str(clip_dir)),
+        SigLIPBackbone(str(siglip_dir)),
+        DINOv2Backbone(str(dino_dir[0])),
+    ]
+
+
+def test_grid_equals_feature_grids(clip_dir, siglip_dir, dino_dir):
+    for bb in _all(clip_dir, siglip_dir, dino_dir):
+        assert bb.architecture == "vit" and bb.feature_levels == (1, 2, 3, 4)
+        assert bb.grid() == (4, 4)
+        for size in (32, 40, 47, 56):
+            feats = bb.encode_image(torch.randn(1, 3, size, size), layers=(1, 2, 3, 4))
+            assert feats.grids == [bb.grid(layer, size) for layer in (1, 2, 3, 4)]
+            assert feats.grids[0] == (size // 8, size // 8)
+        with pytest.raises(ValueError, match="out of range"):
+            bb.grid(5)
+        info = bb.describe()
+        assert json.loads(json.dumps(info)) == info and info["kind"] == bb.kind
+
+
+def test_resolve_layers_negative_and_errors(clip_dir):
+    bb = CLIPBackbone(str(clip_dir))
+    assert bb.resolve_layers((-1, -4, 2)) == (4, 1, 2) and bb.resolve_layers(-2) == (3,)
+    with pytest.raises(ValueError, match=r"layer -5 out of range .* with 4 blocks \(use 1..4"):
+        bb.resolve_layers((-5,))
+    with pytest.raises(ValueError, match="layer 0 out of range"):
+        bb.layer_module(0)
+    with pytest.raises(ValueError, match="at least one layer"):
+        bb.resolve_layers(())
+    assert bb.layer_module(-1) is bb.model.vision_model.encoder.layers[3]
+
+
+def test_text_tower_attributes(clip_dir, siglip_dir, tmp_path):
+    scaled = CLIPBackbone(str(tm.make_clip(tmp_path / "scaled", logit_scale=50.0)))
+    assert scaled.logit_scale() == pytest.approx(50.0, rel=1e-5)
+    for bb in (CLIPBackbone(str(clip_dir)), SigLIPBackbone(str(siglip_dir)), scaled):
+        assert bb.has_text and bb.supports_windows
+        assert bb.logit_scale() == float(bb.model.logit_scale.exp())
+        assert isinstance(bb.logit_scale(), float)
+        assert bb.text_dims() == (TEXT["hidden_size"], TEXT["num_hidden_layers"])
+        assert bb.text_layer_module(2) is bb.model.text_model.encoder.layers[1]
+        with pytest.raises(ValueError, match="text layer 3 out of range 1..2"):
+            bb.text_layer_module(3)
+    assert CLIPBackbone(str(clip_dir)).embed_dim == 24  # projection_dim
+    siglip = SigLIPBackbone(str(siglip_dir))
+    assert siglip.embed_dim == siglip.model.config.text_config.projection_size == 32
+
+
+def _hand_text(bb, prompts):
+    """The text tower called by hand on the tokenized prompts (the previous implementation)."""
+    max_len = int(bb.model.config.text_config.max_position_embeddings)
+    with torch.inference_mode():
+        if bb.kind == "clip":
+            enc = bb.tokenizer()(
+                prompts, padding=True, truncation=True, max_length=max_len, return_tensors="pt"
+            )
+            out = bb.model.text_model(
+                input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
+            )
+            emb = bb.model.text_projection(out.pooler_output)
+        else:
+            enc = bb.tokenizer()(
+                prompts,
+                padding="max_length",
+                truncation=True,
+                max_length=max_len,
+                return_tensors="pt",
+            )
+            emb = bb.model.text_model(input_ids=enc["input_ids"]).pooler_output
+    return torch.nn.functional.normalize(emb.float(), dim=-1)
+
+
+@pytest.mark.parametrize("cls", [CLIPBackbone, SigLIPBackbone])
+def test_encode_text_bit_identical(cls, clip_dir, siglip_dir, monkeypatch):
+    bb = cls(str(clip_dir if cls is CLIPBackbone else siglip_dir))
+    prompts = ["a photo of a cat", "a damaged object", "dog", "flawless photo of a scratch"]
+    ref = _hand_text(bb, prompts)
+    assert torch.equal(bb.encode_text(prompts), ref)
+    # chunking over TEXT_BATCH prompts: chunks of 2 give what one call on each half gives
+    monkeypatch.setattr("anomalens.backbones.text.TEXT_BATCH", 2)
+    chunked = bb.encode_text(prompts)
+    assert torch.equal(chunked[:2], _hand_text(bb, prompts[:2]))
+    assert torch.equal(chunked[2:], _hand_text(bb, prompts[2:]))
+
+
+def _hand_window(bb, pixels, idx):
+    """A window embedding computed layer by layer, without the embeddings/encoder modules."""
+    vision = bb.model.vision_model
+    emb = vision.embeddings
+    with torch.no_grad():
+        x = emb.patch_embedding(pixels).flatten(2).transpose(1, 2)  # [B, 16, C]
+        pos = emb.position_embedding.weight
+        if bb.kind == "clip":
+            cls = (emb.class_embedding + pos[0]).expand(x.shape[0], 1, -1)
+            h = torch.cat([cls, (x + pos[1:])[:, idx]], 1)
+            h = vision.pre_layrnorm(h)
+        else:
+            h = (x + pos)[:, idx]
+        for layer in vision.encoder.layers:
+            out = layer(h, None)
+            h = out[0] if isinstance(out, tuple) else out
+        if bb.kind == "clip":
+            p = bb.model.visual_projection(vision.post_layernorm(h[:, 0]))
+        else:
+            p = vision.head(vision.post_layernorm(h))
+    return torch.nn.functional.normalize(p, dim=-1)
+
+
+@pytest.mark.parametrize("cls", [CLIPBackbone, SigLIPBackbone])
+def test_encode_windows(cls, clip_dir, siglip_dir, monkeypatch):
+    from anomalens.methods import winclip
+
+    bb = cls(str(clip_dir if cls is CLIPBackbone else siglip_dir))
+    pixels = bb.preprocess(_images())
+    grid = bb.grid()
+    indices = [window_indices(grid, 2), window_indices(grid, 4)]
+    small, whole = bb.encode_windows(pixels, indices)
+    assert small.shape == (2, 9, bb.embed_dim) and whole.shape == (2, 1, bb.embed_dim)
+    # a window covering the whole grid is the image embedding
+    glob = bb.encode_image(pixels).global_embedding
+    torch.testing.assert_close(whole[:, 0], glob, atol=1e-5, rtol=0)
+    # 2x2 windows against the vision encoder run by hand on their tokens
+    for w in (0, 4, 8):
+        ref = _hand_window(bb, pixels, indices[0][w])
+        torch.testing.assert_close(small[:, w], ref, atol=1e-5, rtol=0)
+    # identical to the previous implementation in methods/winclip while it exists
+    if hasattr(winclip, "window_embeddings"):
+        old = winclip.window_embeddings(bb, pixels, indices)
+        assert all(torch.equal(a, b) for a, b in zip(old, (small, whole), strict=True))
+    # chunking does not change the result
+    monkeypatch.setattr("anomalens.backbones.text.WINDOW_CHUNK", 5)
+    again = bb.encode_windows(pixels, indices)
+    torch.testing.assert_close(again[0], small, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="n_windows, k"):
+        bb.encode_windows(pixels, [indices[0][0]])
+
+
+def test_dinov2_has_no_windows(dino_dir):
+    bb = DINOv2Backbone(str(dino_dir[0]))
+    with pytest.raises(NotImplementedError, match="CLIP or SigLIP"):
+        bb.encode_windows(bb.preprocess(_images(1)), [window_indices(bb.grid(), 2)])

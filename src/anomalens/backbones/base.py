@@ -55,7 +55,8 @@ class Backbone(nn.Module):
     Methods use only what is declared here (never the wrapped model's internals, never
     ``hasattr`` probes). Subclasses set the attributes and implement ``encode_image``,
     ``resolve_layers``/``grid`` where the defaults do not fit, and the text / window parts when
-    they have a text tower.
+    they have a text tower. ``encode_image`` checks its input and resolves the taps, then
+    calls the subclass's ``_encode``.
 
     Attributes:
         kind: the family (``efficientnet``, ``clip``, ``siglip``, ``dinov2``).
@@ -85,6 +86,8 @@ class Backbone(nn.Module):
     embed_dim: int | None = None
     supports_windows: bool = False
     precision: str = "fp32"
+    #: what a tap is, in error messages ("stages", "blocks")
+    layer_unit: str = "layers"
 
     # -- images ---------------------------------------------------------------------------
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -126,8 +129,8 @@ class Backbone(nn.Module):
             idx = self.num_layers + 1 + idx if idx < 0 else idx
             if not 1 <= idx <= self.num_layers:
                 raise ValueError(
-                    f"layer {layer} out of range for {self.name} with {self.num_layers} layers "
-                    f"(use 1..{self.num_layers} or -{self.num_layers}..-1)"
+                    f"layer {layer} out of range for {self.name} with {self.num_layers} "
+                    f"{self.layer_unit} (use 1..{self.num_layers} or -{self.num_layers}..-1)"
                 )
             out.append(idx)
         if not out:
@@ -149,11 +152,21 @@ class Backbone(nn.Module):
     ) -> Features:
         """Patch tokens of ``pixels`` (output of ``preprocess``) at ``layers``.
 
+        ``layers`` go through :meth:`resolve_layers` (None: ``default_layers``).
         ``with_global=False`` may skip work only the global embedding needs (ViTs skip the
         blocks after the deepest requested layer). ``grad=True`` runs with autograd on (the
         weights stay frozen) so that trainable modules hooked into the network (see
         :meth:`layer_module`) receive gradients; the default runs in inference mode.
         """
+        if pixels.ndim != 4 or pixels.shape[1] != 3:
+            raise ValueError(f"expected pixels [B, 3, H, W], got {tuple(pixels.shape)}")
+        taps = self.resolve_layers(layers) if layers is not None else self.default_layers
+        return self._encode(pixels, taps, with_global=with_global, grad=grad)
+
+    def _encode(
+        self, pixels: torch.Tensor, layers: tuple[int, ...], *, with_global: bool, grad: bool
+    ) -> Features:
+        """``encode_image`` once the input is checked and ``layers`` resolved (subclasses)."""
         raise NotImplementedError
 
     def layer_module(self, layer: int) -> nn.Module:

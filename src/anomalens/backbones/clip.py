@@ -2,104 +2,52 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
-from anomalens.backbones.hf import (
-    CLIP_MEAN,
-    CLIP_STD,
-    HFViTBackbone,
-    as_prompt_list,
-    l2_normalize,
-    load_pretrained,
-)
-
-TEXT_BATCH = 256
+from anomalens.backbones.hf import CLIP_MEAN, CLIP_STD, l2_normalize
+from anomalens.backbones.text import HFTextViT
 
 
-class CLIPBackbone(HFViTBackbone):
+class CLIPBackbone(HFTextViT):
     """CLIP ViT: patch tokens of chosen blocks, projected CLS embedding, text embeddings.
 
     ``global_embedding`` = ``visual_projection(post_layernorm(CLS))``, L2-normalised, which is
-    exactly CLIP's image embedding. ``project_tokens`` applies the same two maps to patch tokens.
+    exactly CLIP's image embedding. ``project_tokens`` applies the same two maps to patch tokens
+    (as in WinCLIP / APRIL-GAN style methods). Text: EOS token and text projection, prompts
+    padded to the longest of the batch with an attention mask.
     """
 
     kind = "clip"
-    has_text = True
     num_prefix_tokens = 1  # CLS
+    family_mean = CLIP_MEAN
+    family_std = CLIP_STD
+    text_padding = True
 
-    def __init__(
-        self,
-        model_id: str,
-        image_size: int | None = None,
-        precision: str = "fp32",
-        layers: tuple[int, ...] | None = None,
-    ) -> None:
+    def _model_class(self) -> Any:
         from transformers import CLIPModel
 
-        model = load_pretrained(CLIPModel, model_id, self.kind)
-        vcfg = model.config.vision_config
-        super().__init__(
-            model_id,
-            model,
-            vcfg,
-            image_size=image_size,
-            precision=precision,
-            layers=layers,
-            family_mean=CLIP_MEAN,
-            family_std=CLIP_STD,
-            family_size=int(vcfg.image_size),
-        )
-        self.embed_dim = int(model.config.projection_dim)
+        return CLIPModel
 
-    def output_norm(self) -> nn.Module:
-        return self.model.vision_model.post_layernorm
-
-    def _blocks(self) -> nn.ModuleList:
-        return self.model.vision_model.encoder.layers
-
-    def _vision_forward(self, pixels: torch.Tensor) -> Any:
-        # interpolate_pos_encoding is a no-op at the pretrained size
-        return self.model.vision_model(pixel_values=pixels, interpolate_pos_encoding=True)
+    def _configure(self) -> None:
+        self.embed_dim = int(self.model.config.projection_dim)
 
     def _global_embedding(self, out: Any) -> torch.Tensor:
         return l2_normalize(self.model.visual_projection(out.pooler_output))
 
-    def project_tokens(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Map patch tokens ``[..., C]`` of any layer into the joint space ``[..., D]``.
+    def _project(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.visual_projection(self.model.vision_model.post_layernorm(tokens))
 
-        ``visual_projection(post_layernorm(tokens))``: the map CLIP applies to the CLS token,
-        applied per patch (as in WinCLIP / APRIL-GAN style methods). L2-normalised by default.
-        """
-        vision = self.model.vision_model
-        with torch.inference_mode(), self.autocast():
-            out = self.model.visual_projection(vision.post_layernorm(tokens.float()))
-        out = out.float().clone()
-        return l2_normalize(out) if normalize else out
+    def _text_embedding(self, enc: Any) -> torch.Tensor:
+        out = self.model.text_model(
+            input_ids=enc["input_ids"], attention_mask=enc.get("attention_mask")
+        )
+        return self.model.text_projection(out.pooler_output)
 
-    def encode_text(self, prompts: Sequence[str], *, grad: bool = False) -> torch.Tensor:
-        """L2-normalised text embeddings ``[P, D]`` (EOS token, text projection)."""
-        texts = as_prompt_list(prompts)
-        if not texts:
-            return torch.empty(0, self.embed_dim)
-        tok = self.tokenizer()
-        max_len = int(self.model.config.text_config.max_position_embeddings)
-        chunks = []
-        for start in range(0, len(texts), TEXT_BATCH):
-            enc = tok(
-                texts[start : start + TEXT_BATCH],
-                padding=True,
-                truncation=True,
-                max_length=max_len,
-                return_tensors="pt",
-            )
-            with self.run_context(grad), self.autocast():
-                out = self.model.text_model(
-                    input_ids=enc["input_ids"], attention_mask=enc.get("attention_mask")
-                )
-                chunks.append(self.model.text_projection(out.pooler_output).float())
-        out = l2_normalize(torch.cat(chunks))
-        return out if grad else out.clone()
+    def _window_tokens(self, emb: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        emb = self.model.vision_model.pre_layrnorm(emb)
+        return emb[:, :1], emb[:, 1:]
+
+    def _window_pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.visual_projection(self.model.vision_model.post_layernorm(hidden[:, 0]))

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from ..errors import ModelNotAvailableError
-from .base import Backbone, Features
+from .base import Backbone, Features, check_precision
 
 # Stage index -> (stride, channels) for Lite0; Lite2 widens channels. A stage is a run of
 # MBConv blocks with one output resolution (7 stages in EfficientNet).
@@ -44,9 +45,13 @@ class EfficientNetLite(Backbone):
     the spatial mean of the deepest requested stage.
     """
 
+    kind = "efficientnet"
+    architecture = "cnn"
+    layer_unit = "stages"
     mean = (0.485, 0.456, 0.406)
     std = (0.229, 0.224, 0.225)
     num_layers = 7
+    feature_levels = (2, 3, 4, 5)
     has_text = False
 
     def __init__(
@@ -67,8 +72,8 @@ class EfficientNetLite(Backbone):
         self.name = model_name
         self.variant = variant
         self.image_size = int(image_size)
-        self.precision = precision
-        self.default_layers = tuple(layers) if layers else (3, 5)
+        self.precision = check_precision(precision)
+        self.default_layers = self.resolve_layers(layers) if layers is not None else (3, 5)
         # Static "same" padding computed for the real input size (also what ONNX export needs).
         net = EfficientNet.from_name(model_name, image_size=self.image_size)
         state = torch.load(_weights_file(variant), map_location="cpu", weights_only=True)
@@ -84,18 +89,25 @@ class EfficientNetLite(Backbone):
         ]
         self._stage_ends = starts[1:] + [len(net._blocks)]  # blocks run before stage s ends
 
-    def encode_image(
-        self,
-        pixels: torch.Tensor,
-        layers: Sequence[int] | None = None,
-        *,
-        with_global: bool = True,
-        grad: bool = False,
+    def grid(self, layer: int | None = None, image_size: int | None = None) -> tuple[int, int]:
+        """Spatial size ``(h, w)`` of stage ``layer``'s map (None: the last default tap) for a
+        square input of ``image_size`` (None: ``self.image_size``).
+
+        Follows the convolutions that change the resolution (the stem and each block's
+        depthwise convolution) with the padding they were built with: TF "same" padding for
+        ``self.image_size``, kept fixed for other input sizes, exactly as in the forward pass.
+        """
+        stage = self.resolve_layers(self.default_layers[-1] if layer is None else layer)[0]
+        side = int(image_size if image_size is not None else self.image_size)
+        convs = [self.net._conv_stem]
+        convs += [b._depthwise_conv for b in self.net._blocks[: self._stage_ends[stage - 1]]]
+        for conv in convs:
+            side = _conv_out(conv, side)
+        return side, side
+
+    def _encode(
+        self, pixels: torch.Tensor, layers: tuple[int, ...], *, with_global: bool, grad: bool
     ) -> Features:
-        layers = list(layers or self.default_layers)
-        for layer in layers:
-            if not 1 <= layer <= self.num_layers:
-                raise ValueError(f"{self.name}: layer {layer} not in 1..{self.num_layers}")
         last_block = self._stage_ends[max(layers) - 1]
         wanted = {self._stage_ends[layer - 1]: layer for layer in layers}
         out: dict[int, torch.Tensor] = {}
@@ -112,11 +124,18 @@ class EfficientNetLite(Backbone):
         glob = maps[-1].mean(dim=(2, 3)) if with_global else None
         return Features(tokens=tokens, grids=grids, global_embedding=glob)
 
-    def layer_module(self, layer: int) -> torch.nn.Module:
+    def layer_module(self, layer: int) -> nn.Module:
         """The last MBConv block of stage ``layer`` (its output is the stage's feature map)."""
-        if not 1 <= layer <= self.num_layers:
-            raise ValueError(f"{self.name}: layer {layer} not in 1..{self.num_layers}")
-        return self.net._blocks[self._stage_ends[layer - 1] - 1]
+        stage = self.resolve_layers(layer)[0]
+        return self.net._blocks[self._stage_ends[stage - 1] - 1]
 
     def describe(self) -> dict:
         return {**super().describe(), "variant": self.variant}
+
+
+def _conv_out(conv: nn.Conv2d, side: int) -> int:
+    """Output side of a square input through ``conv`` and its static padding (if any)."""
+    pad = conv.static_padding.padding if isinstance(conv.static_padding, nn.ZeroPad2d) else None
+    total = pad[2] + pad[3] if pad is not None else 0  # (left, right, top, bottom): rows
+    k, s, d = conv.kernel_size[0], conv.stride[0], conv.dilation[0]
+    return (side + total + 2 * conv.padding[0] - d * (k - 1) - 1) // s + 1

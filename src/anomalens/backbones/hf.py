@@ -7,9 +7,9 @@ Loading policy (``load_pretrained``, ``load_tokenizer``):
 3. only if that fails, and ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` are not set, the hub is
    probed with one ``HEAD`` request (``HUB_PROBE_TIMEOUT`` seconds, no retries); if it answers,
    the model is downloaded, otherwise ``ModelNotAvailableError`` is raised at once. Without the
-   probe, huggingface_hub retries an unreachable host for ~25 s (measured here) before failing.
-   With the probe an unreachable hub fails in well under a second (DNS failure) and at most
-   ``HUB_PROBE_TIMEOUT`` when packets are dropped.
+   probe, huggingface_hub retries an unreachable host for tens of seconds before failing; with
+   it an unreachable hub fails as soon as name resolution fails, and after at most
+   ``HUB_PROBE_TIMEOUT`` seconds when packets are dropped (timings: docs/benchmarks.md).
 
 Every failure raises ``ModelNotAvailableError`` naming the model and saying how to provide it.
 """
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from anomalens.backbones.base import Backbone, Features
+from anomalens.backbones.base import Backbone, Features, check_precision
 from anomalens.errors import ModelNotAvailableError
 
 HUB_PROBE_TIMEOUT = 3.0
@@ -318,16 +318,19 @@ class _StopForward(Exception):
 
 
 class HFViTBackbone(Backbone):
-    """Base for transformers ViTs: layer capture with forward hooks and early stop.
+    """Base for transformers ViTs: loading, layer capture with forward hooks and early stop.
 
-    Subclasses set ``kind`` and ``num_prefix_tokens`` and implement ``_vision_forward``,
-    ``_blocks`` and ``_global_embedding``. ``self.model`` is the full transformers model.
+    Subclasses set ``kind``, ``family_mean`` / ``family_std`` (used when the checkpoint has no
+    processor config) and implement the hooks ``_model_class``, ``_vision_config``,
+    ``_vision_forward``, ``_blocks``, ``_global_embedding`` (and ``_default_size`` /
+    ``_configure`` where the defaults do not fit). ``self.model`` is the full transformers model.
 
     Layer ``l`` is the output of transformer block ``l`` (1-based, ``hidden_states[l]`` with
     ``output_hidden_states=True``); ``-1`` is the last block. Blocks after the deepest requested
     layer are skipped unless the global embedding (which needs the full depth) is requested.
-    The default layers are the quarters of the depth, so the default call runs every block anyway
-    and the global embedding costs only the final norm / projection / pooling head.
+    The default layers are the quarters of the depth (also the ``feature_levels``), so the
+    default call runs every block anyway and the global embedding costs only the final norm /
+    projection / pooling head.
     Hooks are added per call: do not call ``encode_image`` on one instance from several threads.
     Image preprocessing comes from ``preprocessor_config.json`` (or the ``image_processor`` entry
     of ``processor_config.json``) when present, else the family defaults.
@@ -335,44 +338,56 @@ class HFViTBackbone(Backbone):
 
     kind: str = "hf"
     architecture = "vit"
+    layer_unit = "blocks"
     patch_size: int = 16
     num_prefix_tokens: int = 0
+    family_mean: tuple[float, float, float] = IMAGENET_MEAN
+    family_std: tuple[float, float, float] = IMAGENET_STD
 
     def __init__(
         self,
         model_id: str,
-        model: nn.Module,
-        vision_config: Any,
-        *,
-        image_size: int | None,
-        precision: str,
-        layers: Sequence[int] | None,
-        family_mean: tuple[float, float, float],
-        family_std: tuple[float, float, float],
-        family_size: int,
+        image_size: int | None = None,
+        precision: str = "fp32",
+        layers: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-        self.model = model
+        self.precision = check_precision(precision)
         self.model_id = str(model_id)
         self.name = f"{self.kind}:{model_id}"
-        self.precision = precision
+        self.model = load_pretrained(self._model_class(), self.model_id, self.kind)
+        vision_config = self._vision_config()
         self.patch_size = int(vision_config.patch_size)
         self.num_layers = int(vision_config.num_hidden_layers)
         prep = read_image_config(self.model_id)
-        size = image_size if image_size is not None else (prep.size or family_size)
+        size = image_size if image_size is not None else (prep.size or self._default_size())
         if int(size) < self.patch_size:
             raise ValueError(f"image_size {size} is smaller than the patch size {self.patch_size}")
         self.image_size = int(size)
-        self.mean = prep.mean or family_mean
-        self.std = prep.std or family_std
+        self.mean = prep.mean or self.family_mean
+        self.std = prep.std or self.family_std
+        self.feature_levels = quarter_layers(self.num_layers)
         self.default_layers = (
-            self.resolve_layers(layers) if layers is not None else quarter_layers(self.num_layers)
+            self.resolve_layers(layers) if layers is not None else self.feature_levels
         )
-        self._tokenizer: Any = None
+        self._configure()
 
     # -- hooks for subclasses -------------------------------------------------------------
+    def _model_class(self) -> Any:
+        """The transformers class ``from_pretrained`` loads (imported on call)."""
+        raise NotImplementedError
+
+    def _vision_config(self) -> Any:
+        """The config of the vision tower (``patch_size``, ``num_hidden_layers``, ...)."""
+        raise NotImplementedError
+
+    def _default_size(self) -> int:
+        """Input side when neither the caller nor the processor config gives one."""
+        return int(self._vision_config().image_size)
+
+    def _configure(self) -> None:
+        """Set what depends on the loaded model (``embed_dim``, ``num_prefix_tokens``)."""
+
     def _vision_forward(self, pixels: torch.Tensor) -> Any:
         """Run the vision tower (embeddings, blocks, final norm/head); returns its output."""
         raise NotImplementedError
@@ -387,46 +402,21 @@ class HFViTBackbone(Backbone):
 
     # -- public API -----------------------------------------------------------------------
     def grid(self, layer: int | None = None, image_size: int | None = None) -> tuple[int, int]:
-        """Token grid ``(h, w)`` (the same for every block) at ``image_size``."""
-        side = (image_size or self.image_size) // self.patch_size
+        """Token grid ``(h, w)`` at ``image_size``: the same for every block (``layer`` is only
+        checked)."""
+        if layer is not None:
+            self.resolve_layers(layer)
+        side = int(image_size if image_size is not None else self.image_size) // self.patch_size
         return side, side
 
-    def resolve_layers(self, layers: Sequence[int]) -> tuple[int, ...]:
-        """1-based block indices; negative ones count from the end (``-1`` = last block)."""
-        if isinstance(layers, int):
-            layers = (layers,)
-        out = []
-        for layer in layers:
-            idx = int(layer)
-            idx = self.num_layers + 1 + idx if idx < 0 else idx
-            if not 1 <= idx <= self.num_layers:
-                raise ValueError(
-                    f"layer {layer} out of range for {self.name} with {self.num_layers} blocks "
-                    f"(use 1..{self.num_layers} or -{self.num_layers}..-1)"
-                )
-            out.append(idx)
-        if not out:
-            raise ValueError("at least one layer is required")
-        return tuple(out)
-
-    def encode_image(
-        self,
-        pixels: torch.Tensor,
-        layers: Sequence[int] | None = None,
-        *,
-        with_global: bool = True,
-        grad: bool = False,
+    def _encode(
+        self, pixels: torch.Tensor, layers: tuple[int, ...], *, with_global: bool, grad: bool
     ) -> Features:
         """Patch tokens (prefix tokens dropped) at ``layers`` plus the global embedding.
 
-        ``with_global=False`` skips the global embedding and every block after the deepest
-        requested layer (cheaper when only shallow layers are needed). ``grad``: see
-        :meth:`Backbone.encode_image`.
+        Without the global embedding every block after the deepest requested layer is skipped.
         """
-        if pixels.ndim != 4 or pixels.shape[1] != 3:
-            raise ValueError(f"expected pixels [B, 3, H, W], got {tuple(pixels.shape)}")
-        idx = self.resolve_layers(layers) if layers is not None else self.default_layers
-        stop_at = None if with_global else max(idx)
+        stop_at = None if with_global else max(layers)
         captured: dict[int, torch.Tensor] = {}
 
         def make_hook(i: int):
@@ -438,7 +428,7 @@ class HFViTBackbone(Backbone):
             return hook
 
         blocks = self._blocks()
-        handles = [blocks[i - 1].register_forward_hook(make_hook(i)) for i in set(idx)]
+        handles = [blocks[i - 1].register_forward_hook(make_hook(i)) for i in set(layers)]
         out = None
         try:
             with self.run_context(grad), self.autocast():
@@ -449,34 +439,19 @@ class HFViTBackbone(Backbone):
             for handle in handles:
                 handle.remove()
         grid = (pixels.shape[2] // self.patch_size, pixels.shape[3] // self.patch_size)
-        tokens = [_plain(captured[i][:, self.num_prefix_tokens :]) for i in idx]
+        tokens = [_plain(captured[i][:, self.num_prefix_tokens :]) for i in layers]
         for t in tokens:
             if t.shape[1] != grid[0] * grid[1]:
                 raise RuntimeError(f"{self.name}: got {t.shape[1]} patch tokens for grid {grid}")
         return Features(
             tokens=tokens,
-            grids=[grid] * len(idx),
+            grids=[grid] * len(layers),
             global_embedding=None if glob is None else _plain(glob),
         )
 
     def layer_module(self, layer: int) -> nn.Module:
         """Vision transformer block ``layer`` (1-based; negative counts from the end)."""
-        return self._blocks()[self.resolve_layers((layer,))[0] - 1]
-
-    def text_layer_module(self, layer: int) -> nn.Module:
-        """Text transformer block ``layer`` (1-based) of models with a text tower."""
-        if not self.has_text:
-            raise NotImplementedError(f"{self.name} has no text tower")
-        blocks = self.model.text_model.encoder.layers
-        if not 1 <= layer <= len(blocks):
-            raise ValueError(f"text layer {layer} out of range 1..{len(blocks)} for {self.name}")
-        return blocks[layer - 1]
-
-    def tokenizer(self) -> Any:
-        """The tokenizer saved with the model (loaded on first use)."""
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.model_id, self.kind)
-        return self._tokenizer
+        return self._blocks()[self.resolve_layers(layer)[0] - 1]
 
     def describe(self) -> dict:
         """Base description plus layers and patch size."""

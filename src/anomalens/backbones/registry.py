@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from anomalens.backbones.base import Backbone
+from anomalens.backbones.base import Backbone, check_precision
 from anomalens.errors import ModelNotAvailableError
 from anomalens.runtime import keep_freed_memory
 
@@ -37,6 +37,17 @@ def _hf_loaders() -> dict[str, Callable[..., Backbone]]:
 HF_KINDS = ("clip", "siglip", "dinov2")
 
 
+def require_transformers(spec: str) -> None:
+    """Raise ModelNotAvailableError when ``transformers`` (extra ``anomalens[hf]``) is missing."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise ModelNotAvailableError(
+            f"backbone {spec!r} needs transformers, which is not installed: "
+            "pip install 'anomalens[hf]'"
+        ) from exc
+
+
 def parse_spec(spec: str) -> tuple[str, str]:
     """Split a spec into ``(kind, model)``; raise ModelNotAvailableError for unknown specs."""
     s = str(spec).strip()
@@ -62,11 +73,13 @@ def load_backbone(
 
     ``image_size`` None keeps the model's own default (320 for EfficientNet-Lite, the
     checkpoint's processor size for transformers models); ``layers`` None keeps its default taps.
-    Also applies :func:`anomalens.runtime.keep_freed_memory` (about 2x faster CPU forwards).
+    Also applies :func:`anomalens.runtime.keep_freed_memory` (faster CPU forwards). The
+    clip/siglip/dinov2 kinds need ``transformers`` (``pip install 'anomalens[hf]'``).
     """
     kind, model = parse_spec(spec)
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    check_precision(precision)
+    if kind in HF_KINDS:
+        require_transformers(spec)
     keep_freed_memory()
     if kind == "efficientnet":
         from anomalens.backbones.efficientnet import EfficientNetLite
