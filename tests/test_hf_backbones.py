@@ -389,7 +389,6 @@ def _hand_window(bb, pixels, idx):
 
 @pytest.mark.parametrize("cls", [CLIPBackbone, SigLIPBackbone])
 def test_encode_windows(cls, clip_dir, siglip_dir, monkeypatch):
-    from anomalens.methods import winclip
 
     bb = cls(str(clip_dir if cls is CLIPBackbone else siglip_dir))
     pixels = bb.preprocess(_images())
@@ -404,10 +403,6 @@ def test_encode_windows(cls, clip_dir, siglip_dir, monkeypatch):
     for w in (0, 4, 8):
         ref = _hand_window(bb, pixels, indices[0][w])
         torch.testing.assert_close(small[:, w], ref, atol=1e-5, rtol=0)
-    # identical to the previous implementation in methods/winclip while it exists
-    if hasattr(winclip, "window_embeddings"):
-        old = winclip.window_embeddings(bb, pixels, indices)
-        assert all(torch.equal(a, b) for a, b in zip(old, (small, whole), strict=True))
     # chunking does not change the result
     monkeypatch.setattr("anomalens.backbones.text.WINDOW_CHUNK", 5)
     again = bb.encode_windows(pixels, indices)

@@ -24,7 +24,6 @@ from anomalens.methods.winclip import (  # noqa: E402
     fuse,
     fuse_and_normalize,
     harmonic_aggregation,
-    window_embeddings,
     window_indices,
 )
 from anomalens.postprocess import gaussian_blur  # noqa: E402
@@ -141,7 +140,7 @@ def test_full_grid_window_is_the_image_embedding(kind, clip_dir, siglip_dir):
     )
     pixels = bb.preprocess(tm.images(2))
     full = window_indices(bb.grid(), bb.grid()[0])
-    (emb,) = window_embeddings(bb, pixels, [full])
+    (emb,) = bb.encode_windows(pixels, [full])
     glob = bb.encode_image(pixels).global_embedding
     assert emb.shape == (2, 1, glob.shape[1])
     torch.testing.assert_close(emb[:, 0], glob, atol=2e-5, rtol=0)
@@ -153,7 +152,7 @@ def test_clip_window_matches_attention_masked_forward(clip_dir):
     bb = CLIPBackbone(str(clip_dir))
     pixels = bb.preprocess(tm.images(1, seed=4))
     idx = window_indices(bb.grid(), 3)
-    (emb,) = window_embeddings(bb, pixels, [idx])
+    (emb,) = bb.encode_windows(pixels, [idx])
     vision = bb.model.vision_model
     n = bb.grid()[0] * bb.grid()[1] + 1
     for k in (0, 3):
@@ -247,7 +246,7 @@ def test_windows_zero_shot_matches_reference(siglip_dir):
     p_img = anomaly_probability(glob, det.anchors, 1 / 0.07).numpy()
     inv = 1 / p_img[:, None, None]
     for size in (2, 3):
-        (emb,) = window_embeddings(bb, pixels, [window_indices((4, 4), size)])
+        (emb,) = bb.encode_windows(pixels, [window_indices((4, 4), size)])
         probs = anomaly_probability(emb, det.anchors, 1 / 0.07).numpy()
         inv = inv + 1 / slow_harmonic(probs, (4, 4), size)
     zero_shot = 3 / inv  # harmonic mean over the image scale and the two window scales

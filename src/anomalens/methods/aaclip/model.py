@@ -147,7 +147,9 @@ class AdaptedModel(nn.Module):
                 f"{backbone.name} has none: use anchors='learned' or 'centroid'"
             )
         depth = int(backbone.num_layers)
-        self.levels = self._resolve_levels(backbone, c.levels)
+        self.levels = backbone.resolve_layers(
+            c.levels if c.levels is not None else backbone.feature_levels
+        )
         k = c.adapt_layers if c.adapt_layers is not None else max(1, round(depth / 4))
         if k > depth:
             raise ValueError(f"adapt_layers={k} exceeds the {depth} layers of {backbone.name}")
@@ -185,17 +187,6 @@ class AdaptedModel(nn.Module):
                 self.register_buffer("normal_centroid", torch.zeros(dim))
 
     # -- structure --------------------------------------------------------------------------
-    @staticmethod
-    def _resolve_levels(backbone: Backbone, levels: Sequence[int] | None) -> tuple[int, ...]:
-        depth = int(backbone.num_layers)
-        if levels is None:
-            levels = backbone.feature_levels
-        out = tuple(depth + 1 + int(v) if int(v) < 0 else int(v) for v in levels)
-        bad = [v for v in out if not 1 <= v <= depth]
-        if bad or not out:
-            raise ValueError(f"levels {tuple(levels)} out of range 1..{depth} for {backbone.name}")
-        return out
-
     @staticmethod
     def _layer_dims(backbone: Backbone, layers: Sequence[int]) -> dict[int, int]:
         """Channel count of each layer, read from one forward pass on a blank image."""
