@@ -20,7 +20,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,7 +28,6 @@ from tqdm import tqdm
 from anomalens.backbones.base import Features, check_precision
 from anomalens.data.transforms import augmented_views, check_augment, resize_square
 from anomalens.methods.base import (
-    Detector,
     DetectorConfig,
     FitReport,
     Prediction,
@@ -38,6 +36,7 @@ from anomalens.methods.base import (
     select_shots,
 )
 from anomalens.methods.common import (
+    MemoryDetector,
     build_memory,
     calibrate,
     check_fraction,
@@ -101,7 +100,7 @@ class EncodedPatches:
     masks: torch.Tensor | None
 
 
-class AnomalyDINO(Detector):
+class AnomalyDINO(MemoryDetector):
     """Few-shot kNN detector; see the module docstring. ``AnomalyDINO(**config_fields)``."""
 
     method = "anomalydino"
@@ -109,10 +108,6 @@ class AnomalyDINO(Detector):
 
     def __init__(self, config: AnomalyDINOConfig | None = None, **kwargs) -> None:
         super().__init__(config, **kwargs)
-        self.memory: torch.Tensor | None = None
-        self.grid: tuple[int, int] | None = None
-        self.use_foreground = self.config.foreground == "on"
-        self._bank: MemoryBank | None = None
         self._sources: torch.Tensor | None = None  # memory row -> good image, during fit
 
     # ------------------------------------------------------------------ plumbing
@@ -123,15 +118,6 @@ class AnomalyDINO(Detector):
         if self.config.layers is not None:
             return tuple(self.config.layers)
         return (bb.num_layers,) if bb.architecture == "vit" else tuple(bb.default_layers)
-
-    def is_fitted(self) -> bool:
-        return self.memory is not None
-
-    def _memory_bank(self) -> MemoryBank:
-        if self._bank is None:
-            assert self.memory is not None
-            self._bank = MemoryBank(self.memory, self.config.search_precision)
-        return self._bank
 
     def _encode(self, images: Sequence[np.ndarray], masks: bool) -> EncodedPatches:
         bb = self.backbone
@@ -199,14 +185,7 @@ class AnomalyDINO(Detector):
             scores, maps = self._score(enc, leave_out=i)
             return float(scores[0]), float(maps[0].max())
 
-        self.calibration = calibrate(
-            score_one,
-            len(images),
-            c.calibration_images,
-            c.calibration_quantile,
-            progress,
-            "anomalydino fit: calibration",
-        )
+        self.calibration = calibrate(score_one, len(images), c, progress, self.method)
         self._sources = None
         t3 = time.perf_counter()
         self.fit_report = FitReport(
@@ -246,24 +225,3 @@ class AnomalyDINO(Detector):
             lambda batch: self._score(self._encode(batch, masks=self.use_foreground)),
             progress,
         )
-
-    # ------------------------------------------------------------------ persistence
-    def save(self, folder: str | Path) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (the memory, float32)."""
-        self._require_fitted()
-        assert self.memory is not None and self.grid is not None
-        return self._write(
-            folder,
-            {"memory": self.memory},
-            grid=list(self.grid),
-            use_foreground=self.use_foreground,
-        )
-
-    @classmethod
-    def load(cls, folder: str | Path) -> AnomalyDINO:
-        """Restore a detector written by :meth:`save` (bit-identical memory)."""
-        model, meta, tensors = cls._read(folder)
-        model.memory = tensors["memory"]
-        model.grid = tuple(meta["grid"])
-        model.use_foreground = bool(meta["use_foreground"])
-        return model

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +22,8 @@ from tqdm import tqdm
 
 from anomalens.backbones.base import Features
 from anomalens.data.transforms import spread_indices
-from anomalens.methods.base import Calibration
+from anomalens.methods.base import Calibration, Detector
+from anomalens.neighbors import MemoryBank
 from anomalens.postprocess import gaussian_blur
 from anomalens.sampler import coreset_indices
 
@@ -96,25 +99,70 @@ def build_memory(
 def calibrate(
     score_one: Callable[[int], tuple[float, float] | None],
     n_images: int,
-    max_images: int,
-    quantile: float,
+    config: Any,
     progress: bool,
-    desc: str,
+    method: str,
 ) -> Calibration:
     """Leave-one-out thresholds: ``score_one(i) -> (score, map_max)`` of good image ``i`` scored
     without its own memory rows (None: image ``i`` cannot be left out), for up to
-    ``max_images`` evenly spread images; fewer than 2 images give no thresholds (a warning)."""
+    ``config.calibration_images`` evenly spread images; the thresholds are the
+    ``config.calibration_quantile`` of those. Fewer than 2 images give none (a warning)."""
+    quantile = config.calibration_quantile
+    desc = f"{method} fit: calibration"
     if n_images < 2:
         warnings.warn(ONE_IMAGE_WARNING, stacklevel=3)
         return Calibration(quantile=quantile)
     scores, maxima = [], []
-    chosen = spread_indices(n_images, max_images)
+    chosen = spread_indices(n_images, config.calibration_images)
     for i in tqdm(chosen, desc=desc, unit="img", disable=not progress, leave=False):
         result = score_one(i)
         if result is not None:
             scores.append(result[0])
             maxima.append(result[1])
     return Calibration.from_scores(scores, maxima, quantile)
+
+
+class MemoryDetector(Detector):
+    """Base of detectors whose model is one memory of good patch features (PatchCore,
+    AnomalyDINO): the memory ``[M, D]``, its patch grid, the foreground decision of ``fit``, the
+    search index, and their checkpoint (the memory in ``model.safetensors``)."""
+
+    def __init__(self, config: Any = None, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self.memory: torch.Tensor | None = None
+        self.grid: tuple[int, int] | None = None
+        self.use_foreground = self.config.foreground == "on"
+        self._bank: MemoryBank | None = None
+
+    def is_fitted(self) -> bool:
+        return self.memory is not None
+
+    def _memory_bank(self) -> MemoryBank:
+        """The search index of the memory (built on first use)."""
+        if self._bank is None:
+            assert self.memory is not None
+            self._bank = MemoryBank(self.memory, self.config.search_precision)
+        return self._bank
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (the memory, float32)."""
+        self._require_fitted()
+        assert self.memory is not None and self.grid is not None
+        return self._write(
+            folder,
+            {"memory": self.memory},
+            grid=list(self.grid),
+            use_foreground=self.use_foreground,
+        )
+
+    @classmethod
+    def load(cls, folder: str | Path) -> MemoryDetector:
+        """Restore a detector written by :meth:`save` (bit-identical memory)."""
+        model, meta, tensors = cls._read(folder)
+        model.memory = tensors["memory"]
+        model.grid = tuple(meta["grid"])
+        model.use_foreground = bool(meta["use_foreground"])
+        return model
 
 
 def top_fraction_mean(values: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -139,6 +187,7 @@ def check_fraction(name: str, value: float) -> None:
 
 __all__ = [
     "ONE_IMAGE_WARNING",
+    "MemoryDetector",
     "build_memory",
     "calibrate",
     "check_fraction",

@@ -23,7 +23,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -34,7 +33,6 @@ from anomalens.backbones.base import check_precision
 from anomalens.data.transforms import augmented_views, check_augment
 from anomalens.methods.base import (
     Calibration,
-    Detector,
     DetectorConfig,
     FitReport,
     Prediction,
@@ -42,8 +40,7 @@ from anomalens.methods.base import (
     check_at_least,
     select_shots,
 )
-from anomalens.methods.common import build_memory, calibrate, pool_patches
-from anomalens.neighbors import MemoryBank
+from anomalens.methods.common import MemoryDetector, build_memory, calibrate, pool_patches
 from anomalens.postprocess import (
     FOREGROUND_SIZE,
     check_foreground,
@@ -103,28 +100,11 @@ class PatchCoreConfig(DetectorConfig):
             raise ValueError(f"grid_layer {self.grid_layer} is not one of layers {self.layers}")
 
 
-class PatchCore(Detector):
+class PatchCore(MemoryDetector):
     """Memory-bank detector; see the module docstring. ``PatchCore(**config_fields)``."""
 
     method = "patchcore"
     config_class = PatchCoreConfig
-
-    def __init__(self, config: PatchCoreConfig | None = None, **kwargs) -> None:
-        super().__init__(config, **kwargs)
-        self.memory: torch.Tensor | None = None
-        self.grid: tuple[int, int] | None = None
-        self.use_foreground = self.config.foreground == "on"
-        self._bank: MemoryBank | None = None
-
-    # ------------------------------------------------------------------ plumbing
-    def is_fitted(self) -> bool:
-        return self.memory is not None
-
-    def _bank_index(self) -> MemoryBank:
-        if self._bank is None:
-            assert self.memory is not None
-            self._bank = MemoryBank(self.memory, self.config.search_precision)
-        return self._bank
 
     def embed_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Patch embeddings ``[B, h, w, D]`` of RGB uint8 images."""
@@ -157,7 +137,7 @@ class PatchCore(Detector):
         b, h, w, dim = feats.shape
         weights = self.foreground_weights(images)
         flat = feats.reshape(-1, dim)
-        bank = self._bank_index()
+        bank = self._memory_bank()
         if weights is None:
             dist = bank.search(flat, exclude=exclude)[0]
         else:
@@ -245,15 +225,7 @@ class PatchCore(Detector):
             score, maps = self._score(feats[i : i + 1], [images[i]], exclude=exclude)
             return score[0], float(maps[0].max())
 
-        c = self.config
-        return calibrate(
-            score_one,
-            feats.shape[0],
-            c.calibration_images,
-            c.calibration_quantile,
-            progress,
-            "patchcore fit: calibration",
-        )
+        return calibrate(score_one, feats.shape[0], self.config, progress, self.method)
 
     # ------------------------------------------------------------------ predict
     def predict(self, images: Sequence[np.ndarray], progress: bool = False) -> Prediction:
@@ -261,22 +233,3 @@ class PatchCore(Detector):
         return self._predict_batches(
             images, lambda batch: self._score(self.embed_images(batch), batch), progress
         )
-
-    # ------------------------------------------------------------------ persistence
-    def save(self, folder: str | Path) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (memory bank, float32)."""
-        self._require_fitted()
-        assert self.memory is not None and self.grid is not None
-        grid = list(self.grid)
-        return self._write(
-            folder, {"memory": self.memory}, grid=grid, use_foreground=self.use_foreground
-        )
-
-    @classmethod
-    def load(cls, folder: str | Path) -> PatchCore:
-        """Restore a detector written by :meth:`save` (bit-identical memory)."""
-        model, meta, tensors = cls._read(folder)
-        model.memory = tensors["memory"]
-        model.grid = tuple(meta["grid"])
-        model.use_foreground = bool(meta["use_foreground"])
-        return model

@@ -509,14 +509,7 @@ class WinCLIP(Detector):
                 scores, maps = self._score(encoded.item(i), leave_out=i)
                 return float(scores[0]), float(maps[0].max())
 
-            self.calibration = calibrate(
-                score_one,
-                len(images),
-                c.calibration_images,
-                c.calibration_quantile,
-                progress,
-                "winclip fit: calibration",
-            )
+            self.calibration = calibrate(score_one, len(images), c, progress, self.method)
         else:
             self.calibration = Calibration(quantile=c.calibration_quantile)
         self._sources, self._window_sources = None, None
