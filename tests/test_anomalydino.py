@@ -15,8 +15,7 @@ import torch.nn.functional as F
 
 pytest.importorskip("transformers")
 
-import tiny_models as tm  # noqa: E402
-
+from anomalens import testing as tm  # noqa: E402
 from anomalens.backbones.base import Features  # noqa: E402
 from anomalens.backbones.dinov2 import DINOv2Backbone  # noqa: E402
 from anomalens.data.synthetic import _good_view, _load_texture, add_synthetic_defect  # noqa: E402
