@@ -34,7 +34,6 @@ import itertools
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -46,16 +45,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench_zero_few_shot import cpu_name  # the script's folder is on sys.path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tiny_models as tm  # noqa: E402
-from bench_zero_few_shot import cpu_name  # noqa: E402
-
-from anomalens.methods.aaclip import AACLIP, AACLIPConfig  # noqa: E402
-from anomalens.methods.aaclip.data import TrainItem, _augment  # noqa: E402
-from anomalens.methods.aaclip.train import TrainConfig, Trainer  # noqa: E402
-from anomalens.prompts import build_prompts  # noqa: E402
+from anomalens import testing as tm
+from anomalens.methods.aaclip import AACLIP, AACLIPConfig
+from anomalens.methods.aaclip.data import TrainItem, _augment
+from anomalens.methods.aaclip.train import TrainConfig, Trainer
+from anomalens.prompts import build_prompts
 
 #: text towers of the real checkpoints
 CLIP_L_TEXT = dict(

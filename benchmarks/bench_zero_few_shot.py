@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,10 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import tiny_models as tm  # noqa: E402
-
-from anomalens.methods.winclip import WinCLIP  # noqa: E402
+from anomalens import testing as tm
+from anomalens.methods.winclip import WinCLIP
 
 SIZES = {
     "b16": ("ViT-B/16@224", tm.VIT_B16_224, 512),

@@ -1,20 +1,31 @@
-"""Shared fixtures: a tiny synthetic MVTec-layout dataset, tiny detector options and a fake
-detector (deterministic, no backbone) for fast tests of the evaluation and report plumbing."""
+"""Shared fixtures and helpers: a tiny synthetic MVTec-layout dataset, a texture image set with
+synthetic defects, tiny detector options, a fake detector (deterministic, no backbone) for fast
+tests of the evaluation and report plumbing, and CSV / PNG readers.
+
+Helpers are imported by test modules with ``from conftest import ...``."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from anomalens.cli import main
-from anomalens.data.synthetic import make_demo_dataset
+from anomalens.data.synthetic import (
+    _good_view,
+    _load_texture,
+    add_synthetic_defect,
+    make_demo_dataset,
+)
 from anomalens.methods import METHODS
-from anomalens.methods.base import Detector, Prediction
+from anomalens.methods.base import Calibration, Detector, DetectorConfig, Prediction
 
 #: PatchCore options small enough for a fit + predict in a few seconds on 2 cores.
 TINY_OPTIONS = {"image_size": 128, "memory_size": 500}
@@ -39,6 +50,40 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+class TextureSet(NamedTuple):
+    """Good training views and labelled test views (good first) with their masks."""
+
+    train: list[np.ndarray]
+    test: list[np.ndarray]
+    labels: np.ndarray
+    masks: list[np.ndarray]
+
+
+#: :func:`texture_set`: 10 train, 6 good and 8 defective test views of a brick photo, 128 px.
+TEXTURE_TRAIN, TEXTURE_GOOD, TEXTURE_BAD, TEXTURE_SIZE = 10, 6, 8, 128
+
+
+@pytest.fixture(scope="session")
+def texture_set() -> TextureSet:
+    """Random 128 px views of scikit-image's brick photo (seed 0): 10 good training views, then
+    6 good and 8 defective test views (stain and cut-paste defects alternating) with their
+    {0, 1} masks (all zero for the good ones). Do not modify the arrays."""
+    rng = np.random.default_rng(0)
+    tex = _load_texture("brick")
+    size = TEXTURE_SIZE
+    train = [_good_view(tex, size, rng) for _ in range(TEXTURE_TRAIN)]
+    good = [_good_view(tex, size, rng) for _ in range(TEXTURE_GOOD)]
+    bad, masks = [], []
+    for j in range(TEXTURE_BAD):
+        kind = ("stain", "cutpaste")[j % 2]
+        img, mask = add_synthetic_defect(_good_view(tex, size, rng), rng, kind)
+        bad.append(img)
+        masks.append(mask)
+    labels = np.array([0] * TEXTURE_GOOD + [1] * TEXTURE_BAD)
+    all_masks = [np.zeros((size, size), np.uint8)] * TEXTURE_GOOD + masks
+    return TextureSet(train, good + bad, labels, all_masks)
+
+
 @pytest.fixture(scope="session")
 def cli_benchmark(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """``anomalens benchmark`` of ``demo_root`` with tiny PatchCore options and ``--save-maps 2``:
@@ -54,13 +99,42 @@ def cli_benchmark(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return out, stdout.getvalue()
 
 
+# ------------------------------------------------------------------------ CSV / PNG readers
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """``(column names, rows as dicts)`` of a UTF-8 CSV file with a header line."""
+    with Path(path).open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file with a header line, as dicts."""
+    return read_csv(path)[1]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of an image file."""
+    with Image.open(path) as img:
+        return img.size
+
+
+def read_png(path: Path) -> np.ndarray:
+    """An image file as a ``H x W x 3`` uint8 RGB array (alpha dropped)."""
+    with Image.open(path) as img:
+        assert img.format == "PNG", img.format
+        return np.asarray(img.convert("RGB"))
+
+
+# ------------------------------------------------------------------------ fake detector
+
+
 @dataclass
-class FakeConfig:
+class FakeConfig(DetectorConfig):
     """Config of :class:`FakeDetector`; ``class_name`` mimics zero-shot methods."""
 
     class_name: str = ""
-    seed: int = 0
-    shots: int | None = None
     backbone: str = "none"
 
 
@@ -73,9 +147,10 @@ class FakeDetector(Detector):
 
     method = "fake"
     config_class = FakeConfig
+    backbone = None  # no backbone to load
 
     def __init__(self, config: FakeConfig | None = None) -> None:
-        self.config = config or FakeConfig()
+        super().__init__(config or FakeConfig())
         self.mean: float | None = None
         self.train_max: float | None = None
 
@@ -91,6 +166,7 @@ class FakeDetector(Detector):
             images = images[: self.config.shots]
         self.mean = float(np.mean([im.mean() for im in images]))
         self.train_max = float(max(m.max() for m in self._maps(images)))
+        self.calibration = Calibration(self.train_max, self.train_max, n_images=len(images))
         return self
 
     def predict(self, images, progress: bool = False) -> Prediction:

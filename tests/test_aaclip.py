@@ -1,6 +1,6 @@
 """AA-CLIP / AA-SigLIP: model wiring, training, checkpoints, resume, CLI, and real learning.
 
-Tiny random CLIP / SigLIP models (tests/tiny_models.py) and EfficientNet-Lite0 (real weights).
+Tiny random CLIP / SigLIP models (anomalens.testing) and EfficientNet-Lite0 (real weights).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tiny_models as tm
 import torch
 
+from anomalens import testing as tm
 from anomalens.cli import main
 from anomalens.data.datasets import build_dataset
 from anomalens.data.synthetic import make_demo_dataset

@@ -199,8 +199,9 @@ def test_adapter_alpha0_identity_and_mixing():
 
 
 def test_gradients_reach_only_the_adapter_of_a_frozen_tiny_clip():
-    from tiny_models import TINY_VISION
     from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from anomalens.testing import TINY_VISION
 
     torch.manual_seed(0)
     model = CLIPVisionModel(CLIPVisionConfig(**TINY_VISION)).eval()

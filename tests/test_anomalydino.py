@@ -15,11 +15,9 @@ import torch.nn.functional as F
 
 pytest.importorskip("transformers")
 
-import tiny_models as tm  # noqa: E402
-
+from anomalens import testing as tm  # noqa: E402
 from anomalens.backbones.base import Features  # noqa: E402
 from anomalens.backbones.dinov2 import DINOv2Backbone  # noqa: E402
-from anomalens.data.synthetic import _good_view, _load_texture, add_synthetic_defect  # noqa: E402
 from anomalens.methods import AnomalyDINO, WinCLIP, create_detector, load_detector  # noqa: E402
 from anomalens.methods.anomalydino import AnomalyDINOConfig  # noqa: E402
 from anomalens.methods.common import pool_patches, top_fraction_mean  # noqa: E402
@@ -38,24 +36,6 @@ MVTEC_SCREW = MVTEC_ROOT / "screw"
 @pytest.fixture(scope="module")
 def dino_dir(tmp_path_factory):
     return tm.make_dinov2(tmp_path_factory.mktemp("adino"))
-
-
-@pytest.fixture(scope="module")
-def texture_set():
-    """10 good 128 px views of a brick photo; 4 good and 8 defective test views with masks."""
-    rng = np.random.default_rng(0)
-    tex = _load_texture("brick")
-    train = [_good_view(tex, 128, rng) for _ in range(10)]
-    good = [_good_view(tex, 128, rng) for _ in range(4)]
-    bad, masks = [], []
-    for j in range(8):
-        img, mask = add_synthetic_defect(
-            _good_view(tex, 128, rng), rng, ("stain", "cutpaste")[j % 2]
-        )
-        bad.append(img)
-        masks.append(mask)
-    labels = np.array([0] * 4 + [1] * 8)
-    return train, good + bad, labels, [np.zeros((128, 128), np.uint8)] * 4 + masks
 
 
 # ------------------------------------------------------------------------ helpers
@@ -210,7 +190,7 @@ def test_offline_backbone_finds_synthetic_defects(method, texture_set):
         options["text_weight"] = 0.0  # memory only, no warning
     det = create_detector(method, **options).fit(train, progress=False)
     pred = det.predict(test)
-    assert pred.scores.shape == (12,) and all(m.shape == (128, 128) for m in pred.maps)
+    assert pred.scores.shape == (14,) and all(m.shape == (128, 128) for m in pred.maps)
     assert image_auroc(labels, pred.scores) >= 0.85
     assert pixel_auroc(masks, pred.maps) >= 0.95
     assert pred.threshold is not None and pred.pixel_threshold is not None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -11,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_TEXTURE, N_TEST_BAD, N_TEST_GOOD, N_TRAIN, TINY_FLAGS
+from conftest import DEMO_TEXTURE, N_TEST_BAD, N_TEST_GOOD, N_TRAIN, TINY_FLAGS, png_size, read_csv
 from PIL import Image
 
 from anomalens.cli import main
@@ -26,17 +25,6 @@ def run(capsys: pytest.CaptureFixture, *argv: str | Path) -> tuple[int, str, str
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as img:
-        return img.size
-
-
-def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        return list(reader.fieldnames or []), list(reader)
 
 
 def assert_one_line_error(code: int, out: str, err: str, *fragments: str) -> None:

@@ -6,8 +6,9 @@ import json
 import time
 
 import pytest
-import tiny_models as tm
 import torch
+
+from anomalens import testing as tm
 
 transformers = pytest.importorskip("transformers")
 

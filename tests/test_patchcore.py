@@ -9,32 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from anomalens.data.synthetic import _good_view, _load_texture, add_synthetic_defect
+from anomalens.data.synthetic import _good_view, _load_texture
 from anomalens.methods import PatchCore, create_detector, load_detector
 from anomalens.methods.base import CheckpointError, NotFittedError
 from anomalens.metrics import image_auroc, pixel_auroc
 
 SMALL = dict(image_size=128, memory_size=1500, batch_size=8, calibration_images=8)
-
-
-@pytest.fixture(scope="module")
-def texture_set():
-    """10 good views of a brick photo, 6 good and 8 defective test views with masks."""
-    rng = np.random.default_rng(0)
-    tex = _load_texture("brick")
-    train = [_good_view(tex, 128, rng) for _ in range(10)]
-    good = [_good_view(tex, 128, rng) for _ in range(6)]
-    bad, masks = [], []
-    for j in range(8):
-        img, mask = add_synthetic_defect(
-            _good_view(tex, 128, rng), rng, ("stain", "cutpaste")[j % 2]
-        )
-        bad.append(img)
-        masks.append(mask)
-    test = good + bad
-    labels = np.array([0] * 6 + [1] * 8)
-    all_masks = [np.zeros((128, 128), np.uint8)] * 6 + masks
-    return train, test, labels, all_masks
 
 
 @pytest.fixture(scope="module")

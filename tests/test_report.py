@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from conftest import png_size, read_csv
 
 from anomalens.methods.base import Prediction
 from anomalens.metrics import compute_all
@@ -47,17 +46,6 @@ def make_batch(n: int = 4, threshold: float | None = 0.5, pixel_threshold: float
     paths = [f"/data/part_{i}.png" for i in range(n)]
     labels = [i % 2 for i in range(n)]
     return paths, images, Prediction(scores, maps, threshold, pixel_threshold), labels, masks
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as img:
-        return img.size
-
-
-def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        return list(reader.fieldnames or []), list(reader)
 
 
 def test_report_with_labels_writes_every_file(tmp_path: Path) -> None:

@@ -12,8 +12,7 @@ import torch.nn.functional as F
 
 pytest.importorskip("transformers")
 
-import tiny_models as tm  # noqa: E402
-
+from anomalens import testing as tm  # noqa: E402
 from anomalens.backbones.clip import CLIPBackbone  # noqa: E402
 from anomalens.backbones.siglip import SigLIPBackbone  # noqa: E402
 from anomalens.methods import WinCLIP, WinCLIPConfig, create_detector, load_detector  # noqa: E402

@@ -340,7 +340,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     folder = detector.save(args.output)
     threshold = detector.threshold
     shown = "none (too few images to calibrate)" if threshold is None else f"{threshold:.4g}"
-    shots = getattr(detector.config, "shots", None)
+    shots = detector.config.shots
     used = len(train) if shots is None else f"{min(shots, len(train))} of {len(train)}"
     print(
         f"fitted {args.method} on {used} good images of {category!r}"

@@ -333,7 +333,7 @@ def build_detector(method: str, category: str | None = None, **options: Any) -> 
             detector.config = dataclasses.replace(detector.config, class_name=given["class_name"])
     else:
         detector = create_detector(method, **given)
-    getattr(detector, "backbone", None)  # build it now (raises ModelNotAvailableError)
+    _ = detector.backbone  # build it now (raises ModelNotAvailableError)
     return detector
 
 
@@ -399,7 +399,6 @@ def evaluate_detector(
             figures=[i in chosen for i in range(len(test))],
         )
         writer.finish(metrics=metrics, extra={"category": category})
-    config = getattr(detector, "config", None)
     return CategoryResult(
         category=category,
         **{k: float(metrics[k]) for k in METRIC_KEYS},
@@ -412,13 +411,13 @@ def evaluate_detector(
         scores=[float(s) for s in prediction.scores],
         threshold=prediction.threshold,
         pixel_threshold=prediction.pixel_threshold,
-        config=config_to_dict(config) if dataclasses.is_dataclass(config) else {},
+        config=config_to_dict(detector.config),
     )
 
 
 def _images_used(detector: Detector, n_available: int) -> int:
     """How many training images the detector uses: ``min(shots, n)`` when it has ``shots``."""
-    shots = getattr(getattr(detector, "config", None), "shots", None)
+    shots = detector.config.shots
     return n_available if shots is None else min(int(shots), n_available)
 
 

@@ -128,7 +128,7 @@ def predict_paths(
     paths = collect_images(inputs, recursive)
     logger.debug(
         "predict: %s model%s, %d images in chunks of %d",
-        getattr(detector, "method", type(detector).__name__),
+        detector.method,
         f" from {model_dir}" if model_dir else "",
         len(paths),
         chunk_size,
@@ -165,7 +165,7 @@ def predict_paths(
     summary = writer.finish(
         extra={
             "model": model_dir,
-            "method": getattr(detector, "method", None),
+            "method": detector.method,
             "skipped": [str(p) for p in skipped],
         }
     )
