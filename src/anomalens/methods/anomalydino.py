@@ -25,17 +25,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from anomalens.backbones.base import Features, check_precision
-from anomalens.data.transforms import augmented_views, check_augment, resize_square
+from anomalens.backbones.base import Features
+from anomalens.data.transforms import augmented_views, resize_square
 from anomalens.methods.base import (
-    DetectorConfig,
     FitReport,
     Prediction,
     batches,
-    check_at_least,
     select_shots,
 )
 from anomalens.methods.common import (
+    MemoryConfig,
     MemoryDetector,
     build_memory,
     calibrate,
@@ -45,12 +44,12 @@ from anomalens.methods.common import (
     upsample_smooth,
 )
 from anomalens.neighbors import MemoryBank
-from anomalens.postprocess import check_foreground, patch_masks, use_foreground
+from anomalens.postprocess import patch_masks, use_foreground
 from anomalens.sampler import coreset_indices
 
 
 @dataclass
-class AnomalyDINOConfig(DetectorConfig):
+class AnomalyDINOConfig(MemoryConfig):
     """Parameters of :class:`AnomalyDINO` (stored in ``config.json``); the shared fields are
     described in :class:`~anomalens.methods.base.DetectorConfig`.
 
@@ -69,26 +68,14 @@ class AnomalyDINOConfig(DetectorConfig):
     calibration_images: good images scored leave-one-out for the thresholds.
     """
 
-    layers: tuple[int, ...] | None = None
     final_norm: bool = True
-    neighbourhood: int = 1
     foreground: str = "off"
     foreground_memory: bool = False
-    augment: tuple[str, ...] = ()
-    memory_size: int | None = None
     top_fraction: float = 0.01
-    sigma: float = 4.0
-    search_precision: str = "bf16"
-    calibration_images: int = 64
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.layers = tuple(self.layers) if self.layers is not None else None
-        self.augment = check_augment(self.augment)
-        check_precision(self.search_precision, "search_precision")
-        check_foreground(self.foreground)
         check_fraction("top_fraction", self.top_fraction)
-        check_at_least(self, 1, "neighbourhood", "memory_size", "calibration_images")
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from anomalens.backbones.base import Features
-from anomalens.data.transforms import spread_indices
-from anomalens.methods.base import Calibration, Detector
+from anomalens.backbones.base import Features, check_precision
+from anomalens.data.transforms import check_augment, spread_indices
+from anomalens.methods.base import Calibration, Detector, DetectorConfig, check_at_least
 from anomalens.neighbors import MemoryBank
-from anomalens.postprocess import gaussian_blur
+from anomalens.postprocess import check_foreground, gaussian_blur
 from anomalens.sampler import coreset_indices
 
 #: The warning when too few good images are given for leave-one-out thresholds.
@@ -122,6 +123,37 @@ def calibrate(
     return Calibration.from_scores(scores, maxima, quantile)
 
 
+@dataclass
+class MemoryConfig(DetectorConfig):
+    """Fields of memory detectors (PatchCore, AnomalyDINO), validated once.
+
+    layers: backbone taps (None: the method's default); neighbourhood: local averaging window
+    of patch features (1 = off); memory_size: coreset rows kept (None or more than the patches:
+    all); search_precision: ``bf16`` shortlist + exact fp32 re-rank, or ``fp32``; sigma: map
+    smoothing in pixels at ``image_size``; foreground: ``auto`` (on for objects on a plain
+    background, decided at ``fit``), ``on`` or ``off``; augment: extra views of each good image
+    in the memory (``hflip, vflip, rot90, rot180, rot270``); calibration_images: good images
+    scored leave-one-out for the thresholds.
+    """
+
+    layers: tuple[int, ...] | None = None
+    neighbourhood: int = 1
+    memory_size: int | None = None
+    search_precision: str = "bf16"
+    sigma: float = 4.0
+    foreground: str = "auto"
+    augment: tuple[str, ...] = ()
+    calibration_images: int = 64
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.layers = tuple(self.layers) if self.layers is not None else None
+        self.augment = check_augment(self.augment)
+        check_precision(self.search_precision, "search_precision")
+        check_foreground(self.foreground)
+        check_at_least(self, 1, "neighbourhood", "memory_size", "calibration_images")
+
+
 class MemoryDetector(Detector):
     """Base of detectors whose model is one memory of good patch features (PatchCore,
     AnomalyDINO): the memory ``[M, D]``, its patch grid, the foreground decision of ``fit``, the
@@ -187,6 +219,7 @@ def check_fraction(name: str, value: float) -> None:
 
 __all__ = [
     "ONE_IMAGE_WARNING",
+    "MemoryConfig",
     "MemoryDetector",
     "build_memory",
     "calibrate",

@@ -29,21 +29,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from anomalens.backbones.base import check_precision
-from anomalens.data.transforms import augmented_views, check_augment
+from anomalens.data.transforms import augmented_views
 from anomalens.methods.base import (
     Calibration,
-    DetectorConfig,
     FitReport,
     Prediction,
     batches,
-    check_at_least,
     select_shots,
 )
-from anomalens.methods.common import MemoryDetector, build_memory, calibrate, pool_patches
+from anomalens.methods.common import (
+    MemoryConfig,
+    MemoryDetector,
+    build_memory,
+    calibrate,
+    pool_patches,
+)
 from anomalens.postprocess import (
     FOREGROUND_SIZE,
-    check_foreground,
     gaussian_blur,
     resize_map,
     soft_foreground,
@@ -55,19 +57,15 @@ MIN_WEIGHT = 0.05
 
 
 @dataclass
-class PatchCoreConfig(DetectorConfig):
+class PatchCoreConfig(MemoryConfig):
     """Parameters of :class:`PatchCore` (stored in ``config.json``); the shared fields are
-    described in :class:`~anomalens.methods.base.DetectorConfig`.
+    described in :class:`~anomalens.methods.base.DetectorConfig` and
+    :class:`~anomalens.methods.common.MemoryConfig` (``layers`` None: the backbone default;
+    ``foreground`` on multiplies the map by a soft object mask).
 
-    layers: backbone taps (None: the backbone default); grid_layer: the tap whose grid the
-    patches live on (None: the finest); neighbourhood: local averaging window; memory_size:
-    coreset rows kept (all patches if fewer); proj_dim: random projection used by the coreset;
-    search_precision: ``bf16`` shortlist + exact fp32 re-rank, or ``fp32``; sigma: map
-    smoothing in pixels at ``image_size``; foreground: ``auto`` (weighting on for objects on a
-    plain background, decided at ``fit``), ``on`` or ``off``; foreground_margin: dilation of the
-    object mask (fraction of the side); augment: extra views of each good image in the memory
-    (``hflip, vflip, rot90, rot180, rot270``); calibration_images: good images scored
-    leave-one-out for the thresholds. batch_size 4 is the fastest per image for
+    grid_layer: the tap whose grid the patches live on (None: the finest); proj_dim: random
+    projection used by the coreset; foreground_margin: dilation of the object mask (fraction of
+    the side). batch_size 4 is the fastest per image for
     EfficientNet-Lite0 on CPU (larger batches spill the caches; docs/benchmarks.md).
     """
 
@@ -76,22 +74,12 @@ class PatchCoreConfig(DetectorConfig):
     layers: tuple[int, ...] | None = (2, 3)
     grid_layer: int | None = 3
     neighbourhood: int = 3
-    memory_size: int = 10240
+    memory_size: int | None = 10240
     proj_dim: int = 128
-    search_precision: str = "bf16"
-    sigma: float = 4.0
-    foreground: str = "auto"
     foreground_margin: float = 0.04
-    augment: tuple[str, ...] = ()
-    calibration_images: int = 64
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.layers = tuple(self.layers) if self.layers is not None else None
-        self.augment = check_augment(self.augment)
-        check_precision(self.search_precision, "search_precision")
-        check_foreground(self.foreground)
-        check_at_least(self, 1, "neighbourhood", "memory_size", "calibration_images")
         if (
             self.grid_layer is not None
             and self.layers is not None
