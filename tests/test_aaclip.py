@@ -342,33 +342,22 @@ def test_text_anchors_on_a_tiny_random_clip_learn_synthetic_defects(brick, tmp_p
 # ----------------------------------------------------------------------------- CLI
 
 
+def train_cli(
+    root: Path, output: Path, anchors: str, mode: str, *flags: str, epochs: int | None = 1
+) -> int:
+    """``anomalens train`` of EfficientNet-Lite0 AA-CLIP on the demo data (``--image-epochs``
+    ``epochs`` unless None)."""
+    argv = ["train", "--method", "aaclip", "--backbone", "efficientnet-lite0", "--anchors", anchors]
+    argv += ["--dataset", "mvtec", "--root", str(root), "--mode", mode, *flags]
+    if epochs is not None:
+        argv += ["--image-epochs", str(epochs)]
+    return main([*argv, "--output", str(output), "--no-progress"])
+
+
 def test_cli_train_then_benchmark_with_checkpoint(demo_root, tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
-    code = main(
-        [
-            "train",
-            "--method",
-            "aaclip",
-            "--backbone",
-            "efficientnet-lite0",
-            "--anchors",
-            "learned",
-            "--dataset",
-            "mvtec",
-            "--root",
-            str(demo_root),
-            "--mode",
-            "synthetic",
-            "--image-size",
-            "64",
-            "--image-epochs",
-            "1",
-            "--batch-size",
-            "4",
-            "--output",
-            str(ckpt),
-            "--no-progress",
-        ]
+    code = train_cli(
+        demo_root, ckpt, "learned", "synthetic", "--image-size", "64", "--batch-size", "4"
     )
     out = capsys.readouterr().out
     assert code == 0, out
@@ -433,54 +422,13 @@ def test_cli_checkpoint_errors(demo_root, tmp_path, capsys):
 
 
 def test_cli_train_kshot_mode_uses_masks(demo_root, tmp_path, capsys):
-    code = main(
-        [
-            "train",
-            "--backbone",
-            "efficientnet-lite0",
-            "--anchors",
-            "centroid",
-            "--dataset",
-            "mvtec",
-            "--root",
-            str(demo_root),
-            "--mode",
-            "kshot",
-            "--shots",
-            "4",
-            "--image-size",
-            "64",
-            "--image-epochs",
-            "1",
-            "--batch-size",
-            "2",
-            "--output",
-            str(tmp_path / "k"),
-            "--no-progress",
-        ]
-    )
+    flags = ["--shots", "4", "--image-size", "64", "--batch-size", "2"]
+    code = train_cli(demo_root, tmp_path / "k", "centroid", "kshot", *flags)
     out = capsys.readouterr().out
     assert code == 0, out
     summary = json.loads((tmp_path / "k" / "config.json").read_text())["training"]
     assert summary["data"]["mode"] == "kshot"
     assert summary["data"]["n_train"] + summary["data"]["n_val"] == 4
-    code = main(
-        [
-            "train",
-            "--backbone",
-            "efficientnet-lite0",
-            "--anchors",
-            "learned",
-            "--dataset",
-            "mvtec",
-            "--root",
-            str(demo_root),
-            "--mode",
-            "kshot",
-            "--output",
-            str(tmp_path / "e"),
-            "--no-progress",
-        ]
-    )
+    code = train_cli(demo_root, tmp_path / "e", "learned", "kshot", epochs=None)
     assert code == 2
     assert "shots" in capsys.readouterr().err
