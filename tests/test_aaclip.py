@@ -18,10 +18,11 @@ from anomalens import testing as tm
 from anomalens.cli import main
 from anomalens.data.datasets import build_dataset
 from anomalens.data.synthetic import make_demo_dataset
+from anomalens.errors import CheckpointError, ResumeError, UntrainedError
 from anomalens.evaluate import build_detector
 from anomalens.methods import load_detector
-from anomalens.methods.aaclip import AACLIP, AACLIPConfig, UntrainedError
-from anomalens.methods.aaclip_train import LAST_DIR, ResumeError, TrainConfig, train_aaclip
+from anomalens.methods.aaclip import AACLIP, AACLIPConfig
+from anomalens.methods.aaclip_train import LAST_DIR, TrainConfig, train_aaclip
 from anomalens.metrics import image_auroc, pixel_auroc
 
 ALL_KINDS = ("scratch", "stain", "cutpaste", "perlin")
@@ -236,7 +237,6 @@ def test_checkpoint_for_another_backbone_is_refused(clip_dir, siglip_dir, brick,
     cfg["config"]["backbone"] = "efficientnet-lite0"
     cfg["config"]["anchors"] = "learned"
     (tmp_path / "c" / "config.json").write_text(json.dumps(cfg))
-    from anomalens.methods.base import CheckpointError
 
     with pytest.raises(CheckpointError, match="do not fit"):
         AACLIP.load(tmp_path / "c")

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from anomalens.data.synthetic import _good_view, _load_texture
+from anomalens.errors import CheckpointError, NotFittedError
 from anomalens.methods import PatchCore, create_detector, load_detector
-from anomalens.methods.base import CheckpointError, NotFittedError, select_shots
+from anomalens.methods.base import select_shots
 from anomalens.metrics import image_auroc, pixel_auroc
 
 SMALL = dict(image_size=128, memory_size=1500, batch_size=8, calibration_images=8)

@@ -15,10 +15,10 @@ pytest.importorskip("transformers")
 from anomalens import testing as tm  # noqa: E402
 from anomalens.backbones.clip import CLIPBackbone  # noqa: E402
 from anomalens.backbones.siglip import SigLIPBackbone  # noqa: E402
+from anomalens.errors import TextTowerMissingError  # noqa: E402
 from anomalens.methods import WinCLIP, WinCLIPConfig, create_detector, load_detector  # noqa: E402
 from anomalens.methods.base import select_shots  # noqa: E402
 from anomalens.methods.winclip import (  # noqa: E402
-    TextTowerMissingError,
     anomaly_probability,
     fuse,
     fuse_and_normalize,
