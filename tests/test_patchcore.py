@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from anomalens.data.synthetic import _good_view, _load_texture
+from anomalens.errors import CheckpointError, NotFittedError
 from anomalens.methods import PatchCore, create_detector, load_detector
-from anomalens.methods.base import CheckpointError, NotFittedError
+from anomalens.methods.base import select_shots
 from anomalens.metrics import image_auroc, pixel_auroc
 
 SMALL = dict(image_size=128, memory_size=1500, batch_size=8, calibration_images=8)
@@ -81,12 +82,35 @@ def test_same_seed_same_model(texture_set):
     assert torch.equal(a.memory, b.memory)
 
 
+def _memory_of(model: PatchCore, images: list[np.ndarray]) -> torch.Tensor:
+    """The memory a model holds when it keeps every patch of ``images`` (in order)."""
+    feats = model.embed_images(images)
+    return feats.reshape(-1, feats.shape[-1])
+
+
 def test_shots_select_a_seeded_subset(texture_set):
     train = texture_set[0]
     model = create_detector("patchcore", shots=2, **SMALL).fit(train, progress=False)
     assert model.fit_report.n_images == 2
     assert model.memory.shape[0] == 2 * 16 * 16  # fewer patches than memory_size: all kept
     assert model.calibration.n_images == 2
+    # the subset: numpy's seeded choice, computed here independently
+    chosen = {
+        seed: sorted(np.random.default_rng(seed).choice(10, size=2, replace=False).tolist())
+        for seed in (0, 1)
+    }
+    assert chosen[0] != chosen[1]  # the two seeds below must pick different images
+    for seed in (0, 1):
+        assert select_shots(10, 2, seed) == chosen[seed] == select_shots(10, 2, seed)
+    assert select_shots(10, None, 0) == select_shots(10, 10, 0) == list(range(10))
+    # the memory holds exactly the patches of the chosen images (seed 0 is the default)
+    expected = _memory_of(model, [train[i] for i in chosen[0]])
+    torch.testing.assert_close(model.memory, expected, rtol=0, atol=1e-5)
+    other = PatchCore(**SMALL, shots=2, seed=1).fit(train, progress=False)
+    torch.testing.assert_close(
+        other.memory, _memory_of(other, [train[i] for i in chosen[1]]), rtol=0, atol=1e-5
+    )
+    assert not torch.equal(other.memory, model.memory)
 
 
 def test_one_shot_has_no_threshold(texture_set):
@@ -101,6 +125,29 @@ def test_augmented_views_enlarge_the_memory(texture_set):
         texture_set[0], progress=False
     )
     assert model.fit_report.n_patches == 2 * 3 * 16 * 16
+    # memory_size 1500 < 1536 patches: the coreset keeps most of them; with room for all, the
+    # memory is the patches of each chosen image, its mirror and its rot90 copy, in that order
+    roomy = PatchCore(**(SMALL | {"memory_size": 2000}), shots=2, augment=("hflip", "rot90"))
+    roomy.fit(texture_set[0], progress=False)
+    first, second = (texture_set[0][i] for i in select_shots(10, 2, 0))
+    views = [first, np.fliplr(first), np.rot90(first), second, np.fliplr(second)]
+    views.append(np.rot90(second))
+    expected = torch.cat([_memory_of(roomy, [v.copy()]) for v in views])
+    torch.testing.assert_close(roomy.memory, expected, rtol=0, atol=1e-4)
+    # so a training image turned by 90 degrees is in the memory (nearest distance ~0), while
+    # the un-augmented model has never seen the vertical bricks
+    plain = PatchCore(**(SMALL | {"memory_size": 2000}), shots=2).fit(texture_set[0], False)
+    turned = _memory_of(roomy, [np.rot90(first).copy()])
+    exact = "donot_use_mm_for_euclid_dist"  # the matmul form is off by ~0.05 here
+    seen = torch.cdist(turned, roomy.memory, compute_mode=exact).min(1).values
+    unseen = torch.cdist(turned, plain.memory, compute_mode=exact).min(1).values
+    scale = torch.cdist(turned, turned, compute_mode=exact).mean()  # typical patch distance
+    assert seen.max() < 1e-3 * scale
+    assert unseen.median() > 0.1 * scale
+    assert (
+        roomy.predict([np.rot90(first).copy()]).scores[0]
+        < 1e-2 * plain.predict([np.rot90(first).copy()]).scores[0]
+    )
 
 
 def test_errors(texture_set, tmp_path):

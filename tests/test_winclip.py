@@ -15,10 +15,10 @@ pytest.importorskip("transformers")
 from anomalens import testing as tm  # noqa: E402
 from anomalens.backbones.clip import CLIPBackbone  # noqa: E402
 from anomalens.backbones.siglip import SigLIPBackbone  # noqa: E402
+from anomalens.errors import TextTowerMissingError  # noqa: E402
 from anomalens.methods import WinCLIP, WinCLIPConfig, create_detector, load_detector  # noqa: E402
 from anomalens.methods.base import select_shots  # noqa: E402
 from anomalens.methods.winclip import (  # noqa: E402
-    TextTowerMissingError,
     anomaly_probability,
     fuse,
     fuse_and_normalize,
@@ -365,10 +365,21 @@ def test_memory_only_on_a_vision_backbone(dino_dir):
     with pytest.warns(UserWarning, match="no text tower"):
         det = WinCLIP(backbone=f"dinov2:{dino_dir}").fit(tm.images(3), progress=False)
     assert not det.use_text and det.use_memory and det.anchors is None
-    pred = det.predict(tm.images(2, seed=8))
+    test = tm.images(2, seed=8)
+    pred = det.predict(test)
     assert pred.scores.shape == (2,) and pred.threshold is not None
-    # memory only: the score is the largest smoothed memory distance, (1 - cos) / 2 <= 1
-    assert ((pred.scores >= 0) & (pred.scores <= 1)).all()
+    # memory only: the score is the largest smoothed memory distance, (1 - cos) / 2. The good
+    # images' own patches are in the memory: distance 0 everywhere
+    np.testing.assert_allclose(det.predict(tm.images(3)).scores, 0.0, atol=1e-6)
+    # recomputed: a detector fitted on one test image holds its unit-norm patch features
+    for img, score in zip(test, pred.scores, strict=True):
+        with pytest.warns(UserWarning, match="no text tower"):
+            own = WinCLIP(backbone=f"dinov2:{dino_dir}").fit([img], progress=False).memory
+        assert own.shape == (16, det.memory.shape[1])  # the 4 x 4 patch grid, all kept
+        torch.testing.assert_close(own.norm(dim=1), torch.ones(16))
+        raw = (1 - (own @ det.memory.T).max(1).values) / 2  # per patch, to its nearest
+        # the smoothed map lies between the mean and the maximum of the raw patch distances
+        assert 0.9 * float(raw.mean()) <= score <= float(raw.max()) + 1e-6, (score, raw)
     with pytest.raises(ValueError, match="CLIP or SigLIP"):
         WinCLIP(backbone=f"dinov2:{dino_dir}", scoring="windows").fit(tm.images(2), False)
 
