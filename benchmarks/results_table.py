@@ -91,7 +91,7 @@ def sig(value: Any, digits: int = 3) -> str:
     if value is None or not math.isfinite(float(value)):
         return "-"
     v = float(value)
-    decimals = max(0, digits - 1 - int(math.floor(math.log10(abs(v))))) if v else 1
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(v)))) if v else 1
     return f"{v:.{decimals}f}"
 
 

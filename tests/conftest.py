@@ -92,8 +92,21 @@ def cli_benchmark(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     stdout = io.StringIO()  # session fixtures cannot use capsys
     with contextlib.redirect_stdout(stdout):
         code = main(
-            ["benchmark", "--dataset", "mvtec", "--root", str(demo_root), "--output", str(out)]
-            + ["--category", DEMO_TEXTURE, "--save-maps", "2", "--no-progress", *TINY_FLAGS]
+            [
+                "benchmark",
+                "--dataset",
+                "mvtec",
+                "--root",
+                str(demo_root),
+                "--output",
+                str(out),
+                "--category",
+                DEMO_TEXTURE,
+                "--save-maps",
+                "2",
+                "--no-progress",
+                *TINY_FLAGS,
+            ]
         )
     assert code == 0
     return out, stdout.getvalue()

@@ -138,7 +138,8 @@ def _check_only_trained_tensors_change(det, samples, tmp_path, config, mode="syn
     for k, v in frozen.items():
         assert torch.equal(v, after[k]), f"frozen weight {k} changed"
     for p in (det.backbone.model if hasattr(det.backbone, "model") else det.backbone).parameters():
-        assert p.grad is None and not p.requires_grad
+        assert p.grad is None
+        assert not p.requires_grad
     changed = {k for k, v in det.network.state_dict().items() if not torch.equal(v, before[k])}
     return changed
 
@@ -216,7 +217,8 @@ def test_save_load_round_trip_is_bit_identical(kind, clip_dir, siglip_dir, brick
     first = det.predict(images)
     det.save(tmp_path / "fitted")
     again = load_detector(tmp_path / "fitted")
-    assert isinstance(again, AACLIP) and again.trained
+    assert isinstance(again, AACLIP)
+    assert again.trained
     for k, v in det.network.state_dict().items():
         assert torch.equal(v, again.network.state_dict()[k])
     assert torch.equal(det.anchors, again.anchors)
@@ -361,7 +363,8 @@ def test_cli_train_then_benchmark_with_checkpoint(demo_root, tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "trained in" in out and (ckpt / "model.safetensors").is_file()
+    assert "trained in" in out
+    assert (ckpt / "model.safetensors").is_file()
     assert (ckpt / LAST_DIR / "state.json").is_file()
     bench = tmp_path / "bench"
     code = main(

@@ -77,9 +77,11 @@ def test_split_validation_is_stratified_disjoint_and_deterministic() -> None:
 def test_split_validation_edge_cases() -> None:
     pool = _pool({("a", 0): 2, ("a", 1): 4})
     train, val = split_validation(pool, 0.0, seed=0)
-    assert val == [] and _paths(train) == _paths(pool)
+    assert val == []
+    assert _paths(train) == _paths(pool)
     train, val = split_validation(pool, 0.9, seed=0)  # every group keeps one training sample
-    assert sum(s.label == 0 for s in train) == 1 and sum(s.label == 1 for s in train) == 1
+    assert sum(s.label == 0 for s in train) == 1
+    assert sum(s.label == 1 for s in train) == 1
     with pytest.raises(ValueError, match="fraction"):
         split_validation(pool, 1.0, seed=0)
 
@@ -89,7 +91,8 @@ def test_select_kshot_counts_and_determinism() -> None:
     picked = select_kshot(pool, 5, seed=0)
     for category in ("a", "b"):
         mine = [s for s in picked if s.category == category]
-        assert sum(s.label == 0 for s in mine) == 2 and sum(s.label == 1 for s in mine) == 3
+        assert sum(s.label == 0 for s in mine) == 2
+        assert sum(s.label == 1 for s in mine) == 3
     assert _paths(select_kshot(pool, 5, seed=0)) == _paths(picked)
     assert any(_paths(select_kshot(pool, 5, seed=s)) != _paths(picked) for s in (1, 2, 3))
     # a category's choice does not depend on the other categories
@@ -140,10 +143,13 @@ def test_masks_mode_items_shapes_and_batches() -> None:
     items = [it for b in batches for it in b] + data.validation()
     for it in items:
         assert isinstance(it, TrainItem)
-        assert it.image.shape == (40, 40, 3) and it.image.dtype == np.uint8
-        assert it.mask.shape == (40, 40) and it.mask.dtype == np.uint8
+        assert it.image.shape == (40, 40, 3)
+        assert it.image.dtype == np.uint8
+        assert it.mask.shape == (40, 40)
+        assert it.mask.dtype == np.uint8
         assert set(np.unique(it.mask)) <= {0, 1}
-        assert it.label == int(it.mask.any()) and it.category in ("a", "b")
+        assert it.label == int(it.mask.any())
+        assert it.category in ("a", "b")
     assert sum(it.label for it in data.validation()) == 2
     assert sum(it.label for it in items) >= 6  # most defects survive the augmentation
 
@@ -151,7 +157,9 @@ def test_masks_mode_items_shapes_and_batches() -> None:
 def test_kshot_mode_with_tiny_k_has_empty_validation() -> None:
     pool = _pool({("a", 0): 5, ("a", 1): 5})
     data = TrainingData(pool, 64, "kshot", shots=2, val_fraction=0.5)
-    assert len(data) == 2 and data.val_samples == [] and data.validation() == []
+    assert len(data) == 2
+    assert data.val_samples == []
+    assert data.validation() == []
     assert sorted(s.label for s in data.train_samples) == [0, 1]
 
 
@@ -159,7 +167,9 @@ def test_tiny_defect_survives_downscaling() -> None:
     mask = np.zeros((640, 640), np.uint8)
     mask[301, 333] = 1
     small = _resize_mask(mask, 64)
-    assert small.dtype == np.uint8 and small.sum() == 1 and small[30, 33] == 1
+    assert small.dtype == np.uint8
+    assert small.sum() == 1
+    assert small[30, 33] == 1
 
 
 # ----------------------------------------------------------------------------- synthetic
@@ -173,7 +183,8 @@ def test_synthetic_mode_defect_rate_and_exact_masks() -> None:
     pool = [*_textures(40), _sample(50, "t", 1), _sample(51, "t", 1)]
     with pytest.warns(UserWarning, match="dropped 2 defective"):
         data = TrainingData(pool, 64, "synthetic", val_fraction=0.0, defect_probability=0.5)
-    assert len(data) == 40 and all(s.label == 0 for s in data.train_samples)
+    assert len(data) == 40
+    assert all(s.label == 0 for s in data.train_samples)
     labels = []
     for index in range(len(data)):
         item = data._training_item(3, index)
@@ -207,7 +218,8 @@ def test_synthetic_defects_lie_on_the_object() -> None:
                 if item.label:
                     region = foreground_mask(d._train[index].image)
                     fractions[name].append((region & (item.mask == 1)).sum() / item.mask.sum())
-    assert len(fractions["auto"]) >= 28 and min(fractions["auto"]) >= 0.5
+    assert len(fractions["auto"]) >= 28
+    assert min(fractions["auto"]) >= 0.5
     assert min(fractions["off"]) < 0.5  # without the constraint some defects miss the disc
     # textures: no placement constraint
     assert all(r is None for r in TrainingData(_textures(6), 64, "synthetic")._regions)
@@ -226,7 +238,8 @@ def test_epochs_reproduce() -> None:
     data = TrainingData(_textures(10), 64, "synthetic", val_fraction=0.2)
     twin = TrainingData(_textures(10), 64, "synthetic", val_fraction=0.2)
     first = batches(data, 5)
-    assert same(first, batches(data, 5)) and same(first, batches(twin, 5))
+    assert same(first, batches(data, 5))
+    assert same(first, batches(twin, 5))
     assert not same(first, batches(data, 6))
     assert not same(first, batches(data, 5, stage=1))
     assert not same(
@@ -236,7 +249,8 @@ def test_epochs_reproduce() -> None:
 
 def test_synthetic_validation_is_fixed() -> None:
     data = TrainingData(_textures(20), 64, "synthetic", val_fraction=0.25)
-    assert len(data.val_samples) == 5 and len(data) == 15
+    assert len(data.val_samples) == 5
+    assert len(data) == 15
     assert not {s.path for s in data.val_samples} & {s.path for s in data.train_samples}
     a, b = data.validation(), data.validation()
     assert sum(it.label for it in a) == 3  # half, rounded up
@@ -315,4 +329,5 @@ def test_invisible_synthetic_defects_are_rejected() -> None:
     )
     items = [data._training_item(0, i) for i in range(len(data))]
     changes = [np.abs(it.image[it.mask == 1].astype(int) - 120).mean() for it in items if it.label]
-    assert len(changes) >= 25 and min(changes) >= 8
+    assert len(changes) >= 25
+    assert min(changes) >= 8

@@ -136,7 +136,7 @@ def test_segmentation_loss_sums_all_levels():
     assert got == pytest.approx(sum(per_level), rel=1e-10)
     # not the reference stage-1 bug (last level only)
     assert abs(got - per_level[-1]) > 1e-3
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="is empty"):
         segmentation_loss([], MASK)
 
 
@@ -144,7 +144,8 @@ def test_segmentation_loss_gives_every_level_a_gradient():
     logits = [torch.randn(1, 2, 3, 4, requires_grad=True) for _ in range(3)]
     segmentation_loss([torch.softmax(x, 1) for x in logits], MASK[:1]).backward()
     for x in logits:
-        assert x.grad is not None and x.grad.abs().sum() > 0
+        assert x.grad is not None
+        assert x.grad.abs().sum() > 0
 
 
 # ----------------------------------------------------------------------------- disentangle
@@ -178,11 +179,13 @@ def test_disentangle_batch_means_before_squaring():
 def test_adapter_shape_and_attributes():
     ad = ResidualAdapter(32)
     assert (ad.dim, ad.bottleneck, ad.alpha) == (32, 16, 0.1)
-    assert ad.fc1.weight.shape == (16, 32) and ad.fc2.weight.shape == (32, 16)
-    assert isinstance(ad.act, nn.LeakyReLU) and ad.act.negative_slope == 0.2
+    assert ad.fc1.weight.shape == (16, 32)
+    assert ad.fc2.weight.shape == (32, 16)
+    assert isinstance(ad.act, nn.LeakyReLU)
+    assert ad.act.negative_slope == 0.2
     for shape in [(2, 5, 32), (3, 32), (32,)]:
         assert ResidualAdapter(32, 8)(torch.randn(shape)).shape == shape
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="expected last dimension 32"):
         ad(torch.randn(2, 31))
 
 

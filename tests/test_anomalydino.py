@@ -15,16 +15,16 @@ import torch.nn.functional as F
 
 pytest.importorskip("transformers")
 
-from anomalens import testing as tm  # noqa: E402
-from anomalens.backbones.base import Features  # noqa: E402
-from anomalens.backbones.dinov2 import DINOv2Backbone  # noqa: E402
-from anomalens.methods import AnomalyDINO, WinCLIP, create_detector, load_detector  # noqa: E402
-from anomalens.methods.anomalydino import AnomalyDINOConfig  # noqa: E402
-from anomalens.methods.common import pool_patches, top_fraction_mean  # noqa: E402
-from anomalens.metrics import compute_all, image_auroc, pixel_auroc  # noqa: E402
+from anomalens import testing as tm
+from anomalens.backbones.base import Features
+from anomalens.backbones.dinov2 import DINOv2Backbone
+from anomalens.methods import AnomalyDINO, WinCLIP, create_detector, load_detector
+from anomalens.methods.anomalydino import AnomalyDINOConfig
+from anomalens.methods.common import pool_patches, top_fraction_mean
+from anomalens.metrics import compute_all, image_auroc, pixel_auroc
 from anomalens.postprocess import (
-    gaussian_blur,  # noqa: E402
-    patch_masks,  # noqa: E402
+    gaussian_blur,
+    patch_masks,
 )
 
 MVTEC_ROOT = Path(
@@ -69,7 +69,9 @@ def test_pool_patches_average_the_layer_cosines():
 def test_patch_masks_follow_the_object():
     img = tm.object_images(1, size=64)[0]
     mask = patch_masks([img], (8, 8))[0]
-    assert mask[3:5, 3:5].all() and not mask[0, 0] and not mask[7, 7]
+    assert mask[3:5, 3:5].all()
+    assert not mask[0, 0]
+    assert not mask[7, 7]
     assert 0.2 < mask.float().mean() < 0.8
 
 
@@ -80,7 +82,8 @@ def test_matches_plain_reference(dino_dir):
     good, test = tm.images(3, seed=1), tm.images(2, seed=2, shape=(37, 45))
     cfg = dict(precision="fp32", search_precision="fp32", sigma=1.5)
     det = AnomalyDINO(backbone=f"dinov2:{dino_dir}", **cfg).fit(good, progress=False)
-    assert det.layers == (4,) and det.memory.shape == (3 * 16, 32)
+    assert det.layers == (4,)
+    assert det.memory.shape == (3 * 16, 32)
     pred = det.predict(test)
     bb = DINOv2Backbone(str(dino_dir))
 
@@ -152,9 +155,11 @@ def test_save_load_round_trip_and_determinism(dino_dir, tmp_path):
     before = det.predict(test)
     det.save(tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert meta["method"] == "anomalydino" and meta["config"]["shots"] == 3
+    assert meta["method"] == "anomalydino"
+    assert meta["config"]["shots"] == 3
     loaded = load_detector(tmp_path / "m")
-    assert isinstance(loaded, AnomalyDINO) and loaded.config == det.config
+    assert isinstance(loaded, AnomalyDINO)
+    assert loaded.config == det.config
     assert torch.equal(loaded.memory, det.memory)
     after = loaded.predict(test)
     assert np.array_equal(after.scores, before.scores)
@@ -190,17 +195,21 @@ def test_offline_backbone_finds_synthetic_defects(method, texture_set):
         options["text_weight"] = 0.0  # memory only, no warning
     det = create_detector(method, **options).fit(train, progress=False)
     pred = det.predict(test)
-    assert pred.scores.shape == (14,) and all(m.shape == (128, 128) for m in pred.maps)
+    assert pred.scores.shape == (14,)
+    assert all(m.shape == (128, 128) for m in pred.maps)
     assert image_auroc(labels, pred.scores) >= 0.85
     assert pixel_auroc(masks, pred.maps) >= 0.95
-    assert pred.threshold is not None and pred.pixel_threshold is not None
+    assert pred.threshold is not None
+    assert pred.pixel_threshold is not None
     if method == "winclip":
-        assert isinstance(det, WinCLIP) and not det.use_text
+        assert isinstance(det, WinCLIP)
+        assert not det.use_text
     # hotspots: the strongest box of the most anomalous image lies on its defect
     worst = int(np.argmax(pred.scores))
     assert labels[worst] == 1
     boxes = det.hotspots(pred.maps[worst], top_k=3)
-    assert 1 <= len(boxes) <= 3 and boxes[0].score == pytest.approx(pred.maps[worst].max())
+    assert 1 <= len(boxes) <= 3
+    assert boxes[0].score == pytest.approx(pred.maps[worst].max())
     b = boxes[0]
     assert masks[worst][b.y0 : b.y1, b.x0 : b.x1].any()
     assert det.hotspots(pred.maps[worst], threshold=np.inf) == []

@@ -29,7 +29,8 @@ def run(capsys: pytest.CaptureFixture, *argv: str | Path) -> tuple[int, str, str
 
 def assert_one_line_error(code: int, out: str, err: str, *fragments: str) -> None:
     assert code == 2
-    assert "Traceback" not in err and "Traceback" not in out
+    assert "Traceback" not in err
+    assert "Traceback" not in out
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("anomalens: error: ")
@@ -46,8 +47,17 @@ def bench(cli_benchmark: tuple[Path, str]) -> tuple[Path, str]:
 def model_dir(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("cli_model") / "model"
     code = main(
-        ["fit", "--dataset", "mvtec", "--root", str(demo_root), "--output", str(folder)]
-        + ["--no-progress", *TINY_FLAGS]
+        [
+            "fit",
+            "--dataset",
+            "mvtec",
+            "--root",
+            str(demo_root),
+            "--output",
+            str(folder),
+            "--no-progress",
+            *TINY_FLAGS,
+        ]
     )
     assert code == 0
     return folder
@@ -78,13 +88,15 @@ def test_benchmark_prints_the_table_and_writes_files(bench) -> None:
     assert png_size(out / DEMO_TEXTURE / "roc.png") == PLOT_SIZE
     assert png_size(out / DEMO_TEXTURE / "histogram.png") == PLOT_SIZE
     figures = sorted((out / DEMO_TEXTURE / "overlays").iterdir())
-    assert len(figures) == 2 and all(png_size(f) == FIGURE_SIZE for f in figures)
+    assert len(figures) == 2
+    assert all(png_size(f) == FIGURE_SIZE for f in figures)
 
 
 def test_fit_then_predict_reproduces_the_benchmark_scores(
     model_dir: Path, bench, demo_root: Path, tmp_path: Path, capsys
 ) -> None:
-    assert (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file()
+    assert (model_dir / "config.json").is_file()
+    assert (model_dir / "model.safetensors").is_file()
     test_dir = demo_root / DEMO_TEXTURE / "test"
     out = tmp_path / "pred"
     code, stdout, err = run(
@@ -108,7 +120,8 @@ def test_fit_then_predict_reproduces_the_benchmark_scores(
     data = json.loads((out / "scores.json").read_text())
     assert all("boxes" in rec for rec in data["images"])
     figures = sorted((out / "overlays").iterdir())
-    assert len(figures) == N_TEST and png_size(figures[0]) == FIGURE_SIZE
+    assert len(figures) == N_TEST
+    assert png_size(figures[0]) == FIGURE_SIZE
     assert {f.stem for f in figures} >= {"good_000", "scratch_000"}
 
 
@@ -122,11 +135,13 @@ def test_predict_single_files_and_skip_bad(model_dir: Path, demo_root, tmp_path,
         "--skip-bad", "--no-progress",
     )  # fmt: skip
     assert code == 0, err
-    assert err.count("anomalens: warning: skipping") == 1 and str(broken) in err
+    assert err.count("anomalens: warning: skipping") == 1
+    assert str(broken) in err
     _, rows = read_csv(out / "scores.csv")
     assert [r["path"] for r in rows] == [str(good)]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["skipped"] == [str(broken)] and summary["method"] == "patchcore"
+    assert summary["skipped"] == [str(broken)]
+    assert summary["method"] == "patchcore"
     assert (out / "overlays" / "001.png").is_file()
     assert "1 unreadable skipped" in stdout
 
@@ -222,7 +237,8 @@ def test_demo_on_user_data(demo_root: Path, tmp_path: Path, capsys) -> None:
     figures = list((report / DEMO_TEXTURE / "overlays").glob("*.png"))
     assert len(figures) == N_TEST  # at most 16, spread over the test set
     results = json.loads((report / "results.json").read_text())
-    assert results["root"] == str(demo_root) and results["options"]["image_size"] == 128
+    assert results["root"] == str(demo_root)
+    assert results["options"]["image_size"] == 128
 
     code, out_text, err = run(capsys, "demo", "--category", "brick")
     assert_one_line_error(code, out_text, err, "--category needs --root")
@@ -259,9 +275,11 @@ def test_choices_come_from_the_modules_that_define_them() -> None:
     bench = _choices(parser, "benchmark")
     assert bench["--dataset"] == DATASET_NAMES
     assert bench["--method"] == tuple(sorted(METHODS))
-    assert bench["--precision"] == PRECISIONS and bench["--anchors"] == ANCHOR_SOURCES
+    assert bench["--precision"] == PRECISIONS
+    assert bench["--anchors"] == ANCHOR_SOURCES
     train = _choices(parser, "train")
-    assert train["--mode"] == TRAINING_MODES and train["--anchors"] == ANCHOR_SOURCES
+    assert train["--mode"] == TRAINING_MODES
+    assert train["--anchors"] == ANCHOR_SOURCES
 
 
 def _fake_benchmark(capsys, demo_root: Path, tmp_path: Path, *flags: str) -> tuple[str, str]:
@@ -280,8 +298,10 @@ def test_progress_lines_go_to_stderr(fake_method, demo_root, tmp_path, capsys) -
     lines = err.splitlines()
     assert lines[0] == f"benchmark: fake (defaults) on mvtec at {demo_root}"
     assert lines[1] == f"[1/1] {DEMO_TEXTURE}"
-    assert lines[2].startswith(f"[1/1] {DEMO_TEXTURE}: image AUROC ") and len(lines) == 3
-    assert "[1/1]" not in out and "benchmark:" not in out
+    assert lines[2].startswith(f"[1/1] {DEMO_TEXTURE}: image AUROC ")
+    assert len(lines) == 3
+    assert "[1/1]" not in out
+    assert "benchmark:" not in out
 
 
 def test_quiet_prints_no_info_lines_and_no_bars(fake_method, demo_root, tmp_path, capsys) -> None:
@@ -297,7 +317,8 @@ def test_verbose_prints_debug_lines(fake_method, demo_root, tmp_path, capsys) ->
     assert f"[1/1] {DEMO_TEXTURE}" in lines  # and the info lines
     with pytest.raises(SystemExit) as exc:
         main(["predict", "-q", "-v", "--model", "m", "--input", "i", "--output", "o"])
-    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    assert exc.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def test_quiet_still_prints_warnings(model_dir: Path, tmp_path: Path, capsys) -> None:
@@ -369,7 +390,8 @@ def test_anomalens_debug_reraises(monkeypatch, capsys, exc) -> None:
     assert capsys.readouterr().err == ""
     monkeypatch.setenv("ANOMALENS_DEBUG", "0")  # "0" (or empty) turns it off
     code, _, err = run(capsys, *PREDICT_ARGV)
-    assert code in (2, 130) and len(err.splitlines()) == 1
+    assert code in (2, 130)
+    assert len(err.splitlines()) == 1
 
 
 def test_anomalens_debug_shows_the_traceback(tmp_path: Path) -> None:

@@ -67,7 +67,8 @@ def test_grid_equals_feature_grids(built: int) -> None:
 
 
 def test_resolve_layers_and_errors(lite0: EfficientNetLite) -> None:
-    assert lite0.resolve_layers((-1, 2, -7)) == (7, 2, 1) and lite0.resolve_layers(-2) == (6,)
+    assert lite0.resolve_layers((-1, 2, -7)) == (7, 2, 1)
+    assert lite0.resolve_layers(-2) == (6,)
     pixels = torch.zeros(1, 3, 64, 64)
     deepest = lite0.encode_image(pixels, layers=(-1,), with_global=False)
     assert torch.equal(deepest.tokens[0], lite0.encode_image(pixels, layers=(7,)).tokens[0])
@@ -82,7 +83,8 @@ def test_resolve_layers_and_errors(lite0: EfficientNetLite) -> None:
     with pytest.raises(ValueError, match="pixels"):
         lite0.encode_image(torch.zeros(3, 64, 64))
     info = lite0.describe()
-    assert json.loads(json.dumps(info)) == info and info["kind"] == "efficientnet"
+    assert json.loads(json.dumps(info)) == info
+    assert info["kind"] == "efficientnet"
 
 
 def test_no_text_tower(lite0: EfficientNetLite) -> None:
@@ -94,7 +96,7 @@ def test_no_text_tower(lite0: EfficientNetLite) -> None:
         lambda: lite0.text_layer_module(1),
     ]
     for call in calls:
-        with pytest.raises(TextTowerMissingError, match="efficientnet-lite0.*no text tower"):
+        with pytest.raises(TextTowerMissingError, match=r"efficientnet-lite0.*no text tower"):
             call()
     with pytest.raises(NotImplementedError, match="CLIP or SigLIP"):
         lite0.encode_windows(torch.zeros(1, 3, 64, 64), [torch.zeros(1, 4, dtype=torch.long)])
@@ -113,6 +115,8 @@ def test_missing_transformers(spec: str, monkeypatch) -> None:
     with pytest.raises(ModelNotAvailableError) as info:
         load_backbone(spec)
     msg = str(info.value)
-    assert spec in msg and "pip install 'anomalens[hf]'" in msg and "\n" not in msg
+    assert spec in msg
+    assert "pip install 'anomalens[hf]'" in msg
+    assert "\n" not in msg
     # the offline backbone does not need transformers
     assert load_backbone("efficientnet-lite0", image_size=64).kind == "efficientnet"

@@ -45,15 +45,19 @@ def read_predictions(path: Path) -> list[dict[str, str]]:
 def test_results_json_matches_metrics_recomputed_from_predictions_csv(cli_benchmark) -> None:
     out, _ = cli_benchmark  # a tiny PatchCore benchmark of the demo data
     data = json.loads((out / "results.json").read_text())
-    assert data["method"] == "patchcore" and data["dataset"] == "mvtec"
+    assert data["method"] == "patchcore"
+    assert data["dataset"] == "mvtec"
     assert data["options"] == TINY_OPTIONS
-    assert data["config"]["image_size"] == 128 and data["config"]["memory_size"] == 500
+    assert data["config"]["image_size"] == 128
+    assert data["config"]["memory_size"] == 500
     assert set(data["environment"]) >= {"python", "torch", "cpu", "cores", "date"}
     assert list(data["categories"]) == [DEMO_TEXTURE]
     row = data["categories"][DEMO_TEXTURE]
     assert set(row) == set(RESULT_KEYS)
-    assert row["n_train"] == N_TRAIN and row["n_test"] == N_TEST
-    assert row["fit_seconds"] > 0 and row["ms_per_image"] > 0
+    assert row["n_train"] == N_TRAIN
+    assert row["n_test"] == N_TEST
+    assert row["fit_seconds"] > 0
+    assert row["ms_per_image"] > 0
 
     rows = read_predictions(out / "predictions.csv")
     assert len(rows) == row["n_test"]
@@ -70,7 +74,8 @@ def test_results_json_matches_metrics_recomputed_from_predictions_csv(cli_benchm
         assert 0.0 <= row[key] <= 1.0
     assert data["mean"] == pytest.approx({**{k: row[k] for k in MEAN_KEYS}, "n_categories": 1})
     details = data["details"][DEMO_TEXTURE]
-    assert details["skipped"] == [] and details["threshold"] > 0
+    assert details["skipped"] == []
+    assert details["threshold"] > 0
     summary = json.loads((out / DEMO_TEXTURE / "summary.json").read_text())
     assert summary["threshold"] == details["threshold"]
     assert summary["metrics"] == pytest.approx({k: row[k] for k in METRIC_KEYS})
@@ -87,7 +92,8 @@ def test_evaluate_category_result_is_what_gets_written(fake_method, demo_root, t
     assert [float(r["score"]) for r in rows] == pytest.approx(cat.scores)
     # evaluate_category alone gives the same numbers (the fake detector is deterministic)
     again = evaluate_category("mvtec", demo_root, DEMO_TEXTURE, fake_method, progress=False)
-    assert again.scores == cat.scores and again.image_auroc == cat.image_auroc
+    assert again.scores == cat.scores
+    assert again.image_auroc == cat.image_auroc
 
 
 def test_benchmark_writes_category_plots(fake_method, demo_root: Path, tmp_path: Path) -> None:
@@ -113,10 +119,13 @@ def test_mean_row_ignores_nan_and_table_shows_it() -> None:
 
     lines = format_table(rows).splitlines()
     header = lines[0].split()
-    assert header[0] == "category" and "I-AUROC" in header and "ms/image" in header
+    assert header[0] == "category"
+    assert "I-AUROC" in header
+    assert "ms/image" in header
     body = {line.split()[0]: line.split()[1:] for line in lines if line[:1].isalpha()}
     assert body["a"][1] == "-"  # NaN pixel AUROC
-    assert body["MEAN"][0] == "0.700" and body["MEAN"][1] == "0.800"
+    assert body["MEAN"][0] == "0.700"
+    assert body["MEAN"][1] == "0.800"
     assert body["MEAN"][5] == f"{(0.5 + 10.0 + 0.7) / 3:.1f}"
 
 
@@ -154,7 +163,9 @@ def test_folder_dataset_without_masks_gives_null_pixel_metrics(
     )
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     row = data["categories"]["parts"]
-    assert row["pixel_auroc"] is None and row["pixel_ap"] is None and row["aupro"] is None
+    assert row["pixel_auroc"] is None
+    assert row["pixel_ap"] is None
+    assert row["aupro"] is None
     assert row["image_auroc"] is not None
     assert data["mean"]["aupro"] is None
     assert "-" in format_table(result.rows()).splitlines()[2].split()
@@ -165,7 +176,7 @@ def test_skip_bad_skips_a_corrupt_test_image(fake_method, demo_root: Path, tmp_p
     shutil.copytree(demo_root / DEMO_TEXTURE, root / DEMO_TEXTURE)
     broken = root / DEMO_TEXTURE / "test" / "good" / "000.png"
     broken.write_bytes(b"not a png")
-    with pytest.raises(ImageLoadError, match="000.png"):
+    with pytest.raises(ImageLoadError, match=r"000\.png"):
         evaluate_category("mvtec", root, DEMO_TEXTURE, fake_method, progress=False)
     with pytest.warns(SkippedImageWarning, match="000.png"):
         result = run_benchmark(
@@ -179,7 +190,8 @@ def test_skip_bad_skips_a_corrupt_test_image(fake_method, demo_root: Path, tmp_p
             progress=False,
         )
     cat = result.categories[0]
-    assert cat.n_test == N_TEST - 1 and len(cat.paths) == N_TEST - 1
+    assert cat.n_test == N_TEST - 1
+    assert len(cat.paths) == N_TEST - 1
     data = json.loads((tmp_path / "o" / "results.json").read_text())
     assert data["categories"][DEMO_TEXTURE]["n_test"] == N_TEST - 1
     skipped = data["details"][DEMO_TEXTURE]["skipped"]
@@ -205,7 +217,8 @@ def test_n_train_counts_the_images_used(fake_method, demo_root: Path) -> None:
 
 def test_class_name_is_passed_from_the_category(fake_method) -> None:
     det = build_detector(fake_method, "metal_nut", seed=3, backbone=None)
-    assert det.config.class_name == "metal nut" and det.config.seed == 3
+    assert det.config.class_name == "metal nut"
+    assert det.config.seed == 3
     assert build_detector(fake_method, "x", class_name="given").config.class_name == "given"
     assert not hasattr(build_detector("patchcore", "metal_nut").config, "class_name")
 
@@ -241,7 +254,8 @@ def test_run_demo_synthetic_writes_data_and_report(fake_method, tmp_path: Path, 
     )
     assert (tmp_path / "data" / "grass" / "train" / "good" / "002.png").is_file()
     report = tmp_path / "report"
-    assert (report / "results.json").is_file() and (report / "predictions.csv").is_file()
+    assert (report / "results.json").is_file()
+    assert (report / "predictions.csv").is_file()
     assert len(list((report / "grass" / "overlays").glob("*.png"))) == 6  # every test image
     assert result.categories[0].n_test == 6
     assert caplog.messages == [
@@ -251,7 +265,8 @@ def test_run_demo_synthetic_writes_data_and_report(fake_method, tmp_path: Path, 
         caplog.messages[3],  # the metrics line, checked in test_benchmark_logs_...
     ]
     lines = format_summary(result, tmp_path).splitlines()
-    assert lines[0].startswith("category") and lines[-6].startswith("MEAN")
+    assert lines[0].startswith("category")
+    assert lines[-6].startswith("MEAN")
     assert lines[-4:] == [
         f"Report: {report.resolve()}",
         "  results.json, predictions.csv   metrics and image scores of every category",
@@ -296,6 +311,9 @@ def test_spread_indices_and_environment() -> None:
     # banker's rounding: 2.5 -> 2 (down to even), 3.5 -> 4 (up to even)
     assert spread_indices(6, 3) == [0, 2, 5]
     assert spread_indices(8, 3) == [0, 4, 7]
-    assert spread_indices(3, 10) == [0, 1, 2] and spread_indices(5, 0) == []
+    assert spread_indices(3, 10) == [0, 1, 2]
+    assert spread_indices(5, 0) == []
     env = environment()
-    assert env["cores"] >= 1 and env["torch"] and env["date"][:2] == "20"
+    assert env["cores"] >= 1
+    assert env["torch"]
+    assert env["date"][:2] == "20"

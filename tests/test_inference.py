@@ -40,7 +40,8 @@ def test_collect_images_sorts_per_folder_and_drops_duplicates(test_dir: Path) ->
     assert collect_images([test_dir / "good"]) == good
     assert collect_images([good[1], test_dir / "good"]) == [good[1], good[0], *good[2:]]
     found = collect_images([str(test_dir)], recursive=True)
-    assert len(found) == N_TEST and found == sorted(found)
+    assert len(found) == N_TEST
+    assert found == sorted(found)
 
 
 def test_collect_images_errors_name_the_path(test_dir: Path, tmp_path: Path) -> None:
@@ -67,12 +68,17 @@ def test_predict_paths_writes_the_report(detector, test_dir: Path, tmp_path: Pat
     assert [r["is_defective"] for r in result.records] == verdicts
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary == result.summary
-    assert summary["n_images"] == N_TEST and summary["n_defective"] == sum(verdicts)
-    assert summary["model"] is None and summary["method"] == "fake" and summary["skipped"] == []
+    assert summary["n_images"] == N_TEST
+    assert summary["n_defective"] == sum(verdicts)
+    assert summary["model"] is None
+    assert summary["method"] == "fake"
+    assert summary["skipped"] == []
     assert [r["path"] for r in read_scores(tmp_path)] == [str(p) for p in paths]
     figures = sorted(f.name for f in result.overlays.iterdir())
-    assert len(figures) == N_TEST and "good_000.png" in figures
-    assert result.scores_csv == tmp_path / "scores.csv" and result.skipped == []
+    assert len(figures) == N_TEST
+    assert "good_000.png" in figures
+    assert result.scores_csv == tmp_path / "scores.csv"
+    assert result.skipped == []
 
 
 def test_chunks_give_the_same_report(detector, test_dir: Path, tmp_path: Path) -> None:
@@ -90,15 +96,17 @@ def test_skip_bad_and_no_figures(detector, test_dir: Path, tmp_path: Path) -> No
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     good = test_dir / "good" / "000.png"
-    with pytest.raises(ImageLoadError, match="broken.png"):
+    with pytest.raises(ImageLoadError, match=r"broken\.png"):
         predict_paths(detector, [broken, good], tmp_path / "o", progress=False)
     with pytest.warns(SkippedImageWarning, match=r"^skipping .*broken\.png"):
         result = predict_paths(
             detector, [broken, good], tmp_path / "o", skip_bad=True, figures=False, progress=False
         )
-    assert result.skipped == [broken] and result.summary["skipped"] == [str(broken)]
+    assert result.skipped == [broken]
+    assert result.summary["skipped"] == [str(broken)]
     assert [r["path"] for r in result.records] == [str(good)]
-    assert result.records[0]["figure"] is None and not result.overlays.exists()
+    assert result.records[0]["figure"] is None
+    assert not result.overlays.exists()
     with (
         pytest.warns(SkippedImageWarning),
         pytest.raises(DatasetError, match=r"broken.png: no readable images$"),
@@ -107,7 +115,7 @@ def test_skip_bad_and_no_figures(detector, test_dir: Path, tmp_path: Path) -> No
 
 
 def test_a_model_folder_is_loaded(tmp_path: Path, test_dir: Path) -> None:
-    with pytest.raises(CheckpointError, match="config.json"):
+    with pytest.raises(CheckpointError, match=r"config\.json"):
         predict_paths(tmp_path / "none", [test_dir], tmp_path / "o")
 
 

@@ -30,14 +30,16 @@ def _save(img: Image.Image, path: Path, **kw) -> Path:
 def test_rgb_lossless_formats_roundtrip(tmp_path: Path, ext: str) -> None:
     a = _rgb()
     out = load_image(_save(Image.fromarray(a), tmp_path / f"x.{ext}"))
-    assert out.dtype == np.uint8 and out.shape == (12, 16, 3)
+    assert out.dtype == np.uint8
+    assert out.shape == (12, 16, 3)
     np.testing.assert_array_equal(out, a)
 
 
 def test_jpeg_uppercase_extension(tmp_path: Path) -> None:
     a = np.full((16, 16, 3), (200, 40, 90), dtype=np.uint8)
     out = load_image(_save(Image.fromarray(a), tmp_path / "x.JPG", format="JPEG", quality=95))
-    assert out.shape == (16, 16, 3) and out.dtype == np.uint8
+    assert out.shape == (16, 16, 3)
+    assert out.dtype == np.uint8
     assert np.abs(out.astype(int) - a).max() <= 6
 
 
@@ -53,7 +55,8 @@ def test_la_drops_alpha(tmp_path: Path) -> None:
     la = np.zeros((4, 4, 2), np.uint8)
     la[..., 0], la[..., 1] = 100, 0
     out = load_image(_save(Image.fromarray(la, mode="LA"), tmp_path / "la.png"))
-    assert out.shape == (4, 4, 3) and (out == 100).all()
+    assert out.shape == (4, 4, 3)
+    assert (out == 100).all()
 
 
 def test_rgba_drops_alpha(tmp_path: Path) -> None:
@@ -84,7 +87,8 @@ def test_palette_with_transparency_no_warning(tmp_path: Path, recwarn) -> None:
     p.putpixel((0, 0), 1)
     path = _save(p, tmp_path / "pt.png", transparency=0)
     out = load_image(path)
-    assert tuple(out[0, 0]) == (1, 2, 3) and tuple(out[3, 3]) == (9, 8, 7)
+    assert tuple(out[0, 0]) == (1, 2, 3)
+    assert tuple(out[3, 3]) == (9, 8, 7)
     assert not [w for w in recwarn if "ransparency" in str(w.message)]
 
 
@@ -93,7 +97,8 @@ def test_one_bit_image(tmp_path: Path) -> None:
     b[2, 3] = True
     out = load_image(_save(Image.fromarray(b), tmp_path / "b.png"))
     assert out.shape == (6, 8, 3)
-    assert tuple(out[2, 3]) == (255, 255, 255) and out.sum() == 255 * 3
+    assert tuple(out[2, 3]) == (255, 255, 255)
+    assert out.sum() == 255 * 3
 
 
 def test_cmyk_jpeg(tmp_path: Path) -> None:
@@ -101,7 +106,9 @@ def test_cmyk_jpeg(tmp_path: Path) -> None:
     out = load_image(_save(img, tmp_path / "c.jpg", quality=95))
     assert out.shape == (8, 8, 3)
     r, g, b = out[4, 4].astype(int)
-    assert r > 200 and g < 60 and b < 60
+    assert r > 200
+    assert g < 60
+    assert b < 60
 
 
 def test_cmyk_tiff(tmp_path: Path) -> None:
@@ -115,7 +122,8 @@ def test_16bit_grayscale_png_scaled_by_type_range(tmp_path: Path) -> None:
     path = _save(Image.fromarray(a), tmp_path / "g16.png")
     assert Image.open(path).mode.startswith("I")
     out = load_image(path)
-    assert out.dtype == np.uint8 and out.shape == (2, 3, 3)
+    assert out.dtype == np.uint8
+    assert out.shape == (2, 3, 3)
     np.testing.assert_array_equal(out[:, :, 0], [[0, 255, 1], [4, 128, 255]])
 
 
@@ -147,7 +155,8 @@ def test_16bit_rgb_png(tmp_path: Path) -> None:
     path = tmp_path / "rgb16.png"
     assert cv2.imwrite(str(path), a)
     out = load_image(path)
-    assert out.dtype == np.uint8 and out.shape == (3, 4, 3)
+    assert out.dtype == np.uint8
+    assert out.shape == (3, 4, 3)
     assert tuple(out[0, 0]) == (100, 0, 255)
 
 
@@ -174,7 +183,8 @@ def test_exif_orientation_applied(tmp_path: Path) -> None:
     path = _save(img, tmp_path / "o.png", exif=exif)
     out = load_image(path)
     assert out.shape == (20, 10, 3)
-    assert out[0, -1].min() == 255 and out[0, 0].max() == 0
+    assert out[0, -1].min() == 255
+    assert out[0, 0].max() == 0
 
 
 # ----------------------------------------------------------------------------- failures
@@ -260,7 +270,8 @@ def test_mask_l_nonzero_is_one(tmp_path: Path) -> None:
     m = np.zeros((5, 6), np.uint8)
     m[1, 1], m[2, 3], m[4, 5] = 255, 1, 7
     out = load_mask(_save(Image.fromarray(m), tmp_path / "m.png"))
-    assert out.dtype == np.uint8 and out.shape == (5, 6)
+    assert out.dtype == np.uint8
+    assert out.shape == (5, 6)
     np.testing.assert_array_equal(out, (m > 0).astype(np.uint8))
 
 
@@ -276,7 +287,10 @@ def test_mask_rgb_any_channel(tmp_path: Path) -> None:
     m[0, 0] = (0, 0, 9)
     m[3, 3] = (255, 255, 255)
     out = load_mask(_save(Image.fromarray(m), tmp_path / "rgb.png"))
-    assert out.shape == (4, 4) and out.sum() == 2 and out[0, 0] == 1 and out[3, 3] == 1
+    assert out.shape == (4, 4)
+    assert out.sum() == 2
+    assert out[0, 0] == 1
+    assert out[3, 3] == 1
 
 
 def test_mask_16bit(tmp_path: Path) -> None:
@@ -284,7 +298,9 @@ def test_mask_16bit(tmp_path: Path) -> None:
     m[1, 2] = 1  # would round to 0 if scaled like an image
     m[3, 0] = 65535
     out = load_mask(_save(Image.fromarray(m), tmp_path / "m16.png"))
-    assert out.sum() == 2 and out[1, 2] == 1 and out[3, 0] == 1
+    assert out.sum() == 2
+    assert out[1, 2] == 1
+    assert out[3, 0] == 1
 
 
 def test_mask_shape_ok_and_mismatch(tmp_path: Path) -> None:
@@ -293,11 +309,13 @@ def test_mask_shape_ok_and_mismatch(tmp_path: Path) -> None:
     with pytest.raises(ImageLoadError) as exc:
         load_mask(p, (12, 8))
     msg = str(exc.value)
-    assert "m_mask.png" in msg and "10x8" in msg and "12x8" in msg
+    assert "m_mask.png" in msg
+    assert "10x8" in msg
+    assert "12x8" in msg
 
 
 def test_mask_errors_name_file(tmp_path: Path) -> None:
     p = tmp_path / "broken_mask.png"
     p.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    with pytest.raises(ImageLoadError, match="broken_mask.png"):
+    with pytest.raises(ImageLoadError, match=r"broken_mask\.png"):
         load_mask(p)

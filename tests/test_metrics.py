@@ -180,7 +180,8 @@ def test_random_scores_give_auroc_about_half() -> None:
 def test_compute_all_without_masks() -> None:
     result = compute_all([0, 1, 0, 1], [0.1, 0.9, 0.2, 0.3])
     assert set(result) == {"image_auroc", "pixel_auroc", "pixel_ap", "aupro", "f1_max"}
-    assert result["image_auroc"] == 1.0 and result["f1_max"] == 1.0
+    assert result["image_auroc"] == 1.0
+    assert result["f1_max"] == 1.0
     assert all(np.isnan(result[k]) for k in ("pixel_auroc", "pixel_ap", "aupro"))
     with pytest.raises(ValueError, match="both masks and maps"):
         compute_all([0, 1], [0.1, 0.2], masks=np.zeros((2, 4, 4)))

@@ -69,7 +69,8 @@ def test_small_banks_not_a_multiple_of_the_groups(precision, rows):
     np.testing.assert_allclose(dist.numpy(), ref_d, rtol=1e-4, atol=1e-4)
     assert (idx < rows).all()
     # a query equal to a bank row finds it at distance 0
-    assert dist[-3:].abs().max() < 1e-4 and idx[-3:].tolist() == ref_i[-3:].tolist()
+    assert dist[-3:].abs().max() < 1e-4
+    assert idx[-3:].tolist() == ref_i[-3:].tolist()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -133,7 +134,9 @@ def test_coreset_covers_data_and_is_deterministic():
     a = coreset_indices(feats, 400, proj_dim=16, seed=0, block=64)
     b = coreset_indices(feats, 400, proj_dim=16, seed=0, block=64)
     assert torch.equal(a, b)
-    assert len(a) == 400 and len(set(a.tolist())) == 400 and torch.all(a[1:] > a[:-1])
+    assert len(a) == 400
+    assert len(set(a.tolist())) == 400
+    assert torch.all(a[1:] > a[:-1])
     # coverage: the coreset's covering radius is far smaller than a random subset's
     rand = torch.randperm(len(feats), generator=gen)[:400]
     radius = torch.cdist(feats, feats[a]).min(1).values.max()

@@ -27,8 +27,10 @@ def fitted(texture_set):
 def test_predict_shapes_and_detection(fitted, texture_set):
     _, test, labels, masks = texture_set
     pred = fitted.predict(test)
-    assert pred.scores.shape == (14,) and pred.scores.dtype == np.float32
-    assert len(pred.maps) == 14 and all(m.shape == (128, 128) for m in pred.maps)
+    assert pred.scores.shape == (14,)
+    assert pred.scores.dtype == np.float32
+    assert len(pred.maps) == 14
+    assert all(m.shape == (128, 128) for m in pred.maps)
     assert image_auroc(labels, pred.scores) >= 0.8  # 14 images: chance is 0.5
     assert pixel_auroc(masks, pred.maps) >= 0.95
     # the image score is the maximum of the smoothed map
@@ -39,12 +41,14 @@ def test_maps_follow_each_input_resolution(fitted, texture_set):
     img = texture_set[1][0]
     big = np.ascontiguousarray(np.repeat(np.repeat(img, 2, 0), 3, 1))  # 256 x 384
     pred = fitted.predict([img, big])
-    assert pred.maps[0].shape == (128, 128) and pred.maps[1].shape == (256, 384)
+    assert pred.maps[0].shape == (128, 128)
+    assert pred.maps[1].shape == (256, 384)
 
 
 def test_memory_is_coreset_of_requested_size(fitted):
     rep = fitted.fit_report
-    assert rep.n_images == 10 and rep.n_patches == 10 * 16 * 16
+    assert rep.n_images == 10
+    assert rep.n_patches == 10 * 16 * 16
     assert fitted.memory.shape == (1500, 24 + 40)  # stages 2 and 3 on the stride-8 grid
     assert not fitted.use_foreground  # a texture: no plain background
     assert set(rep.seconds) == {"features", "coreset", "calibration", "total"}
@@ -64,7 +68,8 @@ def test_calibrated_threshold_is_quantile_of_leave_one_out_scores(fitted, textur
 def test_save_load_round_trip_is_bit_identical(fitted, texture_set, tmp_path):
     fitted.save(tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert meta["method"] == "patchcore" and meta["config"]["image_size"] == 128
+    assert meta["method"] == "patchcore"
+    assert meta["config"]["image_size"] == 128
     loaded = load_detector(tmp_path / "m")
     assert isinstance(loaded, PatchCore)
     assert torch.equal(loaded.memory, fitted.memory)
@@ -117,7 +122,8 @@ def test_one_shot_has_no_threshold(texture_set):
     with pytest.warns(UserWarning, match="cannot calibrate"):
         model = PatchCore(**SMALL, shots=1).fit(texture_set[0], progress=False)
     pred = model.predict(texture_set[1][:2])
-    assert pred.threshold is None and pred.is_defective is None
+    assert pred.threshold is None
+    assert pred.is_defective is None
 
 
 def test_augmented_views_enlarge_the_memory(texture_set):
@@ -232,6 +238,7 @@ def test_hotspot_boxes_cover_the_defect(fitted, texture_set):
     worst = int(np.argmax(pred.scores))
     assert labels[worst] == 1
     boxes = fitted.hotspots(pred.maps[worst], threshold=0.5 * pred.scores[worst])
-    assert boxes and boxes[0].score == pytest.approx(pred.scores[worst])
+    assert boxes
+    assert boxes[0].score == pytest.approx(pred.scores[worst])
     top = boxes[0]
     assert masks[worst][top.y0 : top.y1, top.x0 : top.x1].any()

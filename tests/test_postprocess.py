@@ -26,7 +26,8 @@ def test_blur_of_impulse_sums_to_one_and_matches_scipy() -> None:
     impulse[0, 20, 23] = 1.0
     impulse[1, 10, 30] = 1.0
     out = gaussian_blur(impulse, sigma=2.0)
-    assert out.shape == impulse.shape and out.dtype == torch.float32
+    assert out.shape == impulse.shape
+    assert out.dtype == torch.float32
     assert out[0].sum().item() == pytest.approx(1.0, abs=1e-5)
     expected = ndimage.gaussian_filter(impulse[0].double().numpy(), sigma=2.0, truncate=4.0)
     np.testing.assert_allclose(out[0].numpy(), expected, atol=1e-7)
@@ -58,7 +59,8 @@ def test_blur_sigma_zero_is_identity() -> None:
 def test_resize_map_bilinear_float32() -> None:
     m = np.array([[0.0, 1.0], [2.0, 3.0]])
     out = resize_map(m, (4, 4))
-    assert out.shape == (4, 4) and out.dtype == np.float32
+    assert out.shape == (4, 4)
+    assert out.dtype == np.float32
     # half-pixel centres: the top-left output pixel is the input corner, the next one is 1/4 in
     assert out[0, 0] == pytest.approx(0.0)
     assert out[0, 1] == pytest.approx(0.25)
@@ -104,7 +106,8 @@ def test_hotspots_recover_two_rectangles() -> None:
         Box(x0=40, y0=30, x1=43, y1=45, score=pytest.approx(0.9), area=45),
         Box(x0=10, y0=5, x1=30, y1=15, score=pytest.approx(0.8), area=200),
     ]
-    assert boxes[1].width == 20 and boxes[1].height == 10
+    assert boxes[1].width == 20
+    assert boxes[1].height == 10
     assert len(hotspots(m, 0.5, min_area=1)) == 3
     assert len(hotspots(m, 0.5, min_area=1, top_k=1)) == 1
     assert hotspots(m, 2.0) == []
@@ -146,10 +149,12 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 def test_foreground_of_disc(bright_on_dark: bool) -> None:
     img = disc_image(bright_on_dark)
     mask = foreground_mask(img, margin=0.0)
-    assert mask.dtype == bool and mask.shape == (200, 200)
+    assert mask.dtype == bool
+    assert mask.shape == (200, 200)
     assert iou(mask, disc_truth()) > 0.95
     wider = foreground_mask(img)  # default margin dilates by ~2 px
-    assert wider.sum() > mask.sum() and wider[mask].all()
+    assert wider.sum() > mask.sum()
+    assert wider[mask].all()
 
 
 def test_foreground_fills_holes() -> None:

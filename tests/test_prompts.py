@@ -40,8 +40,10 @@ DEFECT_WORDS = ("scratch", "crack", "hole", "bent", "thread", "contamination", "
 
 def test_ensemble_sizes_and_order():
     normal, anomalous = build_prompts("screw")
-    assert len(WINCLIP.templates) == 22 and len(set(WINCLIP.templates)) == 22
-    assert len(normal) == 7 * 22 and len(anomalous) == 4 * 22
+    assert len(WINCLIP.templates) == 22
+    assert len(set(WINCLIP.templates)) == 22
+    assert len(normal) == 7 * 22
+    assert len(anomalous) == 4 * 22
     # state-major order, template-minor
     assert normal[0] == "a cropped photo of the screw."
     assert normal[22] == "a cropped photo of the flawless screw."
@@ -49,7 +51,8 @@ def test_ensemble_sizes_and_order():
     both_n, both_a = build_prompts("screw", ("winclip", "aaclip"))
     templates = set(WINCLIP.templates) | set(AACLIP.templates)
     states_a = set(WINCLIP.anomalous_states) | set(AACLIP.anomalous_states)
-    assert len(both_n) == 7 * len(templates) and len(both_a) == len(states_a) * len(templates)
+    assert len(both_n) == 7 * len(templates)
+    assert len(both_a) == len(states_a) * len(templates)
     assert len(set(both_n)) == len(both_n)
     assert "a bad photo of a broken screw." in both_a
 
@@ -66,7 +69,8 @@ def test_extra_state_words():
     normal, anomalous = build_prompts(
         "screw", extra_normal=["shiny"], extra_anomalous=["scratched", "{} with a bent tip"]
     )
-    assert len(normal) == 8 * 22 and len(anomalous) == 6 * 22
+    assert len(normal) == 8 * 22
+    assert len(anomalous) == 6 * 22
     assert "a photo of a scratched screw." in anomalous
     assert "a close-up photo of the screw with a bent tip." in anomalous
     assert "a dark photo of a shiny screw." in normal

@@ -58,12 +58,14 @@ def test_report_with_labels_writes_every_file(tmp_path: Path) -> None:
 
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk == summary
-    assert summary["n_images"] == 4 and summary["n_defective"] == 2
+    assert summary["n_images"] == 4
+    assert summary["n_defective"] == 2
     assert summary["n_labelled_defective"] == 2
     expected = compute_all(labels, pred.scores, masks, pred.maps)
     assert summary["metrics"] == pytest.approx(expected)
     assert summary["metrics"]["image_auroc"] == 1.0
-    assert summary["files"]["roc"] == "roc.png" and summary["files"]["overlays"] == "overlays"
+    assert summary["files"]["roc"] == "roc.png"
+    assert summary["files"]["overlays"] == "overlays"
 
     columns, rows = read_csv(tmp_path / "scores.csv")
     assert columns == ["path", "score", "threshold", "is_defective", "label"]
@@ -77,7 +79,8 @@ def test_scores_json_boxes_are_the_hotspots_above_the_pixel_threshold(tmp_path: 
     paths, images, pred, _, _ = make_batch()
     write_report(tmp_path, paths, images, pred)
     data = json.loads((tmp_path / "scores.json").read_text())
-    assert data["threshold"] == 0.5 and data["pixel_threshold"] == 0.5
+    assert data["threshold"] == 0.5
+    assert data["pixel_threshold"] == 0.5
     for i, record in enumerate(data["images"]):
         expected = [b.as_dict() for b in hotspots(pred.maps[i], 0.5)]
         assert record["boxes"] == expected
@@ -91,10 +94,12 @@ def test_scores_json_boxes_are_the_hotspots_above_the_pixel_threshold(tmp_path: 
 def test_report_without_labels_has_no_plots_and_four_csv_columns(tmp_path: Path) -> None:
     paths, images, pred, _, _ = make_batch()
     summary = write_report(tmp_path, paths, images, pred, figures=[True, False, False, True])
-    assert not (tmp_path / "roc.png").exists() and not (tmp_path / "histogram.png").exists()
+    assert not (tmp_path / "roc.png").exists()
+    assert not (tmp_path / "histogram.png").exists()
     assert "metrics" not in summary
     columns, rows = read_csv(tmp_path / "scores.csv")
-    assert columns == ["path", "score", "threshold", "is_defective"] and len(rows) == 4
+    assert columns == ["path", "score", "threshold", "is_defective"]
+    assert len(rows) == 4
     assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == [
         "part_0.png",
         "part_3.png",
@@ -104,11 +109,13 @@ def test_report_without_labels_has_no_plots_and_four_csv_columns(tmp_path: Path)
 def test_report_without_thresholds(tmp_path: Path) -> None:
     paths, images, pred, _, _ = make_batch(2, threshold=None, pixel_threshold=None)
     summary = write_report(tmp_path, paths, images, pred)
-    assert summary["threshold"] is None and summary["n_defective"] is None
+    assert summary["threshold"] is None
+    assert summary["n_defective"] is None
     _, rows = read_csv(tmp_path / "scores.csv")
     assert [r["is_defective"] for r in rows] == ["", ""]
     records = json.loads((tmp_path / "scores.json").read_text())["images"]
-    assert "boxes" not in records[0] and records[0]["is_defective"] is None
+    assert "boxes" not in records[0]
+    assert records[0]["is_defective"] is None
 
 
 def test_writer_in_chunks_equals_one_call(tmp_path: Path) -> None:
@@ -146,11 +153,14 @@ def test_json_helpers_turn_nan_into_null(tmp_path: Path) -> None:
     data = {"a": float("nan"), "b": np.float32(1.5), "c": [np.int64(2), np.inf], "d": Path("p")}
     assert jsonable(data) == {"a": None, "b": 1.5, "c": [2, None], "d": "p"}
     text = write_json(tmp_path / "x" / "f.json", data).read_text()
-    assert "NaN" not in text and json.loads(text)["a"] is None
+    assert "NaN" not in text
+    assert json.loads(text)["a"] is None
 
 
 def test_color_range_centres_on_the_pixel_threshold() -> None:
     lo, hi = color_range(2.0)
-    assert lo < 2.0 < hi and (lo, hi) == (1.0, 2.5)
-    assert color_range(None) == (None, None) and color_range(0.0) == (None, None)
+    assert lo < 2.0 < hi
+    assert (lo, hi) == (1.0, 2.5)
+    assert color_range(None) == (None, None)
+    assert color_range(0.0) == (None, None)
     assert color_range(math.nan) == (None, None)

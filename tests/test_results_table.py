@@ -146,7 +146,8 @@ def test_repository_tables_match_the_json():
 
 def test_readme_keeps_the_setup_commands():
     readme = (REPO / "README.md").read_text()
-    assert "make demo" in readme and "make test" in readme
+    assert "make demo" in readme
+    assert "make test" in readme
 
 
 def test_docs_do_not_speak_of_one_session():

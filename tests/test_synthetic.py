@@ -33,14 +33,17 @@ def test_defect_mask_marks_exactly_the_changed_region(kind: str) -> None:
         before = img.copy()
         out, mask = add_synthetic_defect(img, np.random.default_rng(seed), kind)
         np.testing.assert_array_equal(img, before)  # input untouched
-        assert out.shape == img.shape and out.dtype == np.uint8
-        assert mask.shape == img.shape[:2] and mask.dtype == np.uint8
+        assert out.shape == img.shape
+        assert out.dtype == np.uint8
+        assert mask.shape == img.shape[:2]
+        assert mask.dtype == np.uint8
         assert set(np.unique(mask)) == {0, 1}
         assert AREA_RANGE[0] <= mask.mean() <= AREA_RANGE[1]
         diff = np.abs(out.astype(int) - img.astype(int)).max(axis=2)
         assert (diff[mask == 0] == 0).all()  # outside the mask: bit-identical
         inside = diff[mask == 1]
-        assert inside.mean() > 15 and (inside >= 3).mean() > 0.8  # a visible change
+        assert inside.mean() > 15
+        assert (inside >= 3).mean() > 0.8
 
 
 @pytest.mark.parametrize("kind", [*DEFECT_KINDS, None])
@@ -65,7 +68,8 @@ def test_random_kind_covers_all_kinds() -> None:
 def test_grayscale_input_stays_grayscale() -> None:
     gray = _texture(3)[:, :, 0]
     out, mask = add_synthetic_defect(gray, np.random.default_rng(0), "stain")
-    assert out.shape == gray.shape and mask.any()
+    assert out.shape == gray.shape
+    assert mask.any()
     assert (out[mask == 0] == gray[mask == 0]).all()
 
 
@@ -81,8 +85,10 @@ def test_invalid_inputs() -> None:
 
 def test_perlin_noise_properties() -> None:
     n = perlin_noise((50, 70), (3, 4), np.random.default_rng(0))
-    assert n.shape == (50, 70) and n.dtype == np.float32
-    assert np.abs(n).max() <= 1.5 and n.std() > 0.05
+    assert n.shape == (50, 70)
+    assert n.dtype == np.float32
+    assert np.abs(n).max() <= 1.5
+    assert n.std() > 0.05
     assert np.abs(n[0, 0]) < 1e-6  # zero at grid points
     # smooth: neighbouring pixels differ far less than the overall spread
     assert np.abs(np.diff(n, axis=1)).max() < 0.5 * (n.max() - n.min())
@@ -103,7 +109,9 @@ def test_demo_dataset_layout_and_determinism(tmp_path: Path) -> None:
     assert len(train) == 3
     assert all(s.image.shape == (64, 64, 3) for s in train)
     test = MVTecAD(tmp_path / "a", "gravel", "test")
-    assert len(test) == 7 and sum(test.labels) == 5 and test.has_masks
+    assert len(test) == 7
+    assert sum(test.labels) == 5
+    assert test.has_masks
     assert set(test.defect_types) == {"good", *DEFECT_KINDS}
     for s in test:
         assert s.mask.shape == (64, 64)
@@ -112,7 +120,9 @@ def test_demo_dataset_layout_and_determinism(tmp_path: Path) -> None:
     make_demo_dataset(tmp_path / "b", seed=7, **kw)
     make_demo_dataset(tmp_path / "c", seed=8, **kw)
     a, b, c = (_files(tmp_path / x) for x in "abc")
-    assert len(a) == 2 * (3 + 2 + 5 + 5) and a == b and a != c
+    assert len(a) == 2 * (3 + 2 + 5 + 5)
+    assert a == b
+    assert a != c
 
     make_demo_dataset(tmp_path / "a", seed=8, **kw)  # regenerating replaces the old output
     assert _files(tmp_path / "a") == c
@@ -133,7 +143,8 @@ def test_defect_inside_region(kind: str) -> None:
     region[70:120, 10:60] = True  # about 15 % of the image, off-centre
     for seed in range(6):
         out, mask = add_synthetic_defect(img, np.random.default_rng(seed), kind, region=region)
-        assert mask.any() and (mask.astype(bool) & region).sum() >= 0.5 * mask.sum()
+        assert mask.any()
+        assert (mask.astype(bool) & region).sum() >= 0.5 * mask.sum()
         diff = np.abs(out.astype(int) - img.astype(int)).max(axis=2)
         assert (diff[mask == 0] == 0).all()
 
@@ -143,7 +154,8 @@ def test_tiny_region_cuts_the_defect_to_it() -> None:
     region = np.zeros(img.shape[:2], bool)
     region[60:66, 60:66] = True  # too small for any whole defect: the best one is cut
     out, mask = add_synthetic_defect(img, np.random.default_rng(0), "stain", region=region)
-    assert mask.any() and not (mask.astype(bool) & ~region).any()
+    assert mask.any()
+    assert not (mask.astype(bool) & ~region).any()
     assert (out[mask == 0] == img[mask == 0]).all()
 
 

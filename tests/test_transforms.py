@@ -27,10 +27,12 @@ def test_augmented_views_are_the_hand_made_flips_and_rotations() -> None:
         np.rot90(image, 2),
         np.rot90(image, 3),
     ]
-    assert len(views) == 6 and views[0] is image
+    assert len(views) == 6
+    assert views[0] is image
     for name, view, want in zip(("identity", *AUGMENTATIONS), views, expected, strict=True):
         assert np.array_equal(view, want), name
-        assert view.flags.c_contiguous and view.dtype == np.uint8, name
+        assert view.flags.c_contiguous, name
+        assert view.dtype == np.uint8, name
     assert [v.shape for v in views] == [(6, 9, 3)] * 3 + [(9, 6, 3), (6, 9, 3), (9, 6, 3)]
     np.testing.assert_array_equal(image, before)  # input untouched
 
@@ -49,7 +51,8 @@ def test_augmented_views_keep_the_requested_order_and_reject_unknown_names() -> 
     a = np.arange(12, dtype=np.uint8).reshape(3, 4)
     assert len(augmented_views(a, ())) == 1
     rot, flip = augmented_views(a, ("rot90", "hflip"))[1:]
-    assert np.array_equal(rot, np.rot90(a)) and np.array_equal(flip, a[:, ::-1])
+    assert np.array_equal(rot, np.rot90(a))
+    assert np.array_equal(flip, a[:, ::-1])
     with pytest.raises(ValueError, match="unknown augmentations"):
         augmented_views(a, ("hflip", "twirl"))
 
@@ -66,7 +69,8 @@ def test_augmented_views_keep_the_requested_order_and_reject_unknown_names() -> 
 def test_resize_square_matches_cv2_with_the_interpolation_rule(shape, size, interpolation):
     image = np.random.default_rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8)
     out = resize_square(image, size)
-    assert out.shape == (size, size, 3) and out.dtype == np.uint8
+    assert out.shape == (size, size, 3)
+    assert out.dtype == np.uint8
     np.testing.assert_array_equal(out, cv2.resize(image, (size, size), interpolation=interpolation))
     other = cv2.INTER_LINEAR if interpolation == cv2.INTER_AREA else cv2.INTER_AREA
     assert not np.array_equal(out, cv2.resize(image, (size, size), interpolation=other))

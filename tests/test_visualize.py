@@ -67,21 +67,25 @@ class Panel:
 def test_overlay_is_red_where_the_map_is_high() -> None:
     img, m = gray_image(), hot_map()
     out = overlay_heatmap(img, m)
-    assert out.shape == img.shape and out.dtype == np.uint8
+    assert out.shape == img.shape
+    assert out.dtype == np.uint8
     hot, cold = out[15, 40].astype(int), out[50, 10].astype(int)
     assert hot[0] - hot[2] > 50  # jet's top is (dark) red
     assert cold[2] - cold[0] > 50  # jet's bottom is (dark) blue
     assert not np.array_equal(out[10:20, 30:50], img[10:20, 30:50])
     np.testing.assert_array_equal(overlay_heatmap(img, m, alpha=0.0), img)
     # exact blend: 0.5 * gray 128 + 0.5 * 255 * jet(0 or 1)
-    assert (out[m == 1] == HOT_OVERLAY).all() and (out[m == 0] == COLD_OVERLAY).all()
+    assert (out[m == 1] == HOT_OVERLAY).all()
+    assert (out[m == 0] == COLD_OVERLAY).all()
     # against the overlay of an all-zero map with the same limits, only the hot pixels change
     zero = overlay_heatmap(img, np.zeros_like(m), vmin=0.0, vmax=1.0)
     changed = np.any(overlay_heatmap(img, m, vmin=0.0, vmax=1.0) != zero, axis=2)
     np.testing.assert_array_equal(changed, m > 0)
     # fixed limits: half the maximum is jet's middle (greenish), not its top
     half = overlay_heatmap(img, m * 0.5, vmin=0.0, vmax=1.0)[15, 40].astype(int)
-    assert half[1] > 128 and half[1] > half[0] + 40 and half[1] > half[2] + 20
+    assert half[1] > 128
+    assert half[1] > half[0] + 40
+    assert half[1] > half[2] + 20
 
 
 def test_overlay_resizes_small_maps_and_handles_flat_maps() -> None:
@@ -99,15 +103,19 @@ def test_boxes_drawn_at_the_right_place() -> None:
     box = Box(x0=20, y0=15, x1=41, y1=36, score=0.9, area=100)
     out = draw_boxes(img, [box], color=(0, 255, 0), label_scores=False, thickness=1)
     drawn = np.argwhere(out[..., 1] == 255)
-    assert drawn[:, 0].min() == 15 and drawn[:, 0].max() == 35  # rows y0 .. y1 - 1
-    assert drawn[:, 1].min() == 20 and drawn[:, 1].max() == 40  # columns x0 .. x1 - 1
+    assert drawn[:, 0].min() == 15
+    assert drawn[:, 0].max() == 35
+    assert drawn[:, 1].min() == 20
+    assert drawn[:, 1].max() == 40
     outline = np.zeros((60, 80), bool)  # the outermost pixels of the box, by hand
     outline[[15, 35], 20:41] = True
     outline[15:36, [20, 40]] = True
     np.testing.assert_array_equal(np.any(out != 0, axis=2), outline)
     assert (out[outline] == (0, 255, 0)).all()  # exactly the requested colour
     assert out[25, 30].sum() == 0  # inside untouched
-    assert out[15, 30, 1] == 255 and out[35, 30, 1] == 255 and out[25, 20, 1] == 255
+    assert out[15, 30, 1] == 255
+    assert out[35, 30, 1] == 255
+    assert out[25, 20, 1] == 255
     assert img.sum() == 0  # input not modified
     labelled = draw_boxes(img, [box], color=(0, 255, 0))
     assert labelled[:15, 15:60, 1].max() > 0  # the score is written above the box
@@ -137,7 +145,8 @@ def test_prediction_figure(tmp_path: Path, threshold: float | None) -> None:
         title="bottle/broken_large/000.png",
     )
     with Image.open(path) as im:
-        assert im.format == "PNG" and im.size == (1350, 480)
+        assert im.format == "PNG"
+        assert im.size == (1350, 480)
     png = read_png(path)
 
     # title: the verdict colour (score 1.0 >= 0.5 or 1.0: defective, < 2.0: OK, else black)
@@ -148,9 +157,12 @@ def test_prediction_figure(tmp_path: Path, threshold: float | None) -> None:
 
     # panel 1: the image itself (gray), outlined in lime along the mask edge when a mask is given
     image = Panel(png, GRAY, slice(0, 450), (64, 80))
-    assert 4.5 < image.sx < 5.5 and abs(image.sx - image.sy) < 0.1  # ~5 px a pixel, square
-    assert (image.at(15.5, 40.5) == GRAY).all() and (image.at(45.5, 10.5) == GRAY).all()
-    assert (image.at(55.5, 67.5) == 0).all() and (image.at(5.5, 10.5) == GRAY).all()
+    assert 4.5 < image.sx < 5.5
+    assert abs(image.sx - image.sy) < 0.1
+    assert (image.at(15.5, 40.5) == GRAY).all()
+    assert (image.at(45.5, 10.5) == GRAY).all()
+    assert (image.at(55.5, 67.5) == 0).all()
+    assert (image.at(5.5, 10.5) == GRAY).all()
     edges = [(10, 40), (20, 40), (15, 30), (15, 50)]  # middles of the mask's four edges
     for y, x in edges:
         lime = np.all(np.abs(image.near(y, x) - LIME) <= 60, axis=1).any()
@@ -166,11 +178,13 @@ def test_prediction_figure(tmp_path: Path, threshold: float | None) -> None:
     assert (overlay.at(55.5, 67.5) == (0, 0, 64)).all()  # black block under jet's blue
     for y, x in [(10.5, 40.5), (19.5, 40.5), (15.5, 30.5), (15.5, 49.5)]:  # box edge pixels
         assert (overlay.at(y, x) == WHITE).all(), (y, x)
-    assert (overlay.at(8.5, 40.5) != WHITE).any() and (overlay.at(21.5, 40.5) != WHITE).any()
+    assert (overlay.at(8.5, 40.5) != WHITE).any()
+    assert (overlay.at(21.5, 40.5) != WHITE).any()
 
     # panel 3: the raw map in jet: dark red where it is high, dark blue where it is 0
     raw = Panel(png, (0, 0, 127), slice(880, 1270), (64, 80))
-    assert (raw.at(15.5, 40.5) == (127, 0, 0)).all() and (raw.at(45.5, 10.5) == (0, 0, 127)).all()
+    assert (raw.at(15.5, 40.5) == (127, 0, 0)).all()
+    assert (raw.at(45.5, 10.5) == (0, 0, 127)).all()
 
 
 def test_roc_and_histogram(tmp_path: Path) -> None:

@@ -12,21 +12,21 @@ import torch.nn.functional as F
 
 pytest.importorskip("transformers")
 
-from anomalens import testing as tm  # noqa: E402
-from anomalens.backbones.clip import CLIPBackbone  # noqa: E402
-from anomalens.backbones.siglip import SigLIPBackbone  # noqa: E402
-from anomalens.errors import TextTowerMissingError  # noqa: E402
-from anomalens.methods import WinCLIP, WinCLIPConfig, create_detector, load_detector  # noqa: E402
-from anomalens.methods.base import select_shots  # noqa: E402
-from anomalens.methods.winclip import (  # noqa: E402
+from anomalens import testing as tm
+from anomalens.backbones.clip import CLIPBackbone
+from anomalens.backbones.siglip import SigLIPBackbone
+from anomalens.errors import TextTowerMissingError
+from anomalens.methods import WinCLIP, WinCLIPConfig, create_detector, load_detector
+from anomalens.methods.base import select_shots
+from anomalens.methods.winclip import (
     anomaly_probability,
     fuse,
     fuse_and_normalize,
     harmonic_aggregation,
     window_indices,
 )
-from anomalens.postprocess import gaussian_blur  # noqa: E402
-from anomalens.prompts import build_prompts  # noqa: E402
+from anomalens.postprocess import gaussian_blur
+from anomalens.prompts import build_prompts
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,8 @@ def spec_of(kind, clip_dir, siglip_dir):
 def test_window_indices():
     idx = window_indices((4, 4), 2)
     assert idx.shape == (9, 4)
-    assert idx[0].tolist() == [0, 1, 4, 5] and idx[-1].tolist() == [10, 11, 14, 15]
+    assert idx[0].tolist() == [0, 1, 4, 5]
+    assert idx[-1].tolist() == [10, 11, 14, 15]
     idx = window_indices((3, 5), 3)
     assert idx.tolist() == [[s + o for o in (0, 1, 2, 5, 6, 7, 10, 11, 12)] for s in (0, 1, 2)]
     with pytest.raises(ValueError, match="does not fit"):
@@ -126,7 +127,8 @@ def test_fuse_and_normalize_by_hand():
     np.testing.assert_allclose(z, (expected - median) / (1.4826 * mad), rtol=1e-4, atol=1e-4)
     # no foreground mask, memory only
     score, fused = fuse_and_normalize(None, memory, None, None, (0.3, 0.7), normalize=False)
-    assert score == pytest.approx(0.9) and np.array_equal(fused, memory)
+    assert score == pytest.approx(0.9)
+    assert np.array_equal(fused, memory)
 
 
 # ------------------------------------------------------------------------ window embeddings
@@ -217,12 +219,15 @@ def test_token_variant_matches_plain_reference(clip_dir):
     good, test = tm.images(3, seed=1), tm.images(2, seed=2, shape=(37, 45))
     cfg = dict(precision="fp32", search_precision="fp32", foreground="off", sigma=1.5)
     det = WinCLIP(backbone=f"clip:{clip_dir}", class_name="screw", **cfg).fit(good, False)
-    assert det.use_text and det.use_memory and det.memory.shape == (3 * 16, 4 * 32)
+    assert det.use_text
+    assert det.use_memory
+    assert det.memory.shape == (3 * 16, 4 * 32)
     pred = det.predict(test)
     ref_scores, ref_maps = reference_token_prediction(clip_dir, good, test, 1.5)
     np.testing.assert_allclose(pred.scores, ref_scores, rtol=1e-5, atol=1e-6)
     for got, ref in zip(pred.maps, ref_maps, strict=True):
-        assert got.shape == (37, 45) and got.dtype == np.float32
+        assert got.shape == (37, 45)
+        assert got.dtype == np.float32
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
 
 
@@ -266,13 +271,16 @@ def test_zero_shot_predict_runs_no_text_encoder(kind, scoring, clip_dir, siglip_
     original = bb.encode_text
     monkeypatch.setattr(bb, "encode_text", lambda p: calls.append(len(p)) or original(p))
     det.fit(tm.images(4), progress=False)  # shots=0 ignores the images
-    assert calls == [7 * 22 + 4 * 22] and det.n_shots == 0 and not det.use_memory
+    assert calls == [7 * 22 + 4 * 22]
+    assert det.n_shots == 0
+    assert not det.use_memory
     assert det.anchors.shape == (2, bb.embed_dim)
     torch.testing.assert_close(det.anchors.norm(dim=-1), torch.ones(2))
     monkeypatch.setattr(bb, "encode_text", lambda p: pytest.fail("predict encoded text"))
     imgs = tm.object_images(2, size=40) + tm.images(1, shape=(30, 50))
     pred = det.predict(imgs)
-    assert pred.scores.shape == (3,) and pred.threshold is None
+    assert pred.scores.shape == (3,)
+    assert pred.threshold is None
     assert [m.shape for m in pred.maps] == [(40, 40), (40, 40), (30, 50)]
     assert all(np.isfinite(m).all() for m in pred.maps)
     # the image score is the text probability of the global embedding, in (0, 1)
@@ -283,7 +291,8 @@ def test_zero_shot_predict_runs_no_text_encoder(kind, scoring, clip_dir, siglip_
     assert len(calls) == 1
     det.config.class_name = "widget"
     det.fit([], progress=False)
-    assert len(calls) == 2 and "a photo of a widget." in det.prompts["normal"]
+    assert len(calls) == 2
+    assert "a photo of a widget." in det.prompts["normal"]
 
 
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
@@ -299,18 +308,22 @@ def test_save_load_round_trip(kind, scoring, clip_dir, siglip_dir, tmp_path):
     before = det.predict(test)
     det.save(tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert meta["method"] == "winclip" and meta["branches"] == {"text": True, "memory": True}
+    assert meta["method"] == "winclip"
+    assert meta["branches"] == {"text": True, "memory": True}
     assert meta["prompts"]["anomalous"][0] == "a cropped photo of the damaged screw."
     loaded = load_detector(tmp_path / "m")
-    assert isinstance(loaded, WinCLIP) and loaded.config == det.config
-    assert torch.equal(loaded.anchors, det.anchors) and torch.equal(loaded.memory, det.memory)
+    assert isinstance(loaded, WinCLIP)
+    assert loaded.config == det.config
+    assert torch.equal(loaded.anchors, det.anchors)
+    assert torch.equal(loaded.memory, det.memory)
     for a, b in zip(loaded.window_memory or [], det.window_memory or [], strict=True):
         assert torch.equal(a, b)
     assert vars(loaded.calibration) == vars(det.calibration)
     after = loaded.predict(test)
     assert np.array_equal(after.scores, before.scores)
     assert all(np.array_equal(a, b) for a, b in zip(after.maps, before.maps, strict=True))
-    assert after.threshold == before.threshold and after.pixel_threshold == before.pixel_threshold
+    assert after.threshold == before.threshold
+    assert after.pixel_threshold == before.pixel_threshold
 
 
 def test_same_seed_same_numbers(clip_dir):
@@ -323,11 +336,14 @@ def test_same_seed_same_numbers(clip_dir):
         return det, det.predict(test)
 
     (d1, p1), (d2, p2), (d3, _) = run(0), run(0), run(1)
-    assert torch.equal(d1.memory, d2.memory) and np.array_equal(p1.scores, p2.scores)
+    assert torch.equal(d1.memory, d2.memory)
+    assert np.array_equal(p1.scores, p2.scores)
     assert all(np.array_equal(a, b) for a, b in zip(p1.maps, p2.maps, strict=True))
-    assert d1.n_shots == 2 and d1.memory.shape[0] == 2 * 16
+    assert d1.n_shots == 2
+    assert d1.memory.shape[0] == 2 * 16
     # the shots are select_shots(6, 2, seed): [3, 4] for seed 0, [2, 3] for seed 1
-    assert select_shots(6, 2, 0) == [3, 4] and select_shots(6, 2, 1) == [2, 3]
+    assert select_shots(6, 2, 0) == [3, 4]
+    assert select_shots(6, 2, 1) == [2, 3]
     assert torch.equal(run(0, None, [good[3], good[4]])[0].memory, d1.memory)
     assert torch.equal(run(0, None, [good[2], good[3]])[0].memory, d3.memory)
 
@@ -348,7 +364,8 @@ def test_leave_one_out_thresholds_match_refits(clip_dir):
     assert det.calibration.pixel_threshold == pytest.approx(float(np.median(maxima)), rel=1e-4)
     with pytest.warns(UserWarning, match="leave-one-out"):
         one = WinCLIP(**cfg).fit(good[:1], progress=False)
-    assert one.threshold is None and one.predict(good[1:2]).threshold is None
+    assert one.threshold is None
+    assert one.predict(good[1:2]).threshold is None
 
 
 def test_missing_text_tower_is_a_clear_error(dino_dir):
@@ -356,7 +373,8 @@ def test_missing_text_tower_is_a_clear_error(dino_dir):
         det = create_detector("winclip", backbone=spec, image_size=64, shots=0)
         with pytest.raises(TextTowerMissingError, match="text tower") as info:
             det.fit(tm.images(2), progress=False)
-        assert spec in str(info.value) and isinstance(info.value, ValueError)
+        assert spec in str(info.value)
+        assert isinstance(info.value, ValueError)
         with pytest.raises(TextTowerMissingError, match=spec):
             create_detector("winclip", backbone=spec, image_size=64).fit([], progress=False)
 
@@ -364,10 +382,13 @@ def test_missing_text_tower_is_a_clear_error(dino_dir):
 def test_memory_only_on_a_vision_backbone(dino_dir):
     with pytest.warns(UserWarning, match="no text tower"):
         det = WinCLIP(backbone=f"dinov2:{dino_dir}").fit(tm.images(3), progress=False)
-    assert not det.use_text and det.use_memory and det.anchors is None
+    assert not det.use_text
+    assert det.use_memory
+    assert det.anchors is None
     test = tm.images(2, seed=8)
     pred = det.predict(test)
-    assert pred.scores.shape == (2,) and pred.threshold is not None
+    assert pred.scores.shape == (2,)
+    assert pred.threshold is not None
     # memory only: the score is the largest smoothed memory distance, (1 - cos) / 2. The good
     # images' own patches are in the memory: distance 0 everywhere
     np.testing.assert_allclose(det.predict(tm.images(3)).scores, 0.0, atol=1e-6)
@@ -388,18 +409,19 @@ def test_config_validation_and_cli_options(clip_dir):
     det = create_detector(
         "winclip", backbone=f"clip:{clip_dir}", class_name="metal nut", shots=0, seed=3
     )
-    assert isinstance(det.config, WinCLIPConfig) and det.config.shots == 0
+    assert isinstance(det.config, WinCLIPConfig)
+    assert det.config.shots == 0
     det.fit([], progress=False)
     assert "a photo of a flawless metal nut." in det.prompts["normal"]
-    for bad in (
-        dict(scoring="sliding"),
-        dict(prompts=("nope",)),
-        dict(text_weight=0, memory_weight=0),
-        dict(shots=-1),
-        dict(precision="fp16"),
-        dict(temperature=0),
+    for bad, message in (
+        (dict(scoring="sliding"), "scoring must be one of"),
+        (dict(prompts=("nope",)), "unknown prompt ensembles"),
+        (dict(text_weight=0, memory_weight=0), "cannot both be 0"),
+        (dict(shots=-1), "shots must be >= 0"),
+        (dict(precision="fp16"), "precision must be one of"),
+        (dict(temperature=0), "temperature must be > 0"),
     ):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=message):
             WinCLIPConfig(**bad)
     assert WinCLIPConfig(prompts="aaclip").prompts == ("aaclip",)
 
@@ -432,7 +454,8 @@ def test_download_once_then_zero_shot_offline(clip_dir, tmp_path, monkeypatch, c
     target.mkdir(parents=True)
     assert dl.main(["clip:org/tiny-clip", str(target)]) == 0
     out = capsys.readouterr().out
-    assert f"--backbone clip:{target}" in out and requested["repo"] == "org/tiny-clip"
+    assert f"--backbone clip:{target}" in out
+    assert requested["repo"] == "org/tiny-clip"
     assert "pytorch_model.bin" not in requested["patterns"]  # safetensors exist
     assert sorted(p.name for p in target.iterdir()) == sorted(p.name for p in clip_dir.iterdir())
     # from now on the folder works offline: zero-shot fit + predict

@@ -18,14 +18,14 @@ __all__ = [
     "FOREGROUND_MODES",
     "Box",
     "foreground_mask",
-    "has_plain_background",
-    "patch_masks",
-    "soft_foreground",
-    "use_foreground",
     "gaussian_blur",
+    "has_plain_background",
     "hotspots",
+    "patch_masks",
     "resize_map",
     "robust_normalize",
+    "soft_foreground",
+    "use_foreground",
 ]
 
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation

@@ -87,7 +87,7 @@ class EfficientNetLite(Backbone):
             for i, block in enumerate(net._blocks)
             if block._block_args.input_filters != block._block_args.output_filters
         ]
-        self._stage_ends = starts[1:] + [len(net._blocks)]  # blocks run before stage s ends
+        self._stage_ends = [*starts[1:], len(net._blocks)]  # blocks run before stage s ends
 
     def grid(self, layer: int | None = None, image_size: int | None = None) -> tuple[int, int]:
         """Spatial size ``(h, w)`` of stage ``layer``'s map (None: the last default tap) for a

@@ -58,7 +58,7 @@ TOKENIZER_FILES = (
 _TRUE = {"1", "on", "yes", "true"}
 
 
-class _NotAvailable(Exception):
+class _NotAvailableError(Exception):
     """Internal: loading failed because files are missing or unreachable."""
 
 
@@ -313,7 +313,7 @@ def quarter_layers(num_layers: int) -> tuple[int, ...]:
     return tuple(sorted({max(1, round(num_layers * k / 4)) for k in (1, 2, 3, 4)}))
 
 
-class _StopForward(Exception):
+class _StopForwardError(Exception):
     """Raised by a hook once the deepest requested block has run."""
 
 
@@ -423,7 +423,7 @@ class HFViTBackbone(Backbone):
             def hook(_module: nn.Module, _args: Any, output: Any) -> None:
                 captured[i] = output[0] if isinstance(output, tuple | list) else output
                 if i == stop_at:
-                    raise _StopForward
+                    raise _StopForwardError
 
             return hook
 
@@ -432,7 +432,7 @@ class HFViTBackbone(Backbone):
         out = None
         try:
             with self.run_context(grad), self.autocast():
-                with contextlib.suppress(_StopForward):
+                with contextlib.suppress(_StopForwardError):
                     out = self._vision_forward(pixels.float())
                 glob = self._global_embedding(out) if with_global else None
         finally:

@@ -45,4 +45,4 @@ def spread_indices(n: int, count: int) -> list[int]:
     ``count >= 2`` (sorted, without repeats)."""
     if n <= 0 or count <= 0:
         return []
-    return sorted({int(round(x)) for x in np.linspace(0, n - 1, min(n, count))})
+    return sorted({round(x) for x in np.linspace(0, n - 1, min(n, count))})

@@ -42,8 +42,8 @@ def create_detector(method: str, **options: Any) -> Detector:
 
 __all__ = [
     "AACLIP",
-    "AACLIPConfig",
     "METHODS",
+    "AACLIPConfig",
     "AnomalyDINO",
     "AnomalyDINOConfig",
     "Detector",

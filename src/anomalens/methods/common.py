@@ -179,7 +179,8 @@ class MemoryDetector(Detector):
     def save(self, folder: str | Path) -> Path:
         """Write ``config.json`` + ``model.safetensors`` (the memory, float32)."""
         self._require_fitted()
-        assert self.memory is not None and self.grid is not None
+        assert self.memory is not None
+        assert self.grid is not None
         return self._write(
             folder,
             {"memory": self.memory},

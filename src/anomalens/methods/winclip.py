@@ -346,7 +346,8 @@ class WinCLIP(Detector):
                 mf = Features([by_layer[k] for k in m_layers], [grids[k] for k in m_layers])
                 enc.feats = pool_patches(mf, c.neighbourhood, normalize=True)
             if text:
-                assert self.anchors is not None and feats.global_embedding is not None
+                assert self.anchors is not None
+                assert feats.global_embedding is not None
                 scale = self._scale()
                 glob = F.normalize(feats.global_embedding, dim=-1)
                 enc.text_score = anomaly_probability(glob, self.anchors, scale)
@@ -361,7 +362,8 @@ class WinCLIP(Detector):
             if memory:
                 enc.windows = wins
             if text:
-                assert self.anchors is not None and enc.text_score is not None
+                assert self.anchors is not None
+                assert enc.text_score is not None
                 scale = self._scale()
                 scales = [enc.text_score.view(-1, 1, 1).expand(-1, *self.grid)]
                 for emb, idx in zip(wins, self._windows(), strict=True):
@@ -402,7 +404,8 @@ class WinCLIP(Detector):
         dist = bank.cosine_distance(enc.feats.reshape(-1, dim), hidden(self._sources))
         maps = [dist.view(b, h, w) / 2]
         if self.config.scoring == "windows":
-            assert enc.windows is not None and window_banks is not None
+            assert enc.windows is not None
+            assert window_banks is not None
             sources = self._window_sources or [None] * len(window_banks)
             for emb, wbank, src, idx in zip(
                 enc.windows, window_banks, sources, self._windows(), strict=True

@@ -48,12 +48,12 @@ __all__ = [
     "ANCHOR_SOURCES",
     "IMAGE_SCORES",
     "TRAINING_MODES",
+    "UNTRAINED_MESSAGE",
     "AACLIPConfig",
     "AdaptedModel",
     "ImageFeatures",
     "TrainConfig",
     "TrainResult",
-    "UNTRAINED_MESSAGE",
     "UntrainedError",
     "train_aaclip",
 ]
