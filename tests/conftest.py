@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from anomalens.cli import main
@@ -91,25 +93,48 @@ def cli_benchmark(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     out = tmp_path_factory.mktemp("cli_bench")
     stdout = io.StringIO()  # session fixtures cannot use capsys
     with contextlib.redirect_stdout(stdout):
+        argv = ["benchmark", "--dataset", "mvtec", "--root", str(demo_root), "--output", str(out)]
         code = main(
-            [
-                "benchmark",
-                "--dataset",
-                "mvtec",
-                "--root",
-                str(demo_root),
-                "--output",
-                str(out),
-                "--category",
-                DEMO_TEXTURE,
-                "--save-maps",
-                "2",
-                "--no-progress",
-                *TINY_FLAGS,
-            ]
+            [*argv, "--category", DEMO_TEXTURE, "--save-maps", "2", "--no-progress", *TINY_FLAGS]
         )
     assert code == 0
     return out, stdout.getvalue()
+
+
+# ------------------------------------------------------------------------ shared checks
+
+
+def assert_no_text_tower(bb, width: int) -> None:
+    """Every text-tower method of a vision-only backbone raises TextTowerMissingError naming
+    the backbone; ``width`` is the channel count of its tokens."""
+    from anomalens.errors import TextTowerMissingError
+
+    calls = [
+        lambda: bb.encode_text(["a cat"]),
+        lambda: bb.project_tokens(torch.zeros(1, 4, width)),
+        bb.logit_scale,
+        bb.text_dims,
+        lambda: bb.text_layer_module(1),
+    ]
+    for call in calls:
+        with pytest.raises(TextTowerMissingError, match="no text tower") as info:
+            call()
+        assert bb.name in str(info.value)
+    assert not bb.has_text
+    assert not bb.supports_windows
+
+
+def save_and_reload(detector: Detector, folder: Path) -> tuple[dict, Detector]:
+    """``(config.json as a dict, the detector loaded back)`` after ``detector.save(folder)``;
+    checks the method name and the class of the loaded detector."""
+    from anomalens.methods import load_detector
+
+    detector.save(folder)
+    meta = json.loads((folder / "config.json").read_text())
+    assert meta["method"] == detector.method
+    loaded = load_detector(folder)
+    assert type(loaded) is type(detector)
+    return meta, loaded
 
 
 # ------------------------------------------------------------------------ CSV / PNG readers

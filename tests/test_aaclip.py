@@ -367,22 +367,8 @@ def test_cli_train_then_benchmark_with_checkpoint(demo_root, tmp_path, capsys):
     assert (ckpt / "model.safetensors").is_file()
     assert (ckpt / LAST_DIR / "state.json").is_file()
     bench = tmp_path / "bench"
-    code = main(
-        [
-            "benchmark",
-            "--dataset",
-            "mvtec",
-            "--root",
-            str(demo_root),
-            "--method",
-            "aaclip",
-            "--checkpoint",
-            str(ckpt),
-            "--output",
-            str(bench),
-            "--no-progress",
-        ]
-    )
+    flags = ["--method", "aaclip", "--checkpoint", str(ckpt), "--output", str(bench)]
+    code = main(["benchmark", "--dataset", "mvtec", "--root", str(demo_root), *flags])
     assert code == 0
     results = json.loads((bench / "results.json").read_text())
     row = results["categories"]["brick"]

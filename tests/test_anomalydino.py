@@ -3,7 +3,6 @@ present, real MVTec AD screw images."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -12,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import save_and_reload
 
 pytest.importorskip("transformers")
 
 from anomalens import testing as tm
 from anomalens.backbones.base import Features
 from anomalens.backbones.dinov2 import DINOv2Backbone
-from anomalens.methods import AnomalyDINO, WinCLIP, create_detector, load_detector
+from anomalens.methods import AnomalyDINO, WinCLIP, create_detector
 from anomalens.methods.anomalydino import AnomalyDINOConfig
 from anomalens.methods.common import pool_patches, top_fraction_mean
 from anomalens.metrics import compute_all, image_auroc, pixel_auroc
@@ -153,12 +153,8 @@ def test_save_load_round_trip_and_determinism(dino_dir, tmp_path):
     good, test = tm.images(5, seed=3), tm.images(2, seed=4)
     det = AnomalyDINO(backbone=f"dinov2:{dino_dir}", shots=3, seed=1).fit(good, False)
     before = det.predict(test)
-    det.save(tmp_path / "m")
-    meta = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert meta["method"] == "anomalydino"
+    meta, loaded = save_and_reload(det, tmp_path / "m")
     assert meta["config"]["shots"] == 3
-    loaded = load_detector(tmp_path / "m")
-    assert isinstance(loaded, AnomalyDINO)
     assert loaded.config == det.config
     assert torch.equal(loaded.memory, det.memory)
     after = loaded.predict(test)

@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+from conftest import assert_no_text_tower
 
 from anomalens import testing as tm
 
@@ -16,7 +17,7 @@ from anomalens.backbones.clip import CLIPBackbone  # noqa: E402
 from anomalens.backbones.dinov2 import DINOv2Backbone  # noqa: E402
 from anomalens.backbones.hf import IMAGENET_MEAN, SIGLIP_MEAN, quarter_layers  # noqa: E402
 from anomalens.backbones.siglip import SigLIPBackbone  # noqa: E402
-from anomalens.errors import ModelNotAvailableError, TextTowerMissingError  # noqa: E402
+from anomalens.errors import ModelNotAvailableError  # noqa: E402
 from anomalens.methods.winclip import window_indices  # noqa: E402
 
 WORDS = ["a", "photo", "of", "cat", "dog", "damaged", "flawless", "object", "scratch"]
@@ -181,23 +182,7 @@ def test_dinov2_drops_cls_and_registers(dino_dir):
     assert ref.hidden_states[-1].shape[1] == 16 + 1 + registers
     _check_tokens(bb, feats, ref.hidden_states, (2, 4), 1 + registers, (4, 4))
     torch.testing.assert_close(feats.global_embedding, ref.pooler_output)
-    _check_no_text(bb)
-
-
-def _check_no_text(bb):
-    calls = [
-        lambda: bb.encode_text(["a cat"]),
-        lambda: bb.project_tokens(torch.zeros(1, 4, 32)),
-        bb.logit_scale,
-        bb.text_dims,
-        lambda: bb.text_layer_module(1),
-    ]
-    for call in calls:
-        with pytest.raises(TextTowerMissingError, match="no text tower") as info:
-            call()
-        assert bb.name in str(info.value)
-    assert not bb.has_text
-    assert not bb.supports_windows
+    assert_no_text_tower(bb, 32)
 
 
 @pytest.mark.parametrize("cls", [CLIPBackbone, SigLIPBackbone, DINOv2Backbone])

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import save_and_reload
 
 from anomalens.data.synthetic import _good_view, _load_texture
 from anomalens.errors import CheckpointError, NotFittedError
@@ -66,12 +66,8 @@ def test_calibrated_threshold_is_quantile_of_leave_one_out_scores(fitted, textur
 
 
 def test_save_load_round_trip_is_bit_identical(fitted, texture_set, tmp_path):
-    fitted.save(tmp_path / "m")
-    meta = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert meta["method"] == "patchcore"
+    meta, loaded = save_and_reload(fitted, tmp_path / "m")
     assert meta["config"]["image_size"] == 128
-    loaded = load_detector(tmp_path / "m")
-    assert isinstance(loaded, PatchCore)
     assert torch.equal(loaded.memory, fitted.memory)
     a, b = fitted.predict(texture_set[1]), loaded.predict(texture_set[1])
     np.testing.assert_array_equal(a.scores, b.scores)

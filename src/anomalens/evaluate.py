@@ -50,6 +50,7 @@ from anomalens.methods import METHODS, create_detector
 from anomalens.methods.base import Detector, checkpoint_method, config_to_dict, load_detector
 from anomalens.metrics import compute_all
 from anomalens.report import ReportWriter, write_json
+from anomalens.runtime import cpu_isa
 
 __all__ = [
     "METRIC_KEYS",
@@ -204,25 +205,6 @@ def environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "date": dt.datetime.now(dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
     }
-
-
-def cpu_isa() -> str:
-    """The CPU's fastest bf16 path: ``AMX``, ``AVX512-BF16``, else torch's CPU capability
-    (e.g. ``AVX2``); the same code can run several times slower on one than another."""
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    if "amx_bf16" in flags:
-        return "AMX"
-    if "avx512_bf16" in flags:
-        return "AVX512-BF16"
-    return str(torch.backends.cpu.get_cpu_capability())
 
 
 def _cpu_model() -> str:

@@ -22,6 +22,7 @@ only when the product's rounding hides the true neighbour from the shortlist (bf
 * ``precision="bf16"``: the product runs in bfloat16 (several times faster than float32 on
   CPUs with AVX512-BF16 or AMX; docs/benchmarks.md).
 * ``precision="fp32"``: the product runs in float32.
+* ``precision="auto"``: bf16 where the CPU computes it natively (AVX512-BF16, AMX), else fp32.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from anomalens.backbones.base import check_precision
+from anomalens.backbones.base import resolve_precision
 
 #: Queries per product (the fastest chunk for a 10240-row bank; docs/benchmarks.md).
 QUERY_CHUNK = 512
@@ -48,12 +49,12 @@ def _split(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 class MemoryBank:
     """Float32 memory ``[M, D]`` prepared for repeated nearest-neighbour queries."""
 
-    def __init__(self, features: torch.Tensor, precision: str = "bf16", rerank: int = 4) -> None:
+    def __init__(self, features: torch.Tensor, precision: str = "auto", rerank: int = 4) -> None:
         if features.ndim != 2 or features.shape[0] == 0:
             raise ValueError(
                 f"memory bank must be a non-empty [M, D] tensor, got {tuple(features.shape)}"
             )
-        check_precision(precision, "search precision")
+        precision = resolve_precision(precision, "search precision")
         self.features = features.float().contiguous()
         self.precision = precision
         self.rerank = max(1, int(rerank))

@@ -48,3 +48,29 @@ def keep_freed_memory() -> bool:
         mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
     return _applied
+
+
+def cpu_isa() -> str:
+    """The CPU's fastest bf16 path: ``AMX``, ``AVX512-BF16``, else torch's CPU capability
+    (e.g. ``AVX2``, which has no native bf16: bf16 work is emulated and many times slower)."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    if "amx_bf16" in flags:
+        return "AMX"
+    if "avx512_bf16" in flags:
+        return "AVX512-BF16"
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
+def native_bf16() -> bool:
+    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX)."""
+    return cpu_isa() in ("AMX", "AVX512-BF16")

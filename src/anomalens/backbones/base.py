@@ -17,14 +17,24 @@ from torch import nn
 from anomalens.data.transforms import resize_square
 from anomalens.errors import TextTowerMissingError
 
-#: Backbone precisions: float32, or bfloat16 autocast on CPU.
-PRECISIONS = ("fp32", "bf16")
+#: Precisions: ``auto`` (bf16 where the CPU computes it natively, AVX512-BF16 or AMX; else
+#: fp32, since emulated bf16 is many times slower), float32, or bfloat16 autocast on CPU.
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def check_precision(precision: str, name: str = "precision") -> str:
     """Return ``precision`` if it is one of :data:`PRECISIONS`, else raise ValueError."""
     if precision not in PRECISIONS:
         raise ValueError(f"{name} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def resolve_precision(precision: str, name: str = "precision") -> str:
+    """``fp32`` or ``bf16`` for a :data:`PRECISIONS` value (``auto`` decided by the CPU)."""
+    from anomalens.runtime import native_bf16
+
+    if check_precision(precision, name) == "auto":
+        return "bf16" if native_bf16() else "fp32"
     return precision
 
 

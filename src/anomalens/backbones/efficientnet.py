@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelNotAvailableError
-from .base import Backbone, Features, check_precision
+from .base import Backbone, Features, resolve_precision
 
 # Stage index -> (stride, channels) for Lite0; Lite2 widens channels. A stage is a run of
 # MBConv blocks with one output resolution (7 stages in EfficientNet).
@@ -72,7 +72,7 @@ class EfficientNetLite(Backbone):
         self.name = model_name
         self.variant = variant
         self.image_size = int(image_size)
-        self.precision = check_precision(precision)
+        self.precision = resolve_precision(precision)
         self.default_layers = self.resolve_layers(layers) if layers is not None else (3, 5)
         # Static "same" padding computed for the real input size (also what ONNX export needs).
         net = EfficientNet.from_name(model_name, image_size=self.image_size)

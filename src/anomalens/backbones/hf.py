@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from anomalens.backbones.base import Backbone, Features, check_precision
+from anomalens.backbones.base import Backbone, Features, resolve_precision
 from anomalens.errors import ModelNotAvailableError
 
 HUB_PROBE_TIMEOUT = 3.0
@@ -352,7 +352,7 @@ class HFViTBackbone(Backbone):
         layers: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        self.precision = check_precision(precision)
+        self.precision = resolve_precision(precision)
         self.model_id = str(model_id)
         self.name = f"{self.kind}:{model_id}"
         self.model = load_pretrained(self._model_class(), self.model_id, self.kind)

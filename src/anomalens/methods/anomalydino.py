@@ -27,12 +27,7 @@ from tqdm import tqdm
 
 from anomalens.backbones.base import Features
 from anomalens.data.transforms import augmented_views, resize_square
-from anomalens.methods.base import (
-    FitReport,
-    Prediction,
-    batches,
-    select_shots,
-)
+from anomalens.methods.base import FitReport, Prediction, batches, select_shots
 from anomalens.methods.common import (
     MemoryConfig,
     MemoryDetector,

@@ -47,7 +47,7 @@ class DetectorConfig:
 
     backbone: str = DEFAULT_BACKBONE
     image_size: int | None = None
-    precision: str = "bf16"
+    precision: str = "auto"
     shots: int | None = None
     seed: int = 0
     batch_size: int = 8

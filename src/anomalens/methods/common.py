@@ -139,7 +139,7 @@ class MemoryConfig(DetectorConfig):
     layers: tuple[int, ...] | None = None
     neighbourhood: int = 1
     memory_size: int | None = None
-    search_precision: str = "bf16"
+    search_precision: str = "auto"
     sigma: float = 4.0
     foreground: str = "auto"
     augment: tuple[str, ...] = ()

@@ -30,13 +30,7 @@ import torch
 from tqdm import tqdm
 
 from anomalens.data.transforms import augmented_views
-from anomalens.methods.base import (
-    Calibration,
-    FitReport,
-    Prediction,
-    batches,
-    select_shots,
-)
+from anomalens.methods.base import Calibration, FitReport, Prediction, batches, select_shots
 from anomalens.methods.common import (
     MemoryConfig,
     MemoryDetector,

@@ -196,7 +196,7 @@ class WinCLIPConfig(DetectorConfig):
     foreground: str = "auto"
     normalize: bool = True
     sigma: float = 4.0
-    search_precision: str = "bf16"
+    search_precision: str = "auto"
     calibration_images: int = 64
 
     def __post_init__(self) -> None:
