@@ -96,7 +96,7 @@ def test_no_text_tower(lite0: EfficientNetLite) -> None:
 
 
 def test_precision_checked() -> None:
-    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, got 'fp16'"):
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, got 'fp16'"):
         load_backbone("efficientnet-lite0", precision="fp16")
     with pytest.raises(ValueError, match="precision must be one of"):
         EfficientNetLite("lite0", precision="half")
