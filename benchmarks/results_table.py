@@ -168,11 +168,7 @@ def render_patchcore_screw(results: Path) -> str:
         setting = options_label(opts) or "defaults"
         if "shots" not in opts:
             setting = f"full-shot ({c.get('n_train')} images), {setting}"
-        rows.append(
-            [setting]
-            + [num(c.get(k), 3) for _, k in METRICS]
-            + [num(c.get("fit_seconds"), 1), num(c.get("ms_per_image"), 1)]
-        )
+        rows.append([setting, *metric_cells(c, ms_digits=1)])
     c0 = category(docs[0], paths[0])
     head = (
         f"MVTec AD screw, {c0.get('n_train')} train / {c0.get('n_test')} test images, "
@@ -180,6 +176,12 @@ def render_patchcore_screw(results: Path) -> str:
     )
     header = ["setting", *(h for h, _ in METRICS), "fit s", "ms/image"]
     return head + "\n\n" + table(header, rows)
+
+
+def metric_cells(c: dict[str, Any], ms_digits: int) -> list[str]:
+    """The metric columns of one category result, then ``fit s`` and ``ms/image``."""
+    cells = [num(c.get(k), 3) for _, k in METRICS]
+    return [*cells, num(c.get("fit_seconds"), 1), num(c.get("ms_per_image"), ms_digits)]
 
 
 def render_fewshot_screw(results: Path) -> str:
@@ -198,11 +200,8 @@ def render_fewshot_screw(results: Path) -> str:
         c = category(doc, path)
         method = doc.get("method", key(path)[0])
         backbone = doc.get("options", {}).get("backbone", "")
-        rows.append(
-            [labels.get(method, method), str(key(path)[1]), f"`{backbone}`"]
-            + [num(c.get(k), 3) for _, k in METRICS]
-            + [num(c.get("fit_seconds"), 1), num(c.get("ms_per_image"), 0)]
-        )
+        label = labels.get(method, method)
+        rows.append([label, str(key(path)[1]), f"`{backbone}`", *metric_cells(c, ms_digits=0)])
     c0 = category(docs[0], paths[0])
     head = (
         f"MVTec AD screw, K good train images (seed 0), {c0.get('n_test')} test images; "

@@ -170,16 +170,8 @@ class AnomalyDINO(MemoryDetector):
         self.calibration = calibrate(score_one, len(images), c, progress, self.method)
         self._sources = None
         t3 = time.perf_counter()
-        self.fit_report = FitReport(
-            n_images=len(images),
-            n_patches=int(n * h * w),
-            memory_size=int(memory.shape[0]),
-            seconds={
-                "features": t1 - t0,
-                "memory": t2 - t1,
-                "calibration": t3 - t2,
-                "total": t3 - t0,
-            },
+        self.fit_report = FitReport.timed(
+            len(images), n * h * w, memory.shape[0], t0, features=t1, memory=t2, calibration=t3
         )
         return self
 

@@ -142,6 +142,19 @@ class FitReport:
     memory_size: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def timed(
+        cls, n_images: int, n_patches: int, memory_size: int, start: float, **ends: float
+    ) -> FitReport:
+        """A report whose ``seconds`` are the phases between ``start`` and the ``perf_counter``
+        readings ``ends`` (in order, e.g. ``features=t1, memory=t2``), plus ``total``."""
+        seconds, last = {}, start
+        for name, end in ends.items():
+            seconds[name] = end - last
+            last = end
+        seconds["total"] = last - start
+        return cls(int(n_images), int(n_patches), int(memory_size), seconds)
+
 
 def check_finite_scores(scores: np.ndarray, maps: Sequence[np.ndarray], what: str) -> None:
     """Raise ValueError when a score or map is NaN/inf (e.g. a broken backbone)."""

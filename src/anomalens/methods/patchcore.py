@@ -177,16 +177,15 @@ class PatchCore(MemoryDetector):
         t2 = time.perf_counter()
         self.calibration = self._calibrate(feats[::n_views], images, sources, progress)
         t3 = time.perf_counter()
-        self.fit_report = FitReport(
-            n_images=len(images),
-            n_patches=int(feats.shape[0] * h * w),
-            memory_size=int(self.memory.shape[0]),
-            seconds={
-                "features": t1 - t0,
-                "coreset": t2 - t1,
-                "calibration": t3 - t2,
-                "total": t3 - t0,
-            },
+        n_patches = feats.shape[0] * h * w
+        self.fit_report = FitReport.timed(
+            len(images),
+            n_patches,
+            self.memory.shape[0],
+            t0,
+            features=t1,
+            coreset=t2,
+            calibration=t3,
         )
         return self
 

@@ -517,11 +517,10 @@ class WinCLIP(Detector):
             self.calibration = Calibration(quantile=c.calibration_quantile)
         self._sources, self._window_sources = None, None
         t3 = time.perf_counter()
-        self.fit_report = FitReport(
-            n_images=len(images),
-            n_patches=0 if enc is None or enc.feats is None else int(enc.feats[..., 0].numel()),
-            memory_size=0 if self.memory is None else int(self.memory.shape[0]),
-            seconds={"text": t1 - t0, "memory": t2 - t1, "calibration": t3 - t2, "total": t3 - t0},
+        n_patches = 0 if enc is None or enc.feats is None else enc.feats[..., 0].numel()
+        memory_size = 0 if self.memory is None else self.memory.shape[0]
+        self.fit_report = FitReport.timed(
+            len(images), n_patches, memory_size, t0, text=t1, memory=t2, calibration=t3
         )
         return self
 
