@@ -36,6 +36,7 @@ from anomalens.data.transforms import AUGMENTATIONS
 from anomalens.errors import AnomalensError, ImageLoadError
 from anomalens.methods import METHODS
 from anomalens.methods.aaclip import ANCHOR_SOURCES, TRAINING_MODES
+from anomalens.training import TRAINABLE_METHODS
 
 EXIT_OK = 0
 EXIT_ERROR = 2
@@ -214,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_dataset_options(p, many=True)
     g = p.add_argument_group("model")
-    g.add_argument("--method", default="aaclip", choices=("aaclip",), help="%(default)s")
+    g.add_argument(
+        "--method", default=TRAINABLE_METHODS[0], choices=TRAINABLE_METHODS, help="%(default)s"
+    )
     g.add_argument("--backbone", help="backbone spec (default: the method's)")
     g.add_argument("--anchors", choices=ANCHOR_SOURCES, default="text", help="%(default)s")
     g.add_argument("--image-size", type=_int_at_least(32), help="square input side in pixels")
