@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
@@ -50,6 +51,7 @@ def keep_freed_memory() -> bool:
     return _applied
 
 
+@functools.cache
 def cpu_isa() -> str:
     """The CPU's fastest bf16 path: ``AMX``, ``AVX512-BF16``, else torch's CPU capability
     (e.g. ``AVX2``, which has no native bf16: bf16 work is emulated and many times slower)."""

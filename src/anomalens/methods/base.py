@@ -36,8 +36,9 @@ class DetectorConfig:
     fields, override defaults, and call ``super().__post_init__()`` first).
 
     backbone: registry spec (see :mod:`anomalens.backbones.registry`); image_size: square input
-    side (None: the backbone's default); precision: backbone precision (``fp32``, or ``bf16``
-    autocast on CPU); shots: use only this many good images, drawn by ``seed`` (None: all);
+    side (None: the backbone's default); precision: backbone precision (``auto``: bf16 autocast
+    where the CPU computes bf16 natively, else fp32; or ``fp32`` / ``bf16``); shots: use only
+    this many good images, drawn by ``seed`` (None: all);
     seed: every random choice of the method; batch_size: images per forward pass;
     calibration_quantile: the thresholds are this quantile of good images' scores.
     """
