@@ -1,7 +1,6 @@
 # One-command entry points that work on a fresh clone with python3.11 (or python3) and PyPI.
 #   make demo   offline demo: synthetic defects, PatchCore, report in ./anomalens_demo
-#   make test   the test suite (installs the dev and hf extras: pytest, ruff, scikit-learn,
-#               transformers)
+#   make test   the test suite (installs every extra: dev, hf, export, serve, ray, vfm)
 #   make lint   ruff check + format check of src, tests and benchmarks
 # torch==2.13.0 is installed FIRST: pinned, pip takes the CPU wheel; a bare "torch" requirement
 # resolved together with the package could pull the multi-GB CUDA build instead.
@@ -24,7 +23,7 @@ $(BIN)/python:
 # Reinstalls only when pyproject.toml or this Makefile changes (or the stamp is missing).
 $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install $(TORCH)
-	$(BIN)/python -m pip install -e '.[dev,hf]'
+	$(BIN)/python -m pip install -e '.[dev,hf,export,serve,ray,vfm]'
 	touch $(STAMP)
 
 demo: $(STAMP)
