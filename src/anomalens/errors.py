@@ -39,3 +39,22 @@ class UntrainedError(AnomalensError):
 
 class ResumeError(AnomalensError):
     """The resume state of a training run does not belong to this run."""
+
+
+class WriteError(AnomalensError, OSError):
+    """A model, result or report could not be written (full disk, permissions, a path that
+    must not be replaced); the message names the file, and the previous version is kept."""
+
+
+class OverlapError(AnomalensError):
+    """A checkpoint would be evaluated on images it was trained on."""
+
+
+def display_path(path: object) -> str:
+    """A path as message text: bytes that are not valid UTF-8 shown as ``\\xNN``."""
+    import os
+
+    try:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")  # type: ignore[arg-type]
+    except TypeError:
+        return str(path)

@@ -15,8 +15,10 @@ images divided by their number. Reading files from disk is never timed.
 Output folder of :func:`run_benchmark`: ``results.json`` (see :func:`results_dict`),
 ``predictions.csv`` (``category, path, label, score``) and per category the report folder of
 :mod:`anomalens.report` (``roc.png``, ``histogram.png``, ``scores.csv``, ``summary.json`` and
-``overlays/`` figures of the first ``save_maps`` test images). Both files are rewritten after
-every category, so an interrupted run keeps what it finished.
+``overlays/`` figures of the first ``save_maps`` test images). The run writes into a staging
+folder beside ``OUT`` (both files rewritten after every category) that replaces ``OUT`` only
+when every category is done; a failed or interrupted run leaves ``OUT`` as it was and its
+finished categories in ``OUT.partial`` (see :mod:`anomalens.atomic`).
 
 Progress goes to the ``logging`` logger ``anomalens.evaluate`` (INFO: one line when a category
 starts and one when it ends; DEBUG: categories, resolved config, file writes); the ``anomalens``
@@ -25,7 +27,7 @@ command shows INFO by default, ``-q`` hides it and ``-v`` adds DEBUG.
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -41,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from anomalens.atomic import check_output_path, staged_folder
 from anomalens.backbones.registry import parse_spec
 from anomalens.data.datasets import build_dataset, resolve_categories
 from anomalens.data.sample import Sample
@@ -49,7 +52,7 @@ from anomalens.errors import CheckpointError, DatasetError, UntrainedError
 from anomalens.methods import METHODS, create_detector
 from anomalens.methods.base import Detector, checkpoint_method, config_to_dict, load_detector
 from anomalens.metrics import compute_all
-from anomalens.report import ReportWriter, write_json
+from anomalens.report import ReportWriter, write_csv, write_json
 from anomalens.runtime import cpu_isa
 
 __all__ = [
@@ -80,6 +83,9 @@ MEAN_KEYS = (*METRIC_KEYS, "fit_seconds", "ms_per_image")
 PREDICTIONS_COLUMNS = ("category", "path", "label", "score")
 RESULTS_JSON = "results.json"
 PREDICTIONS_CSV = "predictions.csv"
+#: A failed or interrupted benchmark leaves ``OUT`` unchanged and its finished categories in
+#: ``OUT.partial``.
+PARTIAL_SUFFIX = ".partial"
 
 # (header, key, format) of the printed table
 _TABLE_COLUMNS = (
@@ -243,16 +249,35 @@ def results_dict(result: BenchmarkResult) -> dict[str, Any]:
 def write_results(output: str | os.PathLike, result: BenchmarkResult) -> tuple[Path, Path]:
     """Write ``results.json`` and ``predictions.csv`` into ``output``; return both paths."""
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     json_path = write_json(out / RESULTS_JSON, results_dict(result))
-    csv_path = out / PREDICTIONS_CSV
-    with csv_path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(PREDICTIONS_COLUMNS)
-        for c in result.categories:
-            for path, label, score in zip(c.paths, c.labels, c.scores, strict=True):
-                writer.writerow([c.category, path, int(label), repr(float(score))])
+    rows: list[list[Any]] = [list(PREDICTIONS_COLUMNS)]
+    for c in result.categories:
+        for path, label, score in zip(c.paths, c.labels, c.scores, strict=True):
+            rows.append([c.category, path, int(label), repr(float(score))])
+    csv_path = write_csv(out / PREDICTIONS_CSV, rows)
     return json_path, csv_path
+
+
+def is_benchmark_folder(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` holds a ``results.json`` (an earlier benchmark run)."""
+    return (Path(folder) / RESULTS_JSON).is_file()
+
+
+@contextlib.contextmanager
+def _run_folder(output: str | os.PathLike | None, partial: Path | None):
+    """The folder a benchmark writes into: a staging folder swapped in for ``output`` when
+    every category is done (None without ``output``)."""
+    if output is None:
+        yield None
+        return
+    check_output_path(output)
+    with staged_folder(
+        output,
+        replaceable=is_benchmark_folder,
+        keep_on_error=partial,
+        what="benchmark folder",
+    ) as folder:
+        yield folder
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,33 +510,46 @@ def run_benchmark(
         environment=environment(),
     )
     start = time.perf_counter()
-    for i, category in enumerate(cats, 1):
-        logger.info("[%d/%d] %s", i, len(cats), category)
-        cat = evaluate_category(
-            dataset,
-            root,
-            category,
-            method,
-            given,
-            skip_bad=skip_bad,
-            output=output,
-            save_maps=save_maps,
-            spread_maps=spread_maps,
-            progress=progress,
-        )
-        result.categories.append(cat)
-        result.seconds = time.perf_counter() - start
-        if output is not None:
-            json_path, csv_path = write_results(output, result)
-            logger.debug("updated %s and %s", json_path, csv_path)
-        logger.info(
-            "[%d/%d] %s: image AUROC %.3f, fit %.1f s, %.1f ms/image%s",
-            i,
-            len(cats),
-            category,
-            cat.image_auroc,
-            cat.fit_seconds,
-            cat.ms_per_image,
-            f", skipped {len(cat.skipped)} unreadable" if cat.skipped else "",
-        )
+    partial = None if output is None else Path(f"{os.fspath(output)}{PARTIAL_SUFFIX}")
+    try:
+        with _run_folder(output, partial) as folder:
+            for i, category in enumerate(cats, 1):
+                logger.info("[%d/%d] %s", i, len(cats), category)
+                cat = evaluate_category(
+                    dataset,
+                    root,
+                    category,
+                    method,
+                    given,
+                    skip_bad=skip_bad,
+                    output=folder,
+                    save_maps=save_maps,
+                    spread_maps=spread_maps,
+                    progress=progress,
+                )
+                result.categories.append(cat)
+                result.seconds = time.perf_counter() - start
+                if folder is not None:
+                    json_path, csv_path = write_results(folder, result)
+                    logger.debug("updated %s and %s", json_path, csv_path)
+                logger.info(
+                    "[%d/%d] %s: image AUROC %.3f, fit %.1f s, %.1f ms/image%s",
+                    i,
+                    len(cats),
+                    category,
+                    cat.image_auroc,
+                    cat.fit_seconds,
+                    cat.ms_per_image,
+                    f", skipped {len(cat.skipped)} unreadable" if cat.skipped else "",
+                )
+    except BaseException:
+        if partial is not None and result.categories and partial.is_dir():
+            logger.warning(
+                "%s is unchanged; the %d finished categor%s of this run are in %s",
+                output,
+                len(result.categories),
+                "y" if len(result.categories) == 1 else "ies",
+                partial,
+            )
+        raise
     return result

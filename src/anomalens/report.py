@@ -18,7 +18,7 @@ A report folder holds
 from __future__ import annotations
 
 import csv
-import json
+import io
 import logging
 import math
 import os
@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from anomalens.atomic import atomic_write_json, atomic_write_text
 from anomalens.methods.base import Prediction
 from anomalens.metrics import compute_all
 from anomalens.postprocess import hotspots
@@ -38,6 +39,7 @@ __all__ = [
     "color_range",
     "figure_names",
     "jsonable",
+    "write_csv",
     "write_json",
     "write_report",
 ]
@@ -78,12 +80,17 @@ def jsonable(value: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write ``data`` as indented JSON (NaN/inf become null); parent folders are created."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(jsonable(data), indent=2, allow_nan=False)
-    path.write_text(text + "\n", encoding="utf-8")
-    return path
+    """Write ``data`` as indented JSON (NaN/inf become null) atomically
+    (:func:`anomalens.atomic.atomic_write_json`); parent folders are created."""
+    return atomic_write_json(path, jsonable(data))
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[Sequence[Any]]) -> Path:
+    """Write rows as CSV atomically. Paths that are not valid UTF-8 keep their original bytes
+    (``surrogateescape``), so the column names the very file."""
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer).writerows(rows)
+    return atomic_write_text(path, buffer.getvalue(), errors="surrogateescape")
 
 
 def figure_names(paths: Sequence[str | os.PathLike]) -> list[str]:
@@ -289,17 +296,16 @@ class ReportWriter:
         columns = ["path", "score", "threshold", "is_defective"]
         if with_labels:
             columns.append("label")
-        with (self.folder / SCORES_CSV).open("w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(columns)
-            for r in self.records:
-                row = [
-                    r["path"],
-                    repr(r["score"]),
-                    _fmt_optional(r["threshold"]),
-                    _fmt_optional(r["is_defective"]),
-                ]
-                writer.writerow(row + ([r["label"]] if with_labels else []))
+        rows: list[list[Any]] = [columns]
+        for r in self.records:
+            row = [
+                r["path"],
+                repr(r["score"]),
+                _fmt_optional(r["threshold"]),
+                _fmt_optional(r["is_defective"]),
+            ]
+            rows.append(row + ([r["label"]] if with_labels else []))
+        write_csv(self.folder / SCORES_CSV, rows)
 
 
 def write_report(

@@ -17,6 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from .atomic import atomic_write_with
+from .errors import display_path
 from .metrics import image_auroc
 from .postprocess import Box, resize_map
 
@@ -31,6 +33,9 @@ __all__ = [
 ]
 
 PREDICTION_FIGSIZE = (13.5, 4.8)  # inches; 1350 x 480 px at dpi=100
+#: Longest side at which a prediction figure draws its panels: a larger image and its map are
+#: shrunk first, so drawing memory does not grow with the photo (each panel is ~450 px wide).
+FIGURE_MAX_SIDE = 1024
 PLOT_FIGSIZE = (5.0, 4.5)  # ROC curve and histogram; 500 x 450 px at dpi=100
 _DEFECT_COLOR = "#d62728"
 _OK_COLOR = "#2ca02c"
@@ -60,6 +65,19 @@ def _map_limits(
     lo = float(np.min(anomaly_map)) if vmin is None else float(vmin)
     hi = float(np.max(anomaly_map)) if vmax is None else float(vmax)
     return lo, hi
+
+
+def shrink_for_display(
+    image: np.ndarray, max_side: int = FIGURE_MAX_SIDE, interpolation: int = cv2.INTER_AREA
+) -> np.ndarray:
+    """``image`` (any 2-D or H x W x C array) resized so its longest side is at most
+    ``max_side`` (aspect ratio kept); returned as it is when already small enough."""
+    h, w = image.shape[:2]
+    if max(h, w) <= max_side:
+        return image
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(np.ascontiguousarray(image), size, interpolation=interpolation)
 
 
 def _fit_map(anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -120,10 +138,8 @@ def draw_boxes(
 
 def save_png(path: str | Path, rgb: np.ndarray) -> Path:
     """Write a uint8 gray/RGB array as PNG (parent folders are created); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(_as_rgb(rgb)).save(path, format="PNG")
-    return path
+    image = Image.fromarray(_as_rgb(rgb))
+    return atomic_write_with(path, lambda tmp: image.save(tmp, format="PNG"), fsync=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,11 +148,10 @@ def save_png(path: str | Path, rgb: np.ndarray) -> Path:
 
 
 def _save_figure(fig: Figure, path: str | Path, dpi: int) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=dpi, format="png", facecolor="white")
-    return path
+    return atomic_write_with(
+        path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png", facecolor="white"), fsync=False
+    )
 
 
 def _scale_boxes(
@@ -222,6 +237,7 @@ def save_prediction_figure(
         ax.set_axis_off()
 
     line, color = _verdict(float(score), threshold)
+    title = display_path(title) if title else title  # file names that are not valid UTF-8
     heading = f"{title} - {line}" if title else line
     fig.suptitle(heading, color=color, fontsize=14, fontweight="bold")
     fig.subplots_adjust(left=0.01, right=0.96, bottom=0.03, top=0.84, wspace=0.08)

@@ -27,12 +27,19 @@ from anomalens.data.sample import Sample
 from anomalens.errors import DatasetError, ImageLoadError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: Image formats that are not read; such files are ignored with an :class:`IgnoredFileWarning`.
+UNSUPPORTED_IMAGE_EXTENSIONS = (".webp", ".gif", ".heic", ".heif", ".avif", ".jp2", ".jxl")
 
 PathLike = str | os.PathLike
 
 
 class SkippedImageWarning(UserWarning):
     """An unusable image was skipped because the dataset was built with ``skip_bad=True``."""
+
+
+class IgnoredFileWarning(UserWarning):
+    """Folder entries that look like images but are not read (FIFOs, dangling links, folders
+    named ``x.png``, unsupported formats such as ``.webp`` and ``.gif``)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,75 @@ def is_image_file(path: Path) -> bool:
     return (
         path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
     )
+
+
+def file_kind(path: Path) -> str:
+    """What a path is, for messages: ``a FIFO``, ``a folder``, ``a dangling symbolic link`` ..."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "a dangling symbolic link" if path.is_symlink() else "missing"
+    except OSError as e:
+        return f"not accessible ({e.strerror or e})"
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISREG, "a regular file"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def ignored_entries(folder: Path) -> list[tuple[Path, str]]:
+    """``(path, reason)`` of the visible entries of ``folder`` that look like images but are
+    not read: FIFOs, sockets, dangling links and folders with an image extension, and files of
+    :data:`UNSUPPORTED_IMAGE_EXTENSIONS`."""
+    out: list[tuple[Path, str]] = []
+    try:
+        entries = sorted(folder.iterdir(), key=lambda p: p.name)
+    except OSError:
+        return out
+    for p in entries:
+        ext = p.suffix.lower()
+        if p.name.startswith(".") or (
+            ext not in IMAGE_EXTENSIONS and ext not in UNSUPPORTED_IMAGE_EXTENSIONS
+        ):
+            continue
+        if ext in UNSUPPORTED_IMAGE_EXTENSIONS:
+            out.append((p, f"unsupported format {ext}; convert it to PNG"))
+        elif not p.is_file():
+            out.append((p, f"{file_kind(p)}, not an image file"))
+    return out
+
+
+def warn_ignored(folders: Sequence[Path]) -> list[tuple[Path, str]]:
+    """:func:`ignored_entries` of each folder, with one :class:`IgnoredFileWarning` per folder
+    naming the first few; returns all of them."""
+    found: list[tuple[Path, str]] = []
+    for folder in dict.fromkeys(folders):
+        entries = ignored_entries(folder)
+        if entries:
+            shown = "; ".join(f"{p.name} ({why})" for p, why in entries[:3])
+            more = f"; and {len(entries) - 3} more" if len(entries) > 3 else ""
+            n = len(entries)
+            what = (
+                "1 entry that looks like an image"
+                if n == 1
+                else f"{n} entries that look like images"
+            )
+            warnings.warn(
+                f"{folder}: ignored {what}: {shown}{more}",
+                IgnoredFileWarning,
+                stacklevel=2,
+            )
+            found += entries
+    return found
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -127,6 +203,11 @@ class ImageDataset(Sequence[Sample]):
         self.skip_bad = skip_bad
         #: ``(path, reason)`` of every sample skipped so far (only with ``skip_bad``).
         self.skipped: list[tuple[str, str]] = []
+        #: ``(path, reason)`` of entries beside the images that look like images but are not
+        #: read (FIFOs, folders named ``x.png``, ``.webp`` ...); warned about once.
+        self.ignored: list[tuple[str, str]] = [
+            (str(p), why) for p, why in warn_ignored([e.image.parent for e in self.entries])
+        ]
 
     def __repr__(self) -> str:
         return (
@@ -337,6 +418,11 @@ class MVTecAD2(ImageDataset):
     ) -> None:
         _check_split(split, ("train", "validation", "test"), "MVTecAD2")
         cat = _category_dir(root, category, "train/, validation/ and test_public/ folders")
+        if not (cat / "test_public").is_dir() and not (cat / "validation").is_dir():
+            hint = " (it has test/: MVTec AD layout, use --dataset mvtec)" * (cat / "test").is_dir()
+            raise DatasetError(
+                f"{cat}: not an MVTec AD 2 category (no test_public/ or validation/ folder){hint}"
+            )
         if split in ("train", "validation"):
             entries = _good(_require_images(cat / split / "good", f"good {split} images"))
         else:

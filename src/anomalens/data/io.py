@@ -34,6 +34,11 @@ from anomalens.errors import ImageLoadError
 #: (PIL's default error limit). Lower it to protect small machines.
 MAX_IMAGE_PIXELS = 178_956_970
 
+
+class BlurredMaskWarning(UserWarning):
+    """A mask holds values other than 0 and 255; every nonzero pixel is taken as defect."""
+
+
 # Errors PIL and its decoders raise on corrupt or truncated data.
 _DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError, struct.error, zlib.error)
 
@@ -141,7 +146,8 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def _mask_array(img: Image.Image) -> np.ndarray:
-    """Nonzero-anywhere -> 1 for any PIL mode (alpha channels are ignored)."""
+    """Mask values as a 2-D array for any PIL mode (colour: the maximum over channels; alpha
+    channels are ignored)."""
     if img.mode == "P":
         img = img.convert("RGB")
     elif img.mode in ("RGBA", "LA", "PA"):
@@ -150,8 +156,8 @@ def _mask_array(img: Image.Image) -> np.ndarray:
         img = img.convert("RGB")
     a = np.asarray(img)
     if a.ndim == 3:
-        a = a.any(axis=2)
-    return (a != 0).astype(np.uint8)
+        a = a.max(axis=2)
+    return a
 
 
 def load_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -162,9 +168,22 @@ def load_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
     """
     img = _open(path)
     try:
-        mask = _mask_array(img)
+        values = _mask_array(img)
     except _DECODE_ERRORS as e:
         raise ImageLoadError(f"{path}: cannot read mask of mode {img.mode!r} ({e})") from e
+    mask = (values != 0).astype(np.uint8)
+    if values.dtype == np.uint8:
+        counts = np.bincount(values.ravel(), minlength=256)[1:]
+        levels = int(np.count_nonzero(counts))
+        if levels > 1:  # 0/255 and 0/1 masks have one nonzero level
+            soft = int(counts.sum() - counts.max())
+            warnings.warn(
+                f"{path}: mask has {levels} nonzero gray levels ({soft} pixels off its main "
+                "level: blurred, anti-aliased or JPEG mask?); every nonzero pixel counts as "
+                "defect",
+                BlurredMaskWarning,
+                stacklevel=2,
+            )
     if shape is not None and tuple(mask.shape) != tuple(shape[:2]):
         raise ImageLoadError(
             f"{path}: mask size {mask.shape[0]}x{mask.shape[1]} (HxW) differs from the image "

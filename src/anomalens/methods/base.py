@@ -9,6 +9,7 @@ A detector follows scikit-learn: the constructor stores a config dataclass, ``fi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -21,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from anomalens.atomic import atomic_write_json, atomic_write_with, check_output_path, staged_folder
 from anomalens.backbones.base import check_precision
 from anomalens.backbones.registry import DEFAULT_BACKBONE
 from anomalens.errors import CheckpointError, NotFittedError
@@ -28,6 +30,10 @@ from anomalens.errors import CheckpointError, NotFittedError
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+#: Entries a checkpoint folder may hold besides its two files (``train``'s resume state).
+CHECKPOINT_EXTRAS = ("last",)
+#: Bounds of ``image_size`` (square input side): a larger input needs tens of GiB.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 2048
 
 
 @dataclass
@@ -56,8 +62,16 @@ class DetectorConfig:
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
-        if self.image_size is not None and self.image_size < 8:
-            raise ValueError(f"image_size must be >= 8 or None, got {self.image_size}")
+        size = self.image_size
+        if size is not None and (
+            isinstance(size, bool)
+            or not isinstance(size, int)
+            or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE
+        ):
+            raise ValueError(
+                f"image_size must be an integer from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} "
+                f"(or None), got {size!r}"
+            )
         if self.shots is not None and self.shots < self.min_shots:
             raise ValueError(
                 f"shots must be >= {self.min_shots} for {type(self).__name__} (or None for all "
@@ -173,22 +187,69 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild a config dataclass; unknown keys are an error, lists become tuples."""
+def config_from_dict(cls: type, data: dict[str, Any], where: str | Path | None = None) -> Any:
+    """Rebuild a config dataclass; unknown keys and invalid values are a CheckpointError
+    naming ``where`` (the config file), lists become tuples."""
+    prefix = f"{where}: " if where is not None else ""
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{prefix}'config' must be a JSON object, got {_json_type(data)}")
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise CheckpointError(f"unknown {cls.__name__} fields in checkpoint: {unknown}")
+        raise CheckpointError(f"{prefix}unknown {cls.__name__} fields in checkpoint: {unknown}")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{prefix}invalid config: {exc}") from exc
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return "a number"
+    return names.get(type(value), type(value).__name__)
+
+
+def weights_digest(path: str | Path) -> str:
+    """SHA-256 (hex) of a weights file, recorded in ``config.json`` and checked on load."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_checkpoint_folder(folder: str | Path) -> bool:
+    """True when ``folder`` holds an anomalens ``config.json`` (a JSON object with
+    ``method``) or only entries a checkpoint folder may hold (:data:`CHECKPOINT_EXTRAS`)."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        return isinstance(meta, dict) and "method" in meta
+    except (OSError, ValueError):
+        pass
+    try:
+        return all(p.name in CHECKPOINT_EXTRAS or p.name == WEIGHTS_FILE for p in folder.iterdir())
+    except OSError:
+        return False
 
 
 def write_checkpoint(
     folder: str | Path, method: str, config: Any, extra: dict[str, Any], tensors: dict
 ) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` into ``folder`` (created if needed)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write ``config.json`` and ``model.safetensors`` into ``folder``, atomically.
+
+    Both files are written into a staging folder beside ``folder``, read back and validated,
+    then swapped in (:func:`anomalens.atomic.staged_folder`): ``folder`` is always the old
+    model or the new one, never a mix, even after a kill or a full disk. Other entries of an
+    existing model folder (``last/`` of a training run) are kept. An existing non-empty folder
+    that is not a model folder, and paths such as ``""``, ``.`` or the home folder, are refused
+    (:class:`~anomalens.errors.WriteError`).
+    """
+    folder = check_output_path(folder, "model folder")
     meta = {
         "method": method,
         "format_version": FORMAT_VERSION,
@@ -196,13 +257,30 @@ def write_checkpoint(
         **extra,
     }
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"method": method})
-    (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    with staged_folder(
+        folder,
+        verify=lambda staged: read_checkpoint(staged, method),
+        replaceable=is_checkpoint_folder,
+        carry_over=True,
+        what="model folder",
+    ) as staging:
+        weights = staging / WEIGHTS_FILE
+        atomic_write_with(
+            weights, lambda tmp: save_file(tensors, str(tmp), metadata={"method": method})
+        )
+        meta["weights_sha256"] = weights_digest(weights)
+        atomic_write_json(staging / CONFIG_FILE, meta)
     return folder
 
 
 def read_checkpoint(folder: str | Path, method: str) -> tuple[dict[str, Any], dict]:
-    """``(meta, tensors)`` of a checkpoint folder written by ``write_checkpoint``."""
+    """``(meta, tensors)`` of a checkpoint folder written by ``write_checkpoint``.
+
+    Validates what every checkpoint has: ``config.json`` is a JSON object of ``method`` with a
+    known ``format_version``, ``calibration`` and ``fit_report`` objects with finite
+    thresholds; ``model.safetensors`` matches the recorded SHA-256 and holds only finite
+    tensors. Every problem is a CheckpointError naming the file.
+    """
     folder = Path(folder)
     cfg_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     for path in (cfg_path, weights_path):
@@ -214,19 +292,113 @@ def read_checkpoint(folder: str | Path, method: str) -> tuple[dict[str, Any], di
         meta = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{cfg_path}: expected a JSON object, got {_json_type(meta)}")
     if meta.get("method") != method:
         raise CheckpointError(
             f"{folder}: checkpoint of method {meta.get('method')!r}, expected {method!r}"
         )
-    if int(meta.get("format_version", -1)) > FORMAT_VERSION:
+    version = meta.get("format_version", -1)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{cfg_path}: 'format_version' must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{folder}: written by a newer anomalens (format {version})")
+    for key in ("config", "calibration", "fit_report"):
+        if key in meta and not isinstance(meta[key], dict):
+            raise CheckpointError(
+                f"{cfg_path}: {key!r} must be a JSON object, got {_json_type(meta[key])}"
+            )
+    if "config" not in meta:
+        raise CheckpointError(f"{cfg_path}: missing 'config'")
+    _check_calibration(meta.get("calibration", {}), cfg_path)
+    digest = meta.get("weights_sha256")
+    if digest is not None and weights_digest(weights_path) != digest:
         raise CheckpointError(
-            f"{folder}: written by a newer anomalens (format {meta.get('format_version')})"
+            f"{weights_path}: does not match {CONFIG_FILE} (SHA-256 differs): the folder mixes "
+            "two models or the file was changed; save the model again"
         )
     try:
         tensors = load_file(str(weights_path))
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"{weights_path}: cannot read safetensors file ({exc})") from exc
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{weights_path}: tensor {name!r} holds NaN/inf values")
     return meta, tensors
+
+
+def _check_calibration(data: dict[str, Any], where: Path) -> None:
+    """Thresholds are finite numbers or null; quantile in (0, 1]; counts non-negative."""
+    for key in ("threshold", "pixel_threshold"):
+        v = data.get(key)
+        if v is not None and (
+            isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+        ):
+            raise CheckpointError(
+                f"{where}: calibration {key} must be a finite number or null, got {v!r}"
+            )
+    q = data.get("quantile", 0.99)
+    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q <= 1:
+        raise CheckpointError(f"{where}: calibration quantile must be in (0, 1], got {q!r}")
+    n = data.get("n_images", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise CheckpointError(f"{where}: calibration n_images must be an integer >= 0, got {n!r}")
+    good = data.get("good_scores", [])
+    if not isinstance(good, list) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in good
+    ):
+        raise CheckpointError(f"{where}: calibration good_scores must be a list of numbers")
+
+
+def checkpoint_field(
+    meta: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str | Path
+) -> Any:
+    """``meta[name]`` checked to be a ``kind`` (a CheckpointError naming ``where`` if missing
+    or of another type; ``bool`` is not an ``int``)."""
+    if name not in meta:
+        raise CheckpointError(f"{where}: missing {name!r}")
+    value = meta[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        raise CheckpointError(f"{where}: {name!r} has the wrong type ({_json_type(value)})")
+    return value
+
+
+def checkpoint_grid(meta: dict[str, Any], where: str | Path, optional: bool = False) -> Any:
+    """``meta["grid"]`` as ``(h, w)`` positive integers (None allowed with ``optional``)."""
+    if optional and meta.get("grid") is None:
+        return None
+    grid = checkpoint_field(meta, "grid", list, where)
+    if len(grid) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in grid):
+        raise CheckpointError(f"{where}: 'grid' must be two integers, got {grid!r}")
+    if min(grid) < 1:
+        raise CheckpointError(f"{where}: 'grid' must be positive, got {grid!r}")
+    return tuple(grid)
+
+
+def checkpoint_tensor(
+    tensors: dict[str, torch.Tensor],
+    name: str,
+    where: str | Path,
+    ndim: int | None = 2,
+    dtype: torch.dtype | None = torch.float32,
+    optional: bool = False,
+) -> torch.Tensor | None:
+    """``tensors[name]`` checked for presence, dimensions, dtype and at least one row."""
+    if name not in tensors:
+        if optional:
+            return None
+        raise CheckpointError(f"{where}: tensor {name!r} missing (found {sorted(tensors)})")
+    t = tensors[name]
+    if ndim is not None and t.ndim != ndim:
+        raise CheckpointError(
+            f"{where}: tensor {name!r} must have {ndim} dimensions, got shape {tuple(t.shape)}"
+        )
+    if dtype is not None and t.dtype != dtype:
+        raise CheckpointError(f"{where}: tensor {name!r} must be {dtype}, got {t.dtype}")
+    if t.numel() == 0:
+        raise CheckpointError(f"{where}: tensor {name!r} is empty (shape {tuple(t.shape)})")
+    return t
 
 
 def batches(items: Iterable, size: int) -> Iterator[list]:
@@ -269,11 +441,18 @@ class Detector:
         self.config = config if config is not None else self.config_class(**kwargs)
         self.calibration = Calibration(quantile=self.config.calibration_quantile)
         self.fit_report = FitReport()
+        #: what the model was trained on (dataset, root, categories, split, file digests), saved
+        #: in ``config.json`` as ``training_data``; see :mod:`anomalens.overlap`
+        self.training_data: dict[str, Any] | None = None
+        #: the folder the model was loaded from (None for a new model)
+        self.source: Path | None = None
         self._backbone = None
 
     def _write(self, folder: str | Path, tensors: dict, **extra: Any) -> Path:
         """``write_checkpoint`` with the calibration and fit report added to ``extra``."""
         extra |= {"calibration": vars(self.calibration), "fit_report": vars(self.fit_report)}
+        if self.training_data is not None:
+            extra["training_data"] = self.training_data
         return write_checkpoint(folder, self.method, self.config, extra, tensors)
 
     @classmethod
@@ -281,9 +460,16 @@ class Detector:
         """A new detector with the saved config, calibration and fit report, plus the
         checkpoint's ``(meta, tensors)`` for the subclass to restore the rest."""
         meta, tensors = read_checkpoint(folder, cls.method)
-        model = cls(config_from_dict(cls.config_class, meta["config"]))
-        model.calibration = Calibration(**meta.get("calibration", {}))
-        model.fit_report = FitReport(**meta.get("fit_report", {}))
+        cfg_path = Path(folder) / CONFIG_FILE
+        model = cls(config_from_dict(cls.config_class, meta["config"], cfg_path))
+        for key, kind in (("calibration", Calibration), ("fit_report", FitReport)):
+            try:
+                setattr(model, key, kind(**meta.get(key, {})))
+            except TypeError as exc:
+                raise CheckpointError(f"{cfg_path}: invalid {key!r} ({exc})") from exc
+        data = meta.get("training_data")
+        model.training_data = data if isinstance(data, dict) else None
+        model.source = Path(folder)
         return model, meta, tensors
 
     @property
@@ -351,7 +537,16 @@ class Detector:
         for batch in tqdm(
             chunks, desc=f"{self.method} predict", unit="batch", disable=not progress
         ):
-            batch_scores, batch_maps = score_batch(batch)
+            try:
+                batch_scores, batch_maps = score_batch(batch)
+            except (ValueError, RuntimeError) as exc:
+                text = str(exc)
+                if self.source is None or not any(w in text for w in ("shape", "size", "[")):
+                    raise
+                raise CheckpointError(
+                    f"{self.source}: the saved model does not fit its backbone "
+                    f"{self.config.backbone} ({str(exc).splitlines()[0]}); was it edited?"
+                ) from exc
             for img, score, m in zip(batch, batch_scores, batch_maps, strict=True):
                 scores.append(float(score))
                 maps.append(m if m.shape == img.shape[:2] else resize_map(m, img.shape[:2]))
@@ -372,9 +567,12 @@ def checkpoint_method(folder: str | Path) -> str | None:
     if not cfg_path.is_file():
         raise CheckpointError(f"{cfg_path}: not found; is {folder} a saved model folder?")
     try:
-        return json.loads(cfg_path.read_text(encoding="utf-8")).get("method")
+        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{cfg_path}: expected a JSON object, got {_json_type(meta)}")
+    return meta.get("method")
 
 
 def load_detector(folder: str | Path) -> Detector:

@@ -23,7 +23,17 @@ from tqdm import tqdm
 
 from anomalens.backbones.base import Features, check_precision
 from anomalens.data.transforms import check_augment, spread_indices
-from anomalens.methods.base import Calibration, Detector, DetectorConfig, check_at_least
+from anomalens.methods.base import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    Calibration,
+    Detector,
+    DetectorConfig,
+    check_at_least,
+    checkpoint_field,
+    checkpoint_grid,
+    checkpoint_tensor,
+)
 from anomalens.neighbors import MemoryBank
 from anomalens.postprocess import check_foreground, gaussian_blur
 from anomalens.sampler import coreset_indices
@@ -192,9 +202,10 @@ class MemoryDetector(Detector):
     def load(cls, folder: str | Path) -> MemoryDetector:
         """Restore a detector written by :meth:`save` (bit-identical memory)."""
         model, meta, tensors = cls._read(folder)
-        model.memory = tensors["memory"]
-        model.grid = tuple(meta["grid"])
-        model.use_foreground = bool(meta["use_foreground"])
+        cfg_path, weights = Path(folder) / CONFIG_FILE, Path(folder) / WEIGHTS_FILE
+        model.memory = checkpoint_tensor(tensors, "memory", weights)
+        model.grid = checkpoint_grid(meta, cfg_path)
+        model.use_foreground = checkpoint_field(meta, "use_foreground", bool, cfg_path)
         return model
 
 

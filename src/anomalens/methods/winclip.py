@@ -51,8 +51,10 @@ from tqdm import tqdm
 
 from anomalens.backbones.base import Features, check_precision
 from anomalens.data.transforms import resize_square
-from anomalens.errors import TextTowerMissingError
+from anomalens.errors import CheckpointError, TextTowerMissingError
 from anomalens.methods.base import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
     Calibration,
     Detector,
     DetectorConfig,
@@ -60,6 +62,9 @@ from anomalens.methods.base import (
     Prediction,
     batches,
     check_at_least,
+    checkpoint_field,
+    checkpoint_grid,
+    checkpoint_tensor,
     select_shots,
 )
 from anomalens.methods.common import build_memory, calibrate, pool_patches, upsample_smooth
@@ -569,12 +574,25 @@ class WinCLIP(Detector):
     def load(cls, folder: str | Path) -> WinCLIP:
         """Restore a detector written by :meth:`save` (bit-identical anchors and memories)."""
         model, meta, tensors = cls._read(folder)
-        model.anchors = tensors.get("anchors")
-        model.memory = tensors.get("memory")
+        cfg_path, weights = Path(folder) / CONFIG_FILE, Path(folder) / WEIGHTS_FILE
+        model.anchors = checkpoint_tensor(tensors, "anchors", weights, optional=True)
+        if model.anchors is not None and model.anchors.shape[0] != 2:
+            raise CheckpointError(
+                f"{weights}: tensor 'anchors' must be [2, D], got {tuple(model.anchors.shape)}"
+            )
+        model.memory = checkpoint_tensor(tensors, "memory", weights, optional=True)
+        if model.anchors is None and model.memory is None:
+            raise CheckpointError(f"{weights}: neither 'anchors' nor 'memory' found")
         if model.memory is not None and model.config.scoring == "windows":
-            model.window_memory = [tensors[f"window_memory_{k}"] for k in model.config.window_sizes]
-        model.grid = None if meta.get("grid") is None else tuple(meta["grid"])
-        model.n_shots = int(meta.get("n_shots", 0))
-        model.prompts = meta.get("prompts", {})
+            model.window_memory = [
+                checkpoint_tensor(tensors, f"window_memory_{k}", weights)
+                for k in model.config.window_sizes
+            ]
+        model.grid = checkpoint_grid(meta, cfg_path, optional=True)
+        model.n_shots = checkpoint_field(meta, "n_shots", int, cfg_path) if "n_shots" in meta else 0
+        prompts = meta.get("prompts", {})
+        if not isinstance(prompts, dict):
+            raise CheckpointError(f"{cfg_path}: 'prompts' must be a JSON object")
+        model.prompts = prompts
         model._fitted = True
         return model

@@ -14,7 +14,16 @@ from torch import Tensor
 
 from anomalens.errors import CheckpointError, UntrainedError
 from anomalens.methods.aaclip.model import AACLIPConfig, AdaptedModel, image_scores
-from anomalens.methods.base import Calibration, Detector, Prediction, batches, select_shots
+from anomalens.methods.base import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    Calibration,
+    Detector,
+    Prediction,
+    batches,
+    checkpoint_tensor,
+    select_shots,
+)
 
 UNTRAINED_MESSAGE = (
     "AA-CLIP needs trained adapters: train them with `anomalens train --method aaclip ...` "
@@ -140,15 +149,19 @@ class AACLIP(Detector):
     def load(cls, folder: str | Path) -> AACLIP:
         """Restore a detector written by :meth:`save` (bit-for-bit)."""
         model, meta, tensors = cls._read(folder)
+        cfg_path, weights = Path(folder) / CONFIG_FILE, Path(folder) / WEIGHTS_FILE
         model.trained = bool(meta.get("trained", False))
-        model.training_summary = dict(meta.get("training", {}))
+        training = meta.get("training", {})
+        if not isinstance(training, dict):
+            raise CheckpointError(f"{cfg_path}: 'training' must be a JSON object")
+        model.training_summary = dict(training)
         state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
         try:
             model.network.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise CheckpointError(
-                f"{folder}: the trained tensors do not fit {model.config.backbone} "
+                f"{weights}: the trained tensors do not fit {model.config.backbone} "
                 f"({str(exc).splitlines()[0]})"
             ) from exc
-        model.anchors = tensors.get("anchors")
+        model.anchors = checkpoint_tensor(tensors, "anchors", weights, optional=True)
         return model
