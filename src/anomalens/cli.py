@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import sys
 import warnings
@@ -33,9 +34,10 @@ from anomalens.backbones.base import PRECISIONS
 from anomalens.data.datasets import DATASET_NAMES
 from anomalens.data.synthetic import DEFECT_KINDS
 from anomalens.data.transforms import AUGMENTATIONS
-from anomalens.errors import AnomalensError, ImageLoadError
+from anomalens.errors import AnomalensError, ImageLoadError, display_path
 from anomalens.methods import METHODS
 from anomalens.methods.aaclip import ANCHOR_SOURCES, TRAINING_MODES
+from anomalens.methods.base import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from anomalens.training import TRAINABLE_METHODS
 
 EXIT_OK = 0
@@ -77,6 +79,42 @@ def _int_at_least(minimum: int):
     return parse
 
 
+def _int_in_range(minimum: int, maximum: int):
+    def parse(text: str) -> int:
+        value = _int_at_least(minimum)(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {value}")
+        return value
+
+    return parse
+
+
+def _float_in(low: float, high: float, low_open: bool = True, high_open: bool = False):
+    """A finite float in the interval (``low``, ``high``]; the ends open or closed."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (math.isfinite(value) and above and below):
+            left, right = "(["[not low_open], ")]"[not high_open]
+            raise argparse.ArgumentTypeError(
+                f"must be in {left}{low:g}, {high:g}{right}, got {text}"
+            )
+        return value
+
+    return parse
+
+
+#: ``--image-size`` bounds (the detector configs enforce the same).
+_image_size = _int_in_range(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+#: Learning rates: finite, positive, at most 1 (larger ones only diverge).
+_learning_rate = _float_in(0.0, 1.0)
+
+
 def _add_method_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("detector options (unset = the method's default)")
     g.add_argument("--method", default="patchcore", choices=sorted(METHODS), help="%(default)s")
@@ -85,13 +123,13 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
         help="backbone spec, e.g. efficientnet-lite0, efficientnet-lite2, "
         "dinov2:facebook/dinov2-base, clip:/path/to/local/folder",
     )
-    g.add_argument("--image-size", type=_int_at_least(32), help="square input side in pixels")
+    g.add_argument("--image-size", type=_image_size, help="square input side in pixels")
     g.add_argument(
         "--shots",
         type=_int_at_least(0),
         help="use only K good training images (0: zero-shot, for methods that support it)",
     )
-    g.add_argument("--seed", type=int, help="random seed (shots, coreset)")
+    g.add_argument("--seed", type=_int_at_least(0), help="random seed (shots, coreset)")
     g.add_argument("--memory-size", type=_int_at_least(1), help="memory bank rows (PatchCore)")
     g.add_argument("--precision", choices=PRECISIONS, help="backbone precision")
     g.add_argument(
@@ -171,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="write prediction figures of the first N test images per category",
     )
+    p.add_argument(
+        "--allow-overlap",
+        action="store_true",
+        help="evaluate a --checkpoint even on images it was trained on (results are marked "
+        '"overlap": true; they do not measure generalisation)',
+    )
     p.set_defaults(handler=_cmd_benchmark)
 
     p = sub.add_parser(
@@ -208,10 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the adapters of a trainable method (AA-CLIP / AA-SigLIP) on a "
         "dataset and write OUTPUT/config.json + OUTPUT/model.safetensors (the checkpoint chosen "
         "on a validation split) and OUTPUT/last/ (resume state: rerun the same command to "
-        "continue after an interruption). Modes: masks (defective images with masks, from the "
-        "test split: train on one dataset, benchmark on another), kshot (K images per category, "
-        "half good, half defective), synthetic (cut-paste / Perlin defects on the good train "
-        "images; no masks needed).",
+        "continue after an interruption). Modes: synthetic (the default: cut-paste / Perlin "
+        "defects on the good train images; no masks needed), masks (defective images with "
+        "masks, from the TEST split: train on one dataset, benchmark on another), kshot (K "
+        "images per category from the test split, half good, half defective).",
     )
     _add_dataset_options(p, many=True)
     g = p.add_argument_group("model")
@@ -220,12 +264,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--backbone", help="backbone spec (default: the method's)")
     g.add_argument("--anchors", choices=ANCHOR_SOURCES, default="text", help="%(default)s")
-    g.add_argument("--image-size", type=_int_at_least(32), help="square input side in pixels")
+    g.add_argument("--image-size", type=_image_size, help="square input side in pixels")
     g.add_argument("--precision", choices=PRECISIONS, help="backbone precision")
     g = p.add_argument_group("data")
     g.add_argument("--mode", choices=TRAINING_MODES, default="masks")
     g.add_argument("--shots", type=_int_at_least(2), help="images per category (kshot mode)")
-    g.add_argument("--val-fraction", type=float, default=0.1, help="validation share (0.1)")
+    g.add_argument(
+        "--val-fraction",
+        type=_float_in(0.0, 1.0, low_open=False, high_open=True),
+        default=0.1,
+        help="validation share (0.1)",
+    )
     g.add_argument(
         "--defect-kinds",
         type=_name_list,
@@ -239,9 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--text-batch-size", type=_int_at_least(1), help="stage 1 batch (16)")
     g.add_argument("--batch-size", type=_int_at_least(1), help="stage 2 batch (8)")
     g.add_argument("--accumulate", type=_int_at_least(1), help="micro-batches per step (1)")
-    g.add_argument("--text-lr", type=float, help="stage 1 learning rate (1e-5)")
-    g.add_argument("--lr", type=float, help="stage 2 learning rate (5e-4)")
-    g.add_argument("--seed", type=int, help="data order, augmentation and initialisation (0)")
+    g.add_argument("--text-lr", type=_learning_rate, help="stage 1 learning rate (1e-5)")
+    g.add_argument("--lr", type=_learning_rate, help="stage 2 learning rate (5e-4)")
+    g.add_argument(
+        "--seed", type=_int_at_least(0), help="data order, augmentation and initialisation (0)"
+    )
     p.add_argument("--output", required=True, type=Path, metavar="CKPT")
     p.add_argument("--no-resume", action="store_true", help="ignore CKPT/last and start over")
     p.set_defaults(handler=_cmd_train)
@@ -259,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", nargs="+", action="extend", metavar="C")
     g = p.add_argument_group("detector options (unset = the default)")
     g.add_argument("--backbone", help="backbone spec (default efficientnet-lite0)")
-    g.add_argument("--image-size", type=_int_at_least(32), help="square input side in pixels")
+    g.add_argument("--image-size", type=_image_size, help="square input side in pixels")
     g.add_argument("--memory-size", type=_int_at_least(1), help="memory bank rows")
     g.add_argument(
         "--shots",
@@ -309,9 +360,10 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         skip_bad=args.skip_bad,
         save_maps=args.save_maps,
         progress=_progress(args),
+        allow_overlap=args.allow_overlap,
     )
     print()
-    print(format_table(result.rows()))
+    print(format_table(result.rows(), overlap=result.overlap_categories()))
     print()
     print(f"wrote {args.output / 'results.json'} and {args.output / 'predictions.csv'}")
     return EXIT_OK
@@ -332,14 +384,20 @@ def _resolve_one_category(dataset: str, root: Path, category: str | None) -> str
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from anomalens.evaluate import build_detector, load_samples
+    from anomalens.evaluate import build_detector, load_split
+    from anomalens.methods.base import check_model_folder
+    from anomalens.overlap import training_record
 
+    check_model_folder(args.output)  # before minutes of fitting
     category = _resolve_one_category(args.dataset, args.root, args.category)
     detector = build_detector(args.method, category, **_method_options(args))
-    train, _, skipped = load_samples(
-        args.dataset, args.root, category, "train", args.skip_bad, _progress(args)
-    )
+    split = load_split(args.dataset, args.root, category, "train", args.skip_bad, _progress(args))
+    train, skipped = split.samples, split.skipped
     detector.fit([s.image for s in train], progress=_progress(args))
+    detector.fit_report.n_skipped, detector.fit_report.n_ignored = len(skipped), len(split.ignored)
+    detector.training_data = training_record(
+        args.dataset, args.root, [category], "train", [s.path for s in train]
+    )
     folder = detector.save(args.output)
     threshold = detector.threshold
     shown = "none (too few images to calibrate)" if threshold is None else f"{threshold:.4g}"
@@ -348,6 +406,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     print(
         f"fitted {args.method} on {used} good images of {category!r}"
         + (f" ({len(skipped)} unreadable skipped)" if skipped else "")
+        + (f" ({len(split.ignored)} non-image entries ignored)" if split.ignored else "")
         + f"; image threshold {shown}"
     )
     print(f"saved model to {folder} (config.json, model.safetensors)")
@@ -374,10 +433,11 @@ def _print_predictions(
     records: list[dict[str, Any]], summary: dict[str, Any], output: Path, n_skipped: int
 ) -> None:
     shown = 20
-    width = min(60, max(len(r["path"]) for r in records))
-    for r in records[:shown]:
+    paths = [display_path(r["path"]) for r in records[:shown]]
+    width = min(60, max(len(p) for p in paths))
+    for r, path in zip(records[:shown], paths, strict=True):
         verdict = {None: "", True: "DEFECTIVE", False: "ok"}[r["is_defective"]]
-        path = r["path"] if len(r["path"]) <= width else "..." + r["path"][-(width - 3) :]
+        path = path if len(path) <= width else "..." + path[-(width - 3) :]
         print(f"{path:<{width}}  {r['score']:10.4g}  {verdict}")
     if len(records) > shown:
         print(f"... {len(records) - shown} more in {output / 'scores.csv'}")
@@ -535,7 +595,8 @@ def _error_message(exc: BaseException) -> str:
         what = exc.strerror or str(exc)
         return f"{where}: {what}" if where else what
     text = str(exc).strip() or type(exc).__name__
-    text = text.splitlines()[0] if "\n" in text else text
+    if "\n" in text and not isinstance(exc, AnomalensError):  # ours are written to be read whole
+        text = text.splitlines()[0]
     if isinstance(exc, FloatingPointError):
         return f"numerical error: {text}"
     return text
@@ -543,6 +604,9 @@ def _error_message(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    for stream in (sys.stdout, sys.stderr):  # file names that are not valid UTF-8, LC_ALL=C
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     with warnings.catch_warnings(), _log_to_stderr(_log_level(args)):

@@ -48,9 +48,14 @@ from anomalens.backbones.registry import parse_spec
 from anomalens.data.datasets import build_dataset, resolve_categories
 from anomalens.data.sample import Sample
 from anomalens.data.transforms import spread_indices
-from anomalens.errors import CheckpointError, DatasetError, UntrainedError
+from anomalens.errors import CheckpointError, DatasetError, OverlapError, UntrainedError
 from anomalens.methods import METHODS, create_detector
-from anomalens.methods.base import Detector, checkpoint_method, config_to_dict, load_detector
+from anomalens.methods.base import (
+    Detector,
+    checkpoint_method,
+    config_to_dict,
+    load_detector,
+)
 from anomalens.metrics import compute_all
 from anomalens.report import ReportWriter, write_csv, write_json
 from anomalens.runtime import cpu_isa
@@ -67,6 +72,7 @@ __all__ = [
     "evaluate_detector",
     "format_table",
     "load_samples",
+    "load_split",
     "mean_row",
     "resolve_categories",
     "results_dict",
@@ -131,6 +137,8 @@ class CategoryResult:
     pixel_threshold: float | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list, repr=False)
     config: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: why the test images overlap the checkpoint's training images (None: no overlap known)
+    overlap: str | None = None
 
     def as_dict(self) -> dict[str, float | int]:
         """The ``results.json`` entry: exactly :data:`RESULT_KEYS`."""
@@ -143,6 +151,8 @@ class CategoryResult:
             "pixel_threshold": self.pixel_threshold,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "config": self.config,
+            "overlap": self.overlap is not None,
+            **({"overlap_reason": self.overlap} if self.overlap else {}),
         }
 
 
@@ -162,6 +172,10 @@ class BenchmarkResult:
         """``{category: results.json entry}`` in run order."""
         return {c.category: c.as_dict() for c in self.categories}
 
+    def overlap_categories(self) -> list[str]:
+        """Categories evaluated on images the checkpoint was trained on (``--allow-overlap``)."""
+        return [c.category for c in self.categories if c.overlap is not None]
+
 
 def mean_row(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     """Mean over categories of :data:`MEAN_KEYS`, ignoring NaN/None (NaN if all are missing)."""
@@ -177,9 +191,18 @@ def _as_float(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
-def format_table(rows: Mapping[str, Mapping[str, Any]], mean: bool = True) -> str:
+#: Marks a category of the printed table evaluated on its checkpoint's training images.
+OVERLAP_MARK = " (OVERLAP)"
+
+
+def format_table(
+    rows: Mapping[str, Mapping[str, Any]], mean: bool = True, overlap: Sequence[str] = ()
+) -> str:
     """A plain-text table: one line per category (``rows`` as in ``results.json``) and a MEAN
-    line; missing / NaN values are shown as ``-``."""
+    line; missing / NaN values are shown as ``-``. Categories in ``overlap`` are marked
+    :data:`OVERLAP_MARK` and a last line says what that means."""
+    if overlap:
+        rows = {f"{c}{OVERLAP_MARK}" if c in overlap else c: r for c, r in rows.items()}
     width = max([len("category"), len("MEAN"), *(len(c) for c in rows)])
     header = f"{'category':<{width}}" + "".join(f"  {h:>8}" for h, _, _ in _TABLE_COLUMNS)
 
@@ -194,6 +217,11 @@ def format_table(rows: Mapping[str, Mapping[str, Any]], mean: bool = True) -> st
     lines += [line(name, row) for name, row in rows.items()]
     if mean and rows:
         lines += ["-" * len(header), line("MEAN", mean_row(rows))]
+    if overlap:
+        lines.append(
+            f"{OVERLAP_MARK.strip()}: evaluated on images the checkpoint was trained on "
+            "(--allow-overlap); these numbers do not measure generalisation"
+        )
     return "\n".join(lines)
 
 
@@ -229,7 +257,9 @@ def results_dict(result: BenchmarkResult) -> dict[str, Any]:
 
     ``{"method", "dataset", "root", "options" (as given), "config" (resolved, first category),
     "environment", "seconds", "categories": {cat: {RESULT_KEYS}}, "mean": {MEAN_KEYS,
-    "n_categories"}, "details": {cat: {threshold, pixel_threshold, skipped, config}}}``.
+    "n_categories"}, "overlap" (true when a category was evaluated on the checkpoint's
+    training images), "details": {cat: {threshold, pixel_threshold, skipped, config, overlap,
+    overlap_reason}}}``.
     """
     rows = result.rows()
     return {
@@ -242,6 +272,7 @@ def results_dict(result: BenchmarkResult) -> dict[str, Any]:
         "seconds": result.seconds,
         "categories": rows,
         "mean": {**mean_row(rows), "n_categories": len(rows)},
+        "overlap": bool(result.overlap_categories()),
         "details": {c.category: c.details() for c in result.categories},
     }
 
@@ -256,6 +287,28 @@ def write_results(output: str | os.PathLike, result: BenchmarkResult) -> tuple[P
             rows.append([c.category, path, int(label), repr(float(score))])
     csv_path = write_csv(out / PREDICTIONS_CSV, rows)
     return json_path, csv_path
+
+
+def _check_overlap(
+    checkpoint: Any, dataset: str, root: Any, cats: Sequence[str], allow: bool
+) -> dict[str, str]:
+    """``{category: reason}`` of train/test overlap of a checkpoint; OverlapError unless
+    ``allow`` (then one warning per category)."""
+    if checkpoint is None:
+        return {}
+    from anomalens.overlap import checkpoint_overlap
+
+    found = checkpoint_overlap(checkpoint, dataset, root, cats)
+    if found and not allow:
+        reasons = "; ".join(found.values())
+        raise OverlapError(
+            f"{checkpoint}: refusing to evaluate the checkpoint on images it was trained on "
+            f"({reasons}); evaluate on another dataset, or pass --allow-overlap "
+            "(allow_overlap=True) to mark the results as overlapping"
+        )
+    for category, reason in found.items():
+        logger.warning("%s: %s; results are marked overlap", category, reason)
+    return found
 
 
 def is_benchmark_folder(folder: str | os.PathLike) -> bool:
@@ -344,6 +397,34 @@ def build_detector(method: str, category: str | None = None, **options: Any) -> 
     return detector
 
 
+@dataclass
+class LoadedSplit:
+    """One split in memory: samples, whether every defective image has a mask, the unreadable
+    images skipped (``skip_bad``) and the entries ignored as not images (FIFOs, ``.webp`` ...),
+    both as ``(path, reason)``."""
+
+    samples: list[Sample]
+    has_masks: bool
+    skipped: list[tuple[str, str]]
+    ignored: list[tuple[str, str]]
+
+
+def load_split(
+    dataset: str,
+    root: str | os.PathLike,
+    category: str,
+    split: str,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> LoadedSplit:
+    """Load one split with a progress bar (see :class:`LoadedSplit`)."""
+    ds = build_dataset(dataset, root, category, split, skip_bad=skip_bad)
+    samples = ds.load_all(progress=progress)
+    if not samples:
+        raise DatasetError(f"{root}: no readable {split} images for category {category!r}")
+    return LoadedSplit(samples, ds.has_masks, list(ds.skipped), list(ds.ignored))
+
+
 def load_samples(
     dataset: str,
     root: str | os.PathLike,
@@ -353,11 +434,8 @@ def load_samples(
     progress: bool = True,
 ) -> tuple[list[Sample], bool, list[tuple[str, str]]]:
     """``(samples, has_masks, skipped)`` of one split, loaded with a progress bar."""
-    ds = build_dataset(dataset, root, category, split, skip_bad=skip_bad)
-    samples = ds.load_all(progress=progress)
-    if not samples:
-        raise DatasetError(f"{root}: no readable {split} images for category {category!r}")
-    return samples, ds.has_masks, list(ds.skipped)
+    loaded = load_split(dataset, root, category, split, skip_bad, progress)
+    return loaded.samples, loaded.has_masks, loaded.skipped
 
 
 def evaluate_detector(
@@ -488,8 +566,13 @@ def run_benchmark(
     save_maps: int = 0,
     spread_maps: bool = False,
     progress: bool = True,
+    allow_overlap: bool = False,
 ) -> BenchmarkResult:
     """Evaluate every category (all found under ``root`` when ``categories`` is None).
+
+    With a ``checkpoint`` option, categories whose test images the checkpoint was trained on
+    (:func:`anomalens.overlap.checkpoint_overlap`) raise OverlapError before anything runs,
+    unless ``allow_overlap``: they are then evaluated with a warning and marked ``overlap``.
 
     With ``output``, ``results.json`` and ``predictions.csv`` are rewritten after each
     category. Logs INFO lines: what runs on which data (once the options and categories are
@@ -499,6 +582,7 @@ def run_benchmark(
     given = {k: v for k, v in dict(options or {}).items() if v is not None}
     check_options(method, given)
     cats = resolve_categories(dataset, root, categories)
+    overlaps = _check_overlap(given.get("checkpoint"), dataset, root, cats, allow_overlap)
     shown = ", ".join(f"{k}={v}" for k, v in given.items()) or "defaults"
     logger.info("benchmark: %s (%s) on %s at %s", method, shown, dataset, root)
     logger.debug("categories: %s", ", ".join(cats))
@@ -527,6 +611,7 @@ def run_benchmark(
                     spread_maps=spread_maps,
                     progress=progress,
                 )
+                cat.overlap = overlaps.get(category)
                 result.categories.append(cat)
                 result.seconds = time.perf_counter() - start
                 if folder is not None:

@@ -25,6 +25,7 @@ from anomalens.methods.aaclip import (
     TrainResult,
     train_aaclip,
 )
+from anomalens.overlap import training_record
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def train_detector(
     output: str | os.PathLike,
     *,
     categories: Sequence[str] | None = None,
-    mode: str = "masks",
+    mode: str = "synthetic",
     model_options: Mapping[str, Any] | None = None,
     schedule: Mapping[str, Any] | None = None,
     shots: int | None = None,
@@ -86,6 +87,10 @@ def train_detector(
     ``model_options`` are fields of the method's config (e.g. ``backbone``, ``anchors``),
     ``schedule`` fields of :class:`~anomalens.methods.aaclip.TrainConfig`; None values keep the
     defaults. The backbone is loaded before any data is read, so a bad spec fails fast.
+    The default ``mode`` (``synthetic``) trains on the train split; ``masks`` and ``kshot``
+    train on the TEST split (a warning says so). The checkpoint records what it was trained on
+    (:func:`anomalens.overlap.training_record`), so ``benchmark`` refuses to evaluate it on
+    the same images.
     Returns the trained detector (not fitted to a category yet) and the training result.
     """
     if method not in TRAINABLE_METHODS:
@@ -99,6 +104,17 @@ def train_detector(
     samples = load_training_samples(
         dataset, root, categories, mode, size, skip_bad=skip_bad, progress=progress
     )
+    split = MODE_SPLITS[mode]
+    cats = list(dict.fromkeys(s.category for s in samples))
+    if split == "test":
+        logger.warning(
+            "%s mode trains on the TEST split of %s (%s); evaluate this checkpoint on another "
+            "dataset (benchmark refuses these images unless --allow-overlap)",
+            mode,
+            ", ".join(cats),
+            root,
+        )
+    detector.training_data = training_record(dataset, root, cats, split, [s.path for s in samples])
     logger.info(
         "train: aaclip (%s, anchors=%s) on %d images of %s (%s mode)",
         detector.config.backbone,

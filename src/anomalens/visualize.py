@@ -35,7 +35,7 @@ __all__ = [
 PREDICTION_FIGSIZE = (13.5, 4.8)  # inches; 1350 x 480 px at dpi=100
 #: Longest side at which a prediction figure draws its panels: a larger image and its map are
 #: shrunk first, so drawing memory does not grow with the photo (each panel is ~450 px wide).
-FIGURE_MAX_SIDE = 1024
+FIGURE_MAX_SIDE = 512
 PLOT_FIGSIZE = (5.0, 4.5)  # ROC curve and histogram; 500 x 450 px at dpi=100
 _DEFECT_COLOR = "#d62728"
 _OK_COLOR = "#2ca02c"

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from anomalens.atomic import atomic_write_json, atomic_write_with, check_output_path, staged_folder
 from anomalens.backbones.base import check_precision
 from anomalens.backbones.registry import DEFAULT_BACKBONE
-from anomalens.errors import CheckpointError, NotFittedError
+from anomalens.errors import CheckpointError, NotFittedError, WriteError
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -150,12 +150,17 @@ class Calibration:
 
 @dataclass
 class FitReport:
-    """What ``fit`` did: image and patch counts and where the time went (seconds)."""
+    """What ``fit`` did: image and patch counts, where the time went (seconds), and how many
+    files of the training folder were skipped or ignored."""
 
     n_images: int = 0
     n_patches: int = 0
     memory_size: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    #: unreadable images skipped (``--skip-bad``) and folder entries ignored as not images
+    #: (FIFOs, dangling links, ``.webp`` ...), filled in by the caller that read the data
+    n_skipped: int = 0
+    n_ignored: int = 0
 
     @classmethod
     def timed(
@@ -237,6 +242,19 @@ def is_checkpoint_folder(folder: str | Path) -> bool:
         return False
 
 
+def check_model_folder(folder: str | Path) -> Path:
+    """``folder`` as a Path if a model may be written there: not ``""``, ``.``, the home
+    folder ..., and either absent, empty or a model folder (:func:`is_checkpoint_folder`);
+    otherwise WriteError."""
+    path = check_output_path(folder, "model folder")
+    if path.is_dir() and any(path.iterdir()) and not is_checkpoint_folder(path):
+        raise WriteError(
+            f"{path}: not empty and not an anomalens model folder; refusing to replace it "
+            "(choose another output folder or remove it)"
+        )
+    return path
+
+
 def write_checkpoint(
     folder: str | Path, method: str, config: Any, extra: dict[str, Any], tensors: dict
 ) -> Path:
@@ -249,7 +267,7 @@ def write_checkpoint(
     that is not a model folder, and paths such as ``""``, ``.`` or the home folder, are refused
     (:class:`~anomalens.errors.WriteError`).
     """
-    folder = check_output_path(folder, "model folder")
+    folder = check_model_folder(folder)
     meta = {
         "method": method,
         "format_version": FORMAT_VERSION,

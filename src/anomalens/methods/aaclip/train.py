@@ -27,7 +27,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import shutil
 import time
 import warnings
@@ -42,6 +41,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from anomalens.atomic import atomic_write_json, atomic_write_with
 from anomalens.errors import ResumeError
 from anomalens.methods.aaclip.data import TrainingData, TrainItem
 from anomalens.methods.aaclip.detector import AACLIP
@@ -133,15 +133,12 @@ def seg_probs(logits: Sequence[torch.Tensor], size: tuple[int, int]) -> list[tor
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write_with(path, lambda tmp: save_file(flat, str(tmp)))
 
 
 def _atomic_json(data: dict[str, Any], path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, data)
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
