@@ -64,9 +64,10 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _write_error(path: Path, exc: BaseException, what: str = "the previous version") -> WriteError:
-    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    err = WriteError(f"{path}: cannot write ({reason}); {what} is kept")
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+    err = WriteError(f"{path}: cannot write ({reason or type(exc).__name__}); {what} is kept")
     err.errno = getattr(exc, "errno", None)  # type: ignore[attr-defined]
+    err.path, err.reason = path, reason  # type: ignore[attr-defined]
     return err
 
 
@@ -269,10 +270,11 @@ def staged_folder(
         old = _swap_in(staging, target)
     except BaseException as exc:
         _discard(staging, keep_on_error)
-        if isinstance(exc, WriteError):
+        if isinstance(exc, WriteError) and getattr(exc, "path", None) is None:
             raise
         if isinstance(exc, OSError) or _is_disk_error(exc):
-            where = Path(exc.filename) if getattr(exc, "filename", None) else target
+            where = getattr(exc, "path", None) or getattr(exc, "filename", None) or target
+            where = _outside(Path(where), staging, target)
             raise _write_error(where, exc, f"the previous {what} {target}") from exc
         raise
     _fsync_dir(target.parent)
@@ -292,6 +294,14 @@ def _discard(staging: Path, keep: str | os.PathLike | None) -> None:
             os.rename(staging, keep)
             return
     _rmtree(staging)
+
+
+def _outside(path: Path, staging: Path, target: Path) -> Path:
+    """``path`` inside the staging folder named as where it was going in ``target``."""
+    try:
+        return target / path.relative_to(staging)
+    except ValueError:
+        return path
 
 
 def _non_empty(folder: Path) -> bool:

@@ -267,7 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-size", type=_image_size, help="square input side in pixels")
     g.add_argument("--precision", choices=PRECISIONS, help="backbone precision")
     g = p.add_argument_group("data")
-    g.add_argument("--mode", choices=TRAINING_MODES, default="masks")
+    g.add_argument(
+        "--mode",
+        choices=TRAINING_MODES,
+        default="synthetic",
+        help="%(default)s (masks and kshot train on the test split)",
+    )
     g.add_argument("--shots", type=_int_at_least(2), help="images per category (kshot mode)")
     g.add_argument(
         "--val-fraction",

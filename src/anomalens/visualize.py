@@ -211,12 +211,16 @@ def save_prediction_figure(
     The ground-truth ``mask`` is outlined in green on the first two panels when given. ``boxes``
     are in the pixel coordinates of ``anomaly_map`` (rescaled if the map is smaller than the
     image, like the map itself). The PNG is
-    ``PREDICTION_FIGSIZE * dpi`` pixels (1350 x 480 at dpi=100).
+    ``PREDICTION_FIGSIZE * dpi`` pixels (1350 x 480 at dpi=100). Images larger than
+    :data:`FIGURE_MAX_SIDE` are drawn shrunk to it, so memory does not grow with the photo.
     """
-    rgb = _as_rgb(image)
+    map_shape = np.shape(anomaly_map)
+    rgb = _as_rgb(shrink_for_display(np.asarray(image)))
     shape = rgb.shape[:2]
-    boxes = _scale_boxes(boxes, np.shape(anomaly_map), shape)
+    boxes = _scale_boxes(boxes, map_shape, shape)
     m = _fit_map(anomaly_map, shape)
+    if mask is not None:
+        mask = shrink_for_display(np.asarray(mask, dtype=np.float32))
     lo, hi = _map_limits(m, vmin, vmax)
     if hi <= lo:
         hi = lo + 1e-6
