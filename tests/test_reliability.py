@@ -201,6 +201,7 @@ def test_odd_and_broken_images(model_dir: Path, tmp_path: Path, capsys) -> None:
     bad = sorted(n for n, e in cases.items() if e is not None)
     assert summary["n_images"] == len(cases) - len(bad)
     assert sorted(Path(p).name for p in summary["skipped"]) == bad
+    assert f"{len(bad)} unreadable skipped" in out
     scored = json.loads((tmp_path / "all" / "scores.json").read_text())["images"]
     assert sorted(Path(r["path"]).name for r in scored) == sorted(
         n for n, e in cases.items() if e is None
