@@ -7,10 +7,11 @@ Writes ``--n-images`` distinct ``--size`` px JPEG photos (textured noise with a 
 the maps and hotspots are not trivial) into ``WORK/images``, fits PatchCore with its defaults
 (EfficientNet-Lite0, 320 px, 10240 memory rows) on 8 of them, then runs
 ``anomalens predict --model WORK/model --input WORK/images --output WORK/report`` (overlay
-figures included) in a child process. The child's resident memory is sampled every 0.2 s from
-``/proc`` (with its peak ``ru_maxrss`` from ``wait4`` as the final word), so the JSON holds the
-peak and the RSS after each tenth of the images: a leak shows as a rising curve. This is a
-memory figure, not a timing (the wall time is recorded for information only).
+figures included unless ``--no-figures``) in a child process. The child's resident memory is
+sampled every 0.2 s from ``/proc`` (its peak ``ru_maxrss`` from ``wait4`` is the final word),
+so the JSON holds the peak and the peak in each tenth of the run: a leak shows as a rising
+curve. This is a memory figure, not a timing (the wall time is recorded for information only;
+it depends on what else runs).
 """
 
 from __future__ import annotations
@@ -58,26 +59,16 @@ def _rss(pid: int) -> int:
     return 0
 
 
-def _count(folder: Path) -> int:
-    """Overlays written so far (in the staging folder beside the report)."""
-    total = 0
-    for staging in folder.parent.glob(f".{folder.name}.staging-*"):
-        overlays = staging / "overlays"
-        if overlays.is_dir():
-            total += sum(1 for _ in os.scandir(overlays))
-    return total
-
-
-def run_predict(cmd: list[str], report: Path, n: int) -> dict:
+def run_predict(cmd: list[str]) -> dict:
     """Run ``cmd``; sample its RSS; return peak, curve and wall time."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    samples: list[tuple[float, int, int]] = []
+    samples: list[tuple[float, int]] = []
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            samples.append((time.perf_counter() - start, _rss(proc.pid), _count(report)))
+            samples.append((time.perf_counter() - start, _rss(proc.pid)))
             stop.wait(0.2)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -89,14 +80,15 @@ def run_predict(cmd: list[str], report: Path, n: int) -> dict:
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.returncode != 0:
         raise SystemExit(f"predict failed ({proc.returncode}):\n{err[-2000:]}")
-    curve = []
-    for tenth in range(1, 11):
-        done = [rss for _, rss, k in samples if k <= n * tenth // 10]
-        curve.append(round(max(done) / GIB, 3) if done else None)
+    total = samples[-1][0] if samples else 0.0
+    curve = []  # peak RSS in each tenth of the run's wall time: a leak shows as a rising curve
+    for tenth in range(10):
+        part = [rss for t, rss in samples if tenth * total / 10 <= t <= (tenth + 1) * total / 10]
+        curve.append(round(max(part) / GIB, 3) if part else None)
     return {
         "peak_rss_gib": round(usage.ru_maxrss * 1024 / GIB, 3),
         "peak_rss_sampled_gib": round(max(s[1] for s in samples) / GIB, 3),
-        "rss_by_tenth_gib": curve,
+        "rss_by_tenth_of_time_gib": curve,
         "seconds": round(time.perf_counter() - start, 1),
     }
 
@@ -126,7 +118,7 @@ def main() -> None:
     cmd = [sys.executable, "-m", "anomalens", "predict", "-q", "--model", str(model_dir)]
     cmd += ["--input", str(images), "--output", str(report)]
     cmd += ["--no-figures"] * args.no_figures
-    measured = run_predict(cmd, report, args.n_images)
+    measured = run_predict(cmd)
     summary = json.loads((report / "summary.json").read_text(encoding="utf-8"))
     if summary["n_images"] != args.n_images:
         raise SystemExit(f"predict scored {summary['n_images']} of {args.n_images} images")

@@ -23,7 +23,8 @@ Tables (name: folder under ``benchmarks/results`` and files):
 * ``fewshot-screw``: ``fewshot-screw/<method>_k<K>.json`` of ``benchmarks/screw_fewshot.sh``;
 * ``aaclip-screw``: ``aaclip-screw/<anchors>.json`` of ``benchmarks/screw_aaclip.sh``;
 * ``aaclip-speed``: ``aaclip-speed/*.json`` of ``bench_aaclip.py --json``;
-* ``zero-few-shot-speed``: ``zero-few-shot-speed/*.json`` of ``bench_zero_few_shot.py --json``.
+* ``zero-few-shot-speed``: ``zero-few-shot-speed/*.json`` of ``bench_zero_few_shot.py --json``;
+* ``predict-memory``: ``predict-memory/*.json`` of ``bench_predict_memory.py --json``.
 """
 
 from __future__ import annotations
@@ -346,6 +347,28 @@ def render_aaclip_speed(results: Path) -> str:
     return head + "\n\n" + table(header, rows)
 
 
+def render_predict_memory(results: Path) -> str:
+    docs = [load(p) for p in files(results, "predict-memory")]
+    docs.sort(key=lambda d: (d["figures"], d["n_images"]))
+    rows = [
+        [
+            f"{d['n_images']} x {d['image_size_px']} px",
+            "yes" if d["figures"] else "no (`--no-figures`)",
+            num(d["peak_rss_gib"], 2),
+            " / ".join(num(v, 2) for v in d["rss_by_tenth_of_time_gib"] if v is not None),
+            num(d["limit_gib"], 1),
+            "yes" if d["under_limit"] else "**no**",
+        ]
+        for d in docs
+    ]
+    head = (
+        f"`anomalens predict` of PatchCore (defaults: {docs[0]['method'].split('(')[-1][:-1]}) "
+        f"in a child process, resident memory sampled every 0.2 s; {machines(docs)}.{note(docs)}"
+    )
+    header = ["images", "overlay figures", "peak RSS GiB", "peak per tenth of the run", "limit"]
+    return head + "\n\n" + table([*header, "under"], rows)
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "patchcore-screw": render_patchcore_screw,
     "patchcore-speed": render_patchcore_speed,
@@ -353,6 +376,7 @@ RENDERERS: dict[str, Callable[[Path], str]] = {
     "aaclip-screw": render_aaclip_screw,
     "aaclip-speed": render_aaclip_speed,
     "zero-few-shot-speed": render_zero_few_shot_speed,
+    "predict-memory": render_predict_memory,
 }
 
 
