@@ -605,7 +605,7 @@ def test_failed_benchmark_keeps_complete_results(fake, demo_root, tmp_path, caps
     assert snapshot(out) == before
     partial = json.loads((tmp_path / "bench.partial" / "results.json").read_text())
     assert list(partial["categories"]) == ["a_cat"]
-    assert "finished category of this run are in" in err
+    assert "the categories this run finished are in" in err
 
 
 # --------------------------------------------------------------------------------------------

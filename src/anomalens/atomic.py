@@ -135,10 +135,13 @@ def atomic_write_text(
     return atomic_write_bytes(path, text.encode(encoding, errors))
 
 
-def atomic_write_json(path: str | os.PathLike, data: Any, indent: int | None = 2) -> Path:
-    """Write ``data`` as JSON (a trailing newline) atomically. NaN/inf are refused: convert
-    them first (``anomalens.report.jsonable``)."""
-    text = json.dumps(data, indent=indent, allow_nan=False)
+def atomic_write_json(
+    path: str | os.PathLike, data: Any, indent: int | None = 2, allow_nan: bool = False
+) -> Path:
+    """Write ``data`` as JSON (a trailing newline) atomically. NaN/inf are refused unless
+    ``allow_nan`` (Python's ``NaN`` literals, not standard JSON): convert them first
+    (``anomalens.report.jsonable``)."""
+    text = json.dumps(data, indent=indent, allow_nan=allow_nan)
     return atomic_write_text(path, text + "\n")
 
 

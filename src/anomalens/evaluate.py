@@ -27,7 +27,6 @@ command shows INFO by default, ``-q`` hides it and ``-v`` adds DEBUG.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -316,23 +315,6 @@ def is_benchmark_folder(folder: str | os.PathLike) -> bool:
     return (Path(folder) / RESULTS_JSON).is_file()
 
 
-@contextlib.contextmanager
-def _run_folder(output: str | os.PathLike | None, partial: Path | None):
-    """The folder a benchmark writes into: a staging folder swapped in for ``output`` when
-    every category is done (None without ``output``)."""
-    if output is None:
-        yield None
-        return
-    check_output_path(output)
-    with staged_folder(
-        output,
-        replaceable=is_benchmark_folder,
-        keep_on_error=partial,
-        what="benchmark folder",
-    ) as folder:
-        yield folder
-
-
 # --------------------------------------------------------------------------------------------
 # building blocks
 # --------------------------------------------------------------------------------------------
@@ -570,9 +552,57 @@ def run_benchmark(
 ) -> BenchmarkResult:
     """Evaluate every category (all found under ``root`` when ``categories`` is None).
 
-    With a ``checkpoint`` option, categories whose test images the checkpoint was trained on
-    (:func:`anomalens.overlap.checkpoint_overlap`) raise OverlapError before anything runs,
-    unless ``allow_overlap``: they are then evaluated with a warning and marked ``overlap``.
+    With ``output``, the run writes into a staging folder beside it (``results.json`` and
+    ``predictions.csv`` rewritten after each category) that replaces ``output`` when every
+    category is done; a failed or interrupted run leaves ``output`` as it was and its finished
+    categories in ``output.partial``. An existing non-empty ``output`` that is not a benchmark
+    folder is refused. With a ``checkpoint`` option, categories whose test images the
+    checkpoint was trained on (:func:`anomalens.overlap.checkpoint_overlap`) raise
+    OverlapError before anything runs, unless ``allow_overlap``: they are then evaluated with a
+    warning and marked ``overlap``. Logs INFO lines: what runs on which data (once the options
+    and categories are checked), and per category one line when it starts and one with its
+    image AUROC and timings when it ends.
+    """
+    args = (dataset, root, categories, method, options)
+    kwargs: dict[str, Any] = dict(
+        skip_bad=skip_bad,
+        save_maps=save_maps,
+        spread_maps=spread_maps,
+        progress=progress,
+        allow_overlap=allow_overlap,
+    )
+    if output is None:
+        return _run_benchmark(*args, output=None, **kwargs)
+    check_output_path(output)
+    partial = Path(f"{os.fspath(output)}{PARTIAL_SUFFIX}")
+    try:
+        with staged_folder(
+            output, replaceable=is_benchmark_folder, keep_on_error=partial, what="benchmark folder"
+        ) as folder:
+            return _run_benchmark(*args, output=folder, **kwargs)
+    except BaseException:
+        if partial.is_dir():
+            logger.warning(
+                "%s is unchanged; the categories this run finished are in %s", output, partial
+            )
+        raise
+
+
+def _run_benchmark(
+    dataset: str,
+    root: str | os.PathLike,
+    categories: Sequence[str] | None = None,
+    method: str = "patchcore",
+    options: Mapping[str, Any] | None = None,
+    *,
+    output: str | os.PathLike | None = None,
+    skip_bad: bool = False,
+    save_maps: int = 0,
+    spread_maps: bool = False,
+    progress: bool = True,
+    allow_overlap: bool = False,
+) -> BenchmarkResult:
+    """:func:`run_benchmark` writing straight into ``output`` (a staging folder).
 
     With ``output``, ``results.json`` and ``predictions.csv`` are rewritten after each
     category. Logs INFO lines: what runs on which data (once the options and categories are
@@ -594,47 +624,34 @@ def run_benchmark(
         environment=environment(),
     )
     start = time.perf_counter()
-    partial = None if output is None else Path(f"{os.fspath(output)}{PARTIAL_SUFFIX}")
-    try:
-        with _run_folder(output, partial) as folder:
-            for i, category in enumerate(cats, 1):
-                logger.info("[%d/%d] %s", i, len(cats), category)
-                cat = evaluate_category(
-                    dataset,
-                    root,
-                    category,
-                    method,
-                    given,
-                    skip_bad=skip_bad,
-                    output=folder,
-                    save_maps=save_maps,
-                    spread_maps=spread_maps,
-                    progress=progress,
-                )
-                cat.overlap = overlaps.get(category)
-                result.categories.append(cat)
-                result.seconds = time.perf_counter() - start
-                if folder is not None:
-                    json_path, csv_path = write_results(folder, result)
-                    logger.debug("updated %s and %s", json_path, csv_path)
-                logger.info(
-                    "[%d/%d] %s: image AUROC %.3f, fit %.1f s, %.1f ms/image%s",
-                    i,
-                    len(cats),
-                    category,
-                    cat.image_auroc,
-                    cat.fit_seconds,
-                    cat.ms_per_image,
-                    f", skipped {len(cat.skipped)} unreadable" if cat.skipped else "",
-                )
-    except BaseException:
-        if partial is not None and result.categories and partial.is_dir():
-            logger.warning(
-                "%s is unchanged; the %d finished categor%s of this run are in %s",
-                output,
-                len(result.categories),
-                "y" if len(result.categories) == 1 else "ies",
-                partial,
-            )
-        raise
+    for i, category in enumerate(cats, 1):
+        logger.info("[%d/%d] %s", i, len(cats), category)
+        cat = evaluate_category(
+            dataset,
+            root,
+            category,
+            method,
+            given,
+            skip_bad=skip_bad,
+            output=output,
+            save_maps=save_maps,
+            spread_maps=spread_maps,
+            progress=progress,
+        )
+        cat.overlap = overlaps.get(category)
+        result.categories.append(cat)
+        result.seconds = time.perf_counter() - start
+        if output is not None:
+            json_path, csv_path = write_results(output, result)
+            logger.debug("updated %s and %s", json_path, csv_path)
+        logger.info(
+            "[%d/%d] %s: image AUROC %.3f, fit %.1f s, %.1f ms/image%s",
+            i,
+            len(cats),
+            category,
+            cat.image_auroc,
+            cat.fit_seconds,
+            cat.ms_per_image,
+            f", skipped {len(cat.skipped)} unreadable" if cat.skipped else "",
+        )
     return result

@@ -25,6 +25,7 @@ from anomalens.methods.aaclip import (
     TrainResult,
     train_aaclip,
 )
+from anomalens.methods.base import check_model_folder
 from anomalens.overlap import training_record
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ def train_detector(
         raise ValueError(
             f"method {method!r} has nothing to train; trainable: {', '.join(TRAINABLE_METHODS)}"
         )
+    check_model_folder(output)  # before any data is read or an epoch is spent
     options = {k: v for k, v in (model_options or {}).items() if v is not None}
     config = TrainConfig(**{k: v for k, v in (schedule or {}).items() if v is not None})
     detector = AACLIP(AACLIPConfig(**options))

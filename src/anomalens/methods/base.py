@@ -287,7 +287,7 @@ def write_checkpoint(
             weights, lambda tmp: save_file(tensors, str(tmp), metadata={"method": method})
         )
         meta["weights_sha256"] = weights_digest(weights)
-        atomic_write_json(staging / CONFIG_FILE, meta)
+        atomic_write_json(staging / CONFIG_FILE, meta, allow_nan=True)  # NaN val metrics
     return folder
 
 

@@ -138,7 +138,7 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def _atomic_json(data: dict[str, Any], path: Path) -> None:
-    atomic_write_json(path, data)
+    atomic_write_json(path, data, allow_nan=True)
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
