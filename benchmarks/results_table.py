@@ -362,8 +362,8 @@ def render_predict_memory(results: Path) -> str:
         for d in docs
     ]
     head = (
-        f"`anomalens predict` of PatchCore (defaults: {docs[0]['method'].split('(')[-1][:-1]}) "
-        f"in a child process, resident memory sampled every 0.2 s; {machines(docs)}.{note(docs)}"
+        f"`anomalens predict` with {docs[0]['method']}, in a child process whose resident "
+        f"memory is sampled every 0.2 s; {machines(docs)}.{note(docs)}"
     )
     header = ["images", "overlay figures", "peak RSS GiB", "peak per tenth of the run", "limit"]
     return head + "\n\n" + table([*header, "under"], rows)
