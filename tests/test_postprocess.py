@@ -180,3 +180,21 @@ def test_foreground_implausible_or_textures_is_all_true() -> None:
     assert foreground_mask(noise).shape == (64, 64)
     with pytest.raises(ValueError, match="uint8"):
         foreground_mask(np.zeros((10, 10, 3), dtype=np.float32))
+
+
+def test_hotspots_match_an_ndimage_reference() -> None:
+    """Boxes and peaks equal scipy's 8-connected labelling (regions >= min_area)."""
+    rng = np.random.default_rng(3)
+    m = ndimage.uniform_filter(rng.random((120, 90)).astype(np.float32), 5)
+    thr, min_area = float(np.quantile(m, 0.9)), 4
+    labels, n = ndimage.label(m >= thr, structure=np.ones((3, 3)))
+    want = []
+    for i, sl in enumerate(ndimage.find_objects(labels), 1):
+        region = labels[sl] == i
+        if region.sum() >= min_area:
+            ys, xs = sl
+            want.append((xs.start, ys.start, xs.stop, ys.stop, float(m[sl][region].max())))
+    want.sort(key=lambda b: b[4], reverse=True)
+    got = [(b.x0, b.y0, b.x1, b.y1, b.score) for b in hotspots(m, thr, min_area, top_k=None)]
+    assert n > 3
+    assert got == want

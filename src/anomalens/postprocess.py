@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from anomalens.data.transforms import spread_indices
 
@@ -330,27 +329,32 @@ def hotspots(
     m = np.asarray(anomaly_map, dtype=np.float32)
     if m.ndim != 2:
         raise ValueError(f"anomaly_map must be 2-D, got shape {m.shape}")
-    if not np.isfinite(m).all():
+    if m.size and not (math.isfinite(float(m.min())) and math.isfinite(float(m.max()))):
         raise ValueError(f"anomaly_map contains {int(np.sum(~np.isfinite(m)))} NaN/inf values")
     if math.isnan(threshold):
         raise ValueError("threshold is NaN")
-    above = (m >= threshold).astype(np.uint8)
+    above = (m >= threshold).view(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=8)
+    del above
     if n <= 1:
         return []
-    index = np.arange(1, n)
-    peaks = ndimage.maximum(m, labels, index)
-    boxes = [
-        Box(
-            x0=int(stats[i, cv2.CC_STAT_LEFT]),
-            y0=int(stats[i, cv2.CC_STAT_TOP]),
-            x1=int(stats[i, cv2.CC_STAT_LEFT] + stats[i, cv2.CC_STAT_WIDTH]),
-            y1=int(stats[i, cv2.CC_STAT_TOP] + stats[i, cv2.CC_STAT_HEIGHT]),
-            score=float(peak),
-            area=int(stats[i, cv2.CC_STAT_AREA]),
+    # peaks of the kept regions only, each within its bounding box (memory and time scale with
+    # the regions, not with the map: a noisy 6000 x 6000 map took 18 s and 5x its size before)
+    kept = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_area) + 1
+    boxes = []
+    for i in kept:
+        x, y = int(stats[i, cv2.CC_STAT_LEFT]), int(stats[i, cv2.CC_STAT_TOP])
+        w, h = int(stats[i, cv2.CC_STAT_WIDTH]), int(stats[i, cv2.CC_STAT_HEIGHT])
+        inside = labels[y : y + h, x : x + w] == i
+        boxes.append(
+            Box(
+                x0=x,
+                y0=y,
+                x1=x + w,
+                y1=y + h,
+                score=float(m[y : y + h, x : x + w][inside].max()),
+                area=int(stats[i, cv2.CC_STAT_AREA]),
+            )
         )
-        for i, peak in zip(index, peaks, strict=True)
-        if stats[i, cv2.CC_STAT_AREA] >= min_area
-    ]
     boxes.sort(key=lambda b: b.score, reverse=True)
     return boxes if top_k is None else boxes[:top_k]
