@@ -132,7 +132,8 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
     else:
         if mode == "P":
             img = img.convert("RGBA")  # handles palette transparency without PIL warnings
-        return np.ascontiguousarray(np.asarray(img.convert("RGB")), dtype=np.uint8)
+        rgb = img if img.mode == "RGB" else img.convert("RGB")  # no extra copy of large photos
+        return np.ascontiguousarray(np.asarray(rgb), dtype=np.uint8)
     return np.repeat(gray[:, :, None], 3, axis=2)
 
 
