@@ -13,6 +13,8 @@ from typing import Any
 from anomalens.methods.aaclip import AACLIP, AACLIPConfig
 from anomalens.methods.anomalydino import AnomalyDINO, AnomalyDINOConfig
 from anomalens.methods.base import Detector, Prediction, load_detector
+from anomalens.methods.gaussian import GaussianAD, GaussianADConfig
+from anomalens.methods.padim import PaDiM, PaDiMConfig
 from anomalens.methods.patchcore import PatchCore, PatchCoreConfig
 from anomalens.methods.winclip import WinCLIP, WinCLIPConfig
 
@@ -21,6 +23,8 @@ METHODS: dict[str, type[Detector]] = {
     "anomalydino": AnomalyDINO,
     "winclip": WinCLIP,
     "aaclip": AACLIP,
+    "padim": PaDiM,
+    "gaussian": GaussianAD,
 }
 
 
@@ -47,6 +51,10 @@ __all__ = [
     "AnomalyDINO",
     "AnomalyDINOConfig",
     "Detector",
+    "GaussianAD",
+    "GaussianADConfig",
+    "PaDiM",
+    "PaDiMConfig",
     "PatchCore",
     "PatchCoreConfig",
     "Prediction",
