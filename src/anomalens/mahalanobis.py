@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+#: relative diagonal floor added to Ledoit-Wolf covariances (times their mean variance)
+JITTER = 1e-6
 #: covariance regularisers :func:`fit_gaussian` accepts
 SHRINKAGES = ("ledoit_wolf", "ridge")
 
@@ -54,7 +56,7 @@ def ledoit_wolf(x: Tensor) -> tuple[Tensor, float]:
 def _inverse(cov: Tensor) -> Tensor:
     """Inverse of symmetric positive definite matrices ``[..., D, D]`` (float64, symmetrised)."""
     inv = torch.linalg.inv(cov)
-    return 0.5 * (inv + inv.transpose(-1, -2))
+    return (0.5 * (inv + inv.transpose(-1, -2))).contiguous()
 
 
 @dataclass
@@ -78,13 +80,12 @@ class Gaussian:
 
         One Gaussian: ``x [..., D]`` -> ``[...]``. Positional: ``x [B, P, D]`` -> ``[B, P]``
         (feature ``p`` against Gaussian ``p``)."""
+        if self.positional and (x.dim() != 3 or x.shape[1:] != self.mean.shape):
+            raise ValueError(
+                f"expected features [B, {self.mean.shape[0]}, {self.dim}], got {tuple(x.shape)}"
+            )
         diff = x.float() - self.mean
         if self.positional:
-            if diff.dim() != 3 or diff.shape[1:] != self.mean.shape:
-                raise ValueError(
-                    f"expected features [B, {self.mean.shape[0]}, {self.dim}], got "
-                    f"{tuple(x.shape)}"
-                )
             sq = torch.einsum("bpd,pde,bpe->bp", diff, self.precision, diff)
         else:
             sq = ((diff @ self.precision) * diff).sum(-1)
@@ -101,8 +102,9 @@ class Gaussian:
 
 
 def fit_gaussian(x: Tensor, shrinkage: str = "ledoit_wolf", ridge: float = 0.01) -> Gaussian:
-    """One Gaussian of samples ``x [N, D]``: Ledoit-Wolf shrinkage, or the unbiased covariance
-    plus ``ridge * I`` (``shrinkage="ridge"``)."""
+    """One Gaussian of samples ``x [N, D]``: Ledoit-Wolf shrinkage (plus :data:`JITTER` times
+    the mean variance on the diagonal), or the unbiased covariance plus ``ridge * I``
+    (``shrinkage="ridge"``)."""
     if shrinkage not in SHRINKAGES:
         raise ValueError(f"shrinkage must be one of {SHRINKAGES}, got {shrinkage!r}")
     x = x.double()
@@ -110,8 +112,10 @@ def fit_gaussian(x: Tensor, shrinkage: str = "ledoit_wolf", ridge: float = 0.01)
         raise ValueError(f"expected samples [N, D] with N >= 1, got {tuple(x.shape)}")
     if shrinkage == "ledoit_wolf":
         cov, _ = ledoit_wolf(x)
-        if not bool((cov.diagonal() > 0).all()):  # constant features: keep it invertible
-            cov.diagonal().add_(ridge)
+        # a relative 1e-6 floor keeps it invertible when the shrinkage is ~0 (two or three
+        # samples) or features are constant (then ``ridge``)
+        scale = float(cov.diagonal().mean())
+        cov.diagonal().add_(JITTER * scale if scale > 0 else ridge)
     else:
         cov = _covariance(x[None])[0]
         cov.diagonal().add_(ridge)
