@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from anomalens.errors import CheckpointError
 from anomalens.mahalanobis import (
     Gaussian,
     fit_positional,
@@ -42,7 +43,6 @@ from anomalens.methods.base import (
     check_at_least,
     select_shots,
 )
-from anomalens.errors import CheckpointError
 from anomalens.methods.common import ONE_IMAGE_WARNING, pool_patches, upsample_smooth
 
 REDUCTIONS = ("random", "pca")
