@@ -242,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--text-lr", type=float, help="stage 1 learning rate (1e-5)")
     g.add_argument("--lr", type=float, help="stage 2 learning rate (5e-4)")
     g.add_argument("--seed", type=int, help="data order, augmentation and initialisation (0)")
+    g = p.add_argument_group("vfm (AnomalyVFM v1.1, seed design; trains on train/good)")
+    g.add_argument("--epochs", type=_int_at_least(1), help="training epochs (8)")
+    g.add_argument("--lora-rank", type=_int_at_least(1), help="LoRA rank (16)")
+    g.add_argument("--lora-alpha", type=float, help="LoRA alpha (32)")
     p.add_argument("--output", required=True, type=Path, metavar="CKPT")
     p.add_argument("--no-resume", action="store_true", help="ignore CKPT/last and start over")
     p.set_defaults(handler=_cmd_train)
@@ -391,8 +395,43 @@ def _print_predictions(
     print(f"wrote {output / 'scores.csv'}, {output / 'scores.json'} and {output / 'overlays'}/")
 
 
+def _cmd_train_vfm(args: argparse.Namespace) -> int:
+    from anomalens.training import train_vfm
+
+    if args.category and len(args.category) > 1:
+        raise ValueError("vfm trains one category at a time: give one --category")
+    names = ("backbone", "image_size", "precision", "seed", "shots", "epochs", "lora_rank")
+    options = {k: getattr(args, k) for k in (*names, "lora_alpha")}
+    options |= {"train_batch_size": args.batch_size, "lr": args.lr}
+    options["val_fraction"] = args.val_fraction
+    detector = train_vfm(
+        args.dataset,
+        args.root,
+        args.output,
+        category=args.category[0] if args.category else None,
+        model_options=options,
+        resume=not args.no_resume,
+        skip_bad=args.skip_bad,
+        progress=_progress(args),
+    )
+    history = detector.training_summary.get("history") or [{}]
+    fusion = detector.fusion
+    print(
+        f"trained vfm in {detector.training_summary.get('seconds', 0.0):.1f} s "
+        f"(last epoch loss {history[-1].get('loss', float('nan')):.4f}); fusion weight of the "
+        f"head: image {fusion.get('image_weight')}, map {fusion.get('map_weight')}"
+    )
+    print(
+        f"saved checkpoint to {args.output} (config.json, model.safetensors; resume state in last/)"
+    )
+    return EXIT_OK
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from anomalens.training import train_detector
+
+    if args.method == "vfm":
+        return _cmd_train_vfm(args)
 
     model_options = {
         k: getattr(args, k) for k in ("backbone", "image_size", "precision", "seed", "anchors")

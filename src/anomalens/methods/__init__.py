@@ -16,6 +16,7 @@ from anomalens.methods.base import Detector, Prediction, load_detector
 from anomalens.methods.gaussian import GaussianAD, GaussianADConfig
 from anomalens.methods.padim import PaDiM, PaDiMConfig
 from anomalens.methods.patchcore import PatchCore, PatchCoreConfig
+from anomalens.methods.vfm import VFM, VFMConfig
 from anomalens.methods.winclip import WinCLIP, WinCLIPConfig
 
 METHODS: dict[str, type[Detector]] = {
@@ -25,6 +26,7 @@ METHODS: dict[str, type[Detector]] = {
     "aaclip": AACLIP,
     "padim": PaDiM,
     "gaussian": GaussianAD,
+    "vfm": VFM,
 }
 
 
@@ -47,6 +49,7 @@ def create_detector(method: str, **options: Any) -> Detector:
 __all__ = [
     "AACLIP",
     "METHODS",
+    "VFM",
     "AACLIPConfig",
     "AnomalyDINO",
     "AnomalyDINOConfig",
@@ -58,6 +61,7 @@ __all__ = [
     "PatchCore",
     "PatchCoreConfig",
     "Prediction",
+    "VFMConfig",
     "WinCLIP",
     "WinCLIPConfig",
     "create_detector",

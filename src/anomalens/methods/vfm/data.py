@@ -153,9 +153,12 @@ class SyntheticAnomalies:
         rng = np.random.default_rng([self.seed, _EPOCH, epoch])
         return [int(i) for i in rng.permutation(len(self.images))]
 
-    def item(self, epoch: int, position: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(image, mask)`` at ``position`` of ``epoch`` (the mask is all zero for a good one)."""
-        index = self.order(epoch)[position]
+    def item(
+        self, epoch: int, position: int, order: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(image, mask)`` at ``position`` of ``epoch`` (the mask is all zero for a good one);
+        ``order`` is ``self.order(epoch)`` when the caller has it."""
+        index = (self.order(epoch) if order is None else order)[position]
         image = self.images[index]
         rng = np.random.default_rng([self.seed, _EPOCH, epoch, position])
         if rng.random() >= self.probability:
