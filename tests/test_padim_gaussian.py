@@ -76,7 +76,9 @@ def test_same_seed_same_numbers_and_reductions(texture_set: TextureSet) -> None:
     a = PaDiM(image_size=64, seed=3).fit(texture_set.train[:4], progress=False)
     b = PaDiM(image_size=64, seed=3).fit(texture_set.train[:4], progress=False)
     assert torch.equal(a.channels, b.channels) and a.channels.numel() == 100
-    np.testing.assert_array_equal(a.predict(texture_set.test[:2]).scores, b.predict(texture_set.test[:2]).scores)
+    np.testing.assert_array_equal(
+        a.predict(texture_set.test[:2]).scores, b.predict(texture_set.test[:2]).scores
+    )
     pca = PaDiM(image_size=64, reduction="pca", reduce_dim=20).fit(
         texture_set.train[:4], progress=False
     )
@@ -89,7 +91,9 @@ def test_gaussian_image_score_is_sum_of_level_distances(texture_set: TextureSet)
     det = GaussianAD(image_size=64).fit(texture_set.train[:5], progress=False)
     feats, pooled = det.embed_images(texture_set.test[-2:])
     expected = sum(g.distance(x) for g, x in zip(det.model.levels, pooled, strict=True))
-    np.testing.assert_allclose(det.predict(texture_set.test[-2:]).scores, expected.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        det.predict(texture_set.test[-2:]).scores, expected.numpy(), rtol=1e-5
+    )
     assert len(det.model.levels) == 4  # EfficientNet-Lite feature levels 2..5
 
 
