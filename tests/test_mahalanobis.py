@@ -24,7 +24,7 @@ def _samples(n: int, d: int, seed: int = 0) -> np.ndarray:
     return rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) * 0.3 + rng.normal(size=d)
 
 
-@pytest.mark.parametrize("n,d", [(60, 12), (30, 96), (100, 768)])
+@pytest.mark.parametrize(("n", "d"), [(60, 12), (30, 96), (100, 768)])
 def test_ledoit_wolf_matches_sklearn(n: int, d: int) -> None:
     x = _samples(n, d)
     cov, shrinkage = ledoit_wolf(torch.from_numpy(x))
@@ -95,11 +95,13 @@ def test_held_out_scores_never_score_an_item_with_itself() -> None:
 
 def test_channel_selection_and_pca() -> None:
     a, b = select_channels(20, 5, seed=3), select_channels(20, 5, seed=3)
-    assert torch.equal(a, b) and a.tolist() == sorted(set(a.tolist())) and len(a) == 5
+    assert torch.equal(a, b)
+    assert a.tolist() == sorted(set(a.tolist()))
+    assert len(a) == 5
     assert select_channels(20, 20, seed=3) is None
     x = _samples(50, 6, seed=5)
     mean, comps = pca_projection(torch.from_numpy(x), 2)
-    vals, vecs = np.linalg.eigh(np.cov(x, rowvar=False))
+    _vals, vecs = np.linalg.eigh(np.cov(x, rowvar=False))
     ref = vecs[:, ::-1][:, :2]
     for k in range(2):  # same axis up to sign
         assert abs(float(np.dot(comps[:, k].numpy(), ref[:, k]))) == pytest.approx(1, abs=1e-5)

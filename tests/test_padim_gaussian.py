@@ -29,20 +29,24 @@ def fitted(request, texture_set: TextureSet):
 
 def test_shapes_and_detection(fitted, texture_set: TextureSet) -> None:
     det, pred = fitted
-    assert pred.scores.shape == (len(texture_set.test),) and pred.scores.dtype == np.float32
-    assert all(m.shape == img.shape[:2] for m, img in zip(pred.maps, texture_set.test))
+    assert pred.scores.shape == (len(texture_set.test),)
+    assert pred.scores.dtype == np.float32
+    assert all(
+        m.shape == img.shape[:2] for m, img in zip(pred.maps, texture_set.test, strict=False)
+    )
     assert pixel_auroc(texture_set.masks, pred.maps) > 0.9
     assert image_auroc(texture_set.labels, pred.scores) > 0.6
     assert det.fit_report.n_images == len(texture_set.train)
 
 
 def test_save_load_bit_identical(fitted, texture_set: TextureSet, tmp_path: Path) -> None:
-    det, pred = fitted
+    det, _pred = fitted
     meta, loaded = save_and_reload(det, tmp_path / "m")
     before = load_file(str(tmp_path / "m" / "model.safetensors"))
     loaded.save(tmp_path / "again")
     after = load_file(str(tmp_path / "again" / "model.safetensors"))
-    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
     assert meta["calibration"]["threshold"] == det.calibration.threshold
     again, first = loaded.predict(texture_set.test[:3]), det.predict(texture_set.test[:3])
     np.testing.assert_array_equal(again.scores, first.scores)
@@ -75,21 +79,24 @@ def test_thresholds_are_held_out_good_scores(method: str, texture_set: TextureSe
 def test_same_seed_same_numbers_and_reductions(texture_set: TextureSet) -> None:
     a = PaDiM(image_size=64, seed=3).fit(texture_set.train[:4], progress=False)
     b = PaDiM(image_size=64, seed=3).fit(texture_set.train[:4], progress=False)
-    assert torch.equal(a.channels, b.channels) and a.channels.numel() == 100
+    assert torch.equal(a.channels, b.channels)
+    assert a.channels.numel() == 100
     np.testing.assert_array_equal(
         a.predict(texture_set.test[:2]).scores, b.predict(texture_set.test[:2]).scores
     )
     pca = PaDiM(image_size=64, reduction="pca", reduce_dim=20).fit(
         texture_set.train[:4], progress=False
     )
-    assert pca.pca_components.shape == (144, 20) and pca.gaussian.precision.shape[1:] == (20, 20)
+    assert pca.pca_components.shape == (144, 20)
+    assert pca.gaussian.precision.shape[1:] == (20, 20)
     full = PaDiM(image_size=64, reduce_dim=None).fit(texture_set.train[:4], progress=False)
-    assert full.gaussian.mean.shape[-1] == 144 and full.channels is None
+    assert full.gaussian.mean.shape[-1] == 144
+    assert full.channels is None
 
 
 def test_gaussian_image_score_is_sum_of_level_distances(texture_set: TextureSet) -> None:
     det = GaussianAD(image_size=64).fit(texture_set.train[:5], progress=False)
-    feats, pooled = det.embed_images(texture_set.test[-2:])
+    _feats, pooled = det.embed_images(texture_set.test[-2:])
     expected = sum(g.distance(x) for g, x in zip(det.model.levels, pooled, strict=True))
     np.testing.assert_allclose(
         det.predict(texture_set.test[-2:]).scores, expected.numpy(), rtol=1e-5
@@ -111,7 +118,7 @@ def test_config_and_checkpoint_errors(texture_set: TextureSet, tmp_path: Path) -
 
     del tensors["positional.precision"]
     save_file(tensors, str(tmp_path / "m" / "model.safetensors"))
-    with pytest.raises(CheckpointError, match="lacks tensor positional.precision"):
+    with pytest.raises(CheckpointError, match=r"lacks tensor positional\.precision"):
         PaDiM.load(tmp_path / "m")
 
 
@@ -121,6 +128,7 @@ def test_cli_fit_padim(demo_root: Path, tmp_path: Path, capsys) -> None:
     code = main([*argv, "--category", DEMO_TEXTURE, "--image-size", "64", "--output", str(out)])
     assert code == 0
     meta = json.loads((out / "config.json").read_text())
-    assert meta["method"] == "padim" and meta["config"]["image_size"] == 64
+    assert meta["method"] == "padim"
+    assert meta["config"]["image_size"] == 64
     assert meta["calibration"]["n_images"] == 6
     assert "fitted padim on 6 good images" in capsys.readouterr().out

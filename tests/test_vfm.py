@@ -39,11 +39,13 @@ def test_only_lora_and_head_get_gradients(texture_set: TextureSet) -> None:
     trainer.data.probability = 1.0
     trainer.step_loss(0, [0, 1]).backward()
     lora = net.lora_tensors()
-    assert lora and all(p.grad is not None for p in lora.values())
+    assert lora
+    assert all(p.grad is not None for p in lora.values())
     assert any(float(p.grad.abs().sum()) > 0 for k, p in lora.items() if "lora_B" in k)
     assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in net.head.parameters())
     frozen = [p for k, p in det.backbone.named_parameters() if "lora_" not in k]
-    assert frozen and all(p.grad is None and not p.requires_grad for p in frozen)
+    assert frozen
+    assert all(p.grad is None and not p.requires_grad for p in frozen)
     n_trained = sum(p.numel() for p in net.trainable_parameters())
     assert set(net.state_dict()) == {f"lora.{k}" for k in lora} | {
         f"head.{k}" for k in net.head.state_dict()
@@ -62,7 +64,8 @@ def test_frozen_backbone_bit_identical_after_training(texture_set: TextureSet) -
     assert renamed.keys() == before.keys()
     assert all(torch.equal(before[k], renamed[k]) for k in before)
     norms = [m for m in det.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert norms and not any(m.training for m in norms)  # running statistics stay frozen
+    assert norms
+    assert not any(m.training for m in norms)
     changed = [
         k for k, v in det.network.lora_tensors().items() if not torch.equal(v, lora_before[k])
     ]
@@ -86,7 +89,8 @@ def test_head_learns_synthetic_defects_on_demo_texture(texture_set: TextureSet) 
     det.train(texture_set.train[:8], progress=False)
     assert head_auroc() >= 0.9
     losses = [h["loss"] for h in det.training_summary["history"]]
-    assert len(losses) == 5 and losses[-1] < losses[0]
+    assert len(losses) == 5
+    assert losses[-1] < losses[0]
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +103,9 @@ def test_fit_predict_fusion_and_thresholds(fitted: VFM, texture_set: TextureSet)
     assert pred.scores.shape == (len(texture_set.test),)
     assert all(m.shape == (128, 128) for m in pred.maps)
     f = fitted.fusion
-    assert f["n_val"] == 2 and 0.0 <= f["image_weight"] <= 1.0 and 0.0 <= f["map_weight"] <= 1.0
+    assert f["n_val"] == 2
+    assert 0.0 <= f["image_weight"] <= 1.0
+    assert 0.0 <= f["map_weight"] <= 1.0
     # thresholds: the calibration quantile of the held-out good images' fused scores
     _, val = split_validation(len(texture_set.train), fitted.config.val_fraction, 0)
     held = fitted.predict([texture_set.train[i] for i in val]).scores
@@ -121,7 +127,9 @@ def test_save_load_round_trip(fitted: VFM, texture_set: TextureSet, tmp_path: Pa
         "model.safetensors",
     ]
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert meta["method"] == "vfm" and meta["trained"] and meta["fusion"] == fitted.fusion
+    assert meta["method"] == "vfm"
+    assert meta["trained"]
+    assert meta["fusion"] == fitted.fusion
     tensors = load_file(str(tmp_path / "m" / "model.safetensors"))
     assert {"positional.mean", "global.precision", "norm"} <= set(tensors)
     assert any(k.startswith("net.lora.") for k in tensors)
@@ -187,8 +195,10 @@ def test_dinov2_lora_on_attention(tmp_path: Path) -> None:
     for proj in ("q_proj", "v_proj", "o_proj"):
         assert any(f"attention.{proj}.lora_A" in n for n in names)
     assert not any("k_proj" in n or "fc1" in n for n in names)
-    assert net.dim == 32 and net.grid == (8, 8)
-    assert net.head.mlp[0].in_features == 32 and net.head.mlp[2].in_features == 512
+    assert net.dim == 32
+    assert net.grid == (8, 8)
+    assert net.head.mlp[0].in_features == 32
+    assert net.head.mlp[2].in_features == 512
     modules = net.adapted_modules
     before = {k: v.detach().clone() for k, v in frozen_parameters(modules).items()}
     det.train(tm.images(4, shape=(64, 64)), progress=False)
@@ -226,14 +236,17 @@ def test_anomaly_stages_mark_exactly_the_changed_pixels(
     for seed in range(3):
         out, mask = make_anomaly(img, stage, texture_set.train[1:3], np.random.default_rng(seed))
         changed = (out != img).any(axis=2)
-        assert mask.dtype == np.uint8 and mask.any()
+        assert mask.dtype == np.uint8
+        assert mask.any()
         assert not (changed & (mask == 0)).any()  # nothing changed outside the mask
         assert 0.002 < mask.mean() < 0.08
         again, _ = make_anomaly(img, stage, texture_set.train[1:3], np.random.default_rng(seed))
         np.testing.assert_array_equal(out, again)
     data = SyntheticAnomalies(texture_set.train[:3], (stage,), 1.0, seed=1)
-    images, masks, labels = data.validation(texture_set.train[3:5])
-    assert labels == [0, 0, 1, 1] and not masks[0].any() and masks[2].any()
+    _images, masks, labels = data.validation(texture_set.train[3:5])
+    assert labels == [0, 0, 1, 1]
+    assert not masks[0].any()
+    assert masks[2].any()
 
 
 def test_config_errors() -> None:
@@ -249,24 +262,50 @@ def test_cli_train_and_benchmark_vfm(demo_root: Path, tmp_path: Path, capsys) ->
     ck = tmp_path / "ck"
     base = ["--dataset", "mvtec", "--root", str(demo_root), "--category", DEMO_TEXTURE]
     code = main(
-        ["train", "--method", "vfm", *base, "--backbone", "efficientnet-lite0"]
-        + ["--image-size", "64", "--epochs", "1", "--lora-rank", "4", "--output", str(ck)]
-        + ["--no-progress"]
+        [
+            "train",
+            "--method",
+            "vfm",
+            *base,
+            "--backbone",
+            "efficientnet-lite0",
+            "--image-size",
+            "64",
+            "--epochs",
+            "1",
+            "--lora-rank",
+            "4",
+            "--output",
+            str(ck),
+            "--no-progress",
+        ]
     )
     assert code == 0
     out = capsys.readouterr().out
-    assert "trained vfm in" in out and f"saved checkpoint to {ck}" in out
+    assert "trained vfm in" in out
+    assert f"saved checkpoint to {ck}" in out
     meta = json.loads((ck / "config.json").read_text())
-    assert meta["config"]["lora_rank"] == 4 and meta["config"]["epochs"] == 1
+    assert meta["config"]["lora_rank"] == 4
+    assert meta["config"]["epochs"] == 1
     assert json.loads((ck / "last" / "state.json").read_text())["position"]["epoch"] == 1
     bench = tmp_path / "bench"
     code = main(
-        ["benchmark", "--method", "vfm", "--checkpoint", str(ck), *base, "--output", str(bench)]
-        + ["--no-progress"]
+        [
+            "benchmark",
+            "--method",
+            "vfm",
+            "--checkpoint",
+            str(ck),
+            *base,
+            "--output",
+            str(bench),
+            "--no-progress",
+        ]
     )
     assert code == 0
     res = json.loads((bench / "results.json").read_text())
-    assert res["method"] == "vfm" and res["categories"][DEMO_TEXTURE]["n_test"] == 8
+    assert res["method"] == "vfm"
+    assert res["categories"][DEMO_TEXTURE]["n_test"] == 8
     two = ["train", "--method", "vfm", "--dataset", "mvtec", "--root", str(demo_root)]
     code = main([*two, "--category", "a", "b", "--output", str(tmp_path / "x")])
     assert code == 2
