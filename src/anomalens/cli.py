@@ -1,4 +1,4 @@
-"""Command line: ``anomalens {benchmark,fit,predict,train,demo}``.
+"""Command line: ``anomalens {benchmark,fit,predict,train,mvtec-ad2,demo}``.
 
 The CLI only parses arguments, calls the Python API (:mod:`anomalens.evaluate`,
 :mod:`anomalens.inference`, :mod:`anomalens.demo`) and prints results.
@@ -251,6 +251,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_train)
 
     p = sub.add_parser(
+        "mvtec-ad2",
+        parents=[common],
+        help="MVTec AD 2 protocol: test_public metrics, validation thresholds, submission files",
+        description="Fit on train/good of one MVTec AD 2 category, take the thresholds from "
+        "validation/good, compute image AUROC, pixel AUROC, AU-PRO (FPR 0.05, 0.3) and SegF1 on "
+        "test_public, and write the evaluation server's files for test_private and "
+        "test_private_mixed (OUT/anomaly_images/*.tiff, OUT/anomaly_images_thresholded/*.png) "
+        "plus OUT/ad2_results.json.",
+    )
+    p.add_argument("--root", required=True, type=Path, help="MVTec AD 2 root folder")
+    p.add_argument("--category", required=True, help="category, e.g. can, fabric, vial")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
+    _add_method_options(p)
+    p.add_argument("--output", required=True, type=Path)
+    p.add_argument("--threshold-rule", choices=("mean_std", "quantile"), default="mean_std")
+    p.add_argument("--threshold-k", type=float, default=3.0, help="mean + K * std (3)")
+    p.add_argument("--threshold-quantile", type=float, default=0.999, help="quantile (0.999)")
+    p.add_argument("--no-submission", action="store_true", help="skip the private-split files")
+    p.set_defaults(handler=_cmd_mvtec_ad2)
+
+    p = sub.add_parser(
         "demo",
         parents=[common],
         help="offline demo on synthetic defects (or on your MVTec-layout data)",
@@ -473,6 +494,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(
         f"saved checkpoint to {args.output} (config.json, model.safetensors; resume state in last/)"
     )
+    return EXIT_OK
+
+
+def _cmd_mvtec_ad2(args: argparse.Namespace) -> int:
+    from anomalens.mvtec_ad2 import RESULTS_FILE, ThresholdRule, run_ad2
+
+    rule = ThresholdRule(args.threshold_rule, args.threshold_k, args.threshold_quantile)
+    result = run_ad2(
+        args.root,
+        args.category,
+        args.method,
+        _method_options(args),
+        output=args.output,
+        rule=rule,
+        submission=not args.no_submission,
+        skip_bad=args.skip_bad,
+        progress=_progress(args),
+    )
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items())
+    print(f"{args.category} test_public: {shown}")
+    print(
+        f"pixel threshold {result.pixel_threshold:.4g} from {result.n_validation} validation images"
+    )
+    for split, n in result.submission.items():
+        print(f"wrote {n} maps and masks of {split} under {args.output}")
+    print(f"wrote {args.output / RESULTS_FILE}")
     return EXIT_OK
 
 
