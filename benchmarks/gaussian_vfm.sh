@@ -26,6 +26,8 @@ for method in "${@:-patchcore padim gaussian vfm}"; do
       else
         args=(--dataset mvtec --root "$MTILE" --category magnetic_tile --shots "$SHOTS_MT")
       fi
+      # VFM trains inside fit: 256 px (as PaDiM / Gaussian AD) keeps the training short
+      [ "$m" = vfm ] && args+=(--image-size 256)
       out=runs/gaussian_vfm/${ds}_$m
       rm -rf "$out"
       $PY -m anomalens benchmark --method "$m" --backbone efficientnet-lite0 "${args[@]}" \
