@@ -23,7 +23,9 @@ Tables (name: folder under ``benchmarks/results`` and files):
 * ``fewshot-screw``: ``fewshot-screw/<method>_k<K>.json`` of ``benchmarks/screw_fewshot.sh``;
 * ``aaclip-screw``: ``aaclip-screw/<anchors>.json`` of ``benchmarks/screw_aaclip.sh``;
 * ``aaclip-speed``: ``aaclip-speed/*.json`` of ``bench_aaclip.py --json``;
-* ``zero-few-shot-speed``: ``zero-few-shot-speed/*.json`` of ``bench_zero_few_shot.py --json``.
+* ``zero-few-shot-speed``: ``zero-few-shot-speed/*.json`` of ``bench_zero_few_shot.py --json``;
+* ``gaussian-vfm``: ``gaussian-vfm/<dataset>_<method>.json`` of ``benchmarks/gaussian_vfm.sh``;
+* ``vfm-speed``: ``vfm-speed/*.json`` of ``bench_vfm.py --json``.
 """
 
 from __future__ import annotations
@@ -346,6 +348,84 @@ def render_aaclip_speed(results: Path) -> str:
     return head + "\n\n" + table(header, rows)
 
 
+GAUSSIAN_VFM_METHODS = ("patchcore", "padim", "gaussian", "vfm")
+GAUSSIAN_VFM_LABELS = {
+    "patchcore": "PatchCore",
+    "padim": "PaDiM",
+    "gaussian": "Gaussian AD",
+    "vfm": "AnomalyVFM v1.1 (seed design)",
+}
+
+
+def render_gaussian_vfm(results: Path) -> str:
+    def key(path: Path) -> tuple[str, int, str]:
+        dataset, _, method = path.stem.rpartition("_")
+        order = GAUSSIAN_VFM_METHODS.index(method) if method in GAUSSIAN_VFM_METHODS else 9
+        return dataset, order, method
+
+    paths = sorted(files(results, "gaussian-vfm"), key=key)
+    docs = [load(p) for p in paths]
+    rows = []
+    for path, doc in zip(paths, docs, strict=True):
+        c = category(doc, path)
+        method = doc.get("method", key(path)[2])
+        size = (doc.get("config") or {}).get("image_size")
+        rows.append(
+            [
+                key(path)[0],
+                GAUSSIAN_VFM_LABELS.get(method, method),
+                str(size),
+                str(c.get("n_train")),
+                *metric_cells(c, ms_digits=0),
+            ]
+        )
+    head = (
+        "EfficientNet-Lite0, seed 0, every method at its defaults (VFM at 256 px, 8 epochs); "
+        "Magnetic Tile with 200 of its 761 train images (`--shots 200`); fit s includes VFM's "
+        "training. Timings were taken while other jobs shared the 2 cores: compare them only "
+        f"roughly. {machines(docs)}.{note(docs)}"
+    )
+    header = ["data", "method", "px", "train", *(h for h, _ in METRICS), "fit s", "ms/image"]
+    return head + "\n\n" + table(header, rows)
+
+
+def render_vfm_speed(results: Path) -> str:
+    paths = files(results, "vfm-speed")
+    docs = [load(p) for p in paths]
+    rows = []
+    for doc in docs:
+        for r in doc["rows"]:
+            rows.append(
+                [
+                    r["model"],
+                    str(r["image_size"]),
+                    r["precision"],
+                    sig(r["train_s_per_step"]),
+                    num(r["train_ms_per_image"], 0),
+                    num(r["inference_ms_per_image"], 0),
+                    num(r["backbone_ms_per_image"], 0),
+                    f"{r['lora_parameters']:,}",
+                ]
+            )
+    run = docs[0].get("run", {})
+    head = (
+        f"Training batch {run.get('batch_size')}, inference on {run.get('images')} images, best "
+        f"of {run.get('repeats')} after a warm-up; bf16 is emulated on this CPU (no native "
+        f"bf16), so `precision=auto` picks fp32 here; {machines(docs)}.{note(docs)}"
+    )
+    header = [
+        "model",
+        "px",
+        "precision",
+        "train s/step",
+        "train ms/image",
+        "inference ms/image",
+        "backbone ms/image",
+        "LoRA params",
+    ]
+    return head + "\n\n" + table(header, rows)
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "patchcore-screw": render_patchcore_screw,
     "patchcore-speed": render_patchcore_speed,
@@ -353,6 +433,8 @@ RENDERERS: dict[str, Callable[[Path], str]] = {
     "aaclip-screw": render_aaclip_screw,
     "aaclip-speed": render_aaclip_speed,
     "zero-few-shot-speed": render_zero_few_shot_speed,
+    "gaussian-vfm": render_gaussian_vfm,
+    "vfm-speed": render_vfm_speed,
 }
 
 
