@@ -17,6 +17,8 @@ MVTEC=${MVTEC:-../shared/data/mvtec_ad}
 MTILE=${MTILE:-../shared/data/magnetic_tile}
 SHOTS_MT=${SHOTS_MT:-200}
 PY=${PY:-.venv/bin/python}
+# one torch thread: with two, ops stall whenever another job holds the other core
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 res=benchmarks/results/gaussian-vfm
 for method in "${@:-patchcore padim gaussian vfm}"; do
   for m in $method; do

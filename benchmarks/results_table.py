@@ -380,7 +380,7 @@ def render_gaussian_vfm(results: Path) -> str:
             ]
         )
     head = (
-        "EfficientNet-Lite0, seed 0, every method at its defaults (VFM at 256 px, 8 epochs); "
+        "EfficientNet-Lite0, seed 0, every method at its defaults (VFM at 256 px, 5 epochs); "
         "Magnetic Tile with 200 of its 761 train images (`--shots 200`); fit s includes VFM's "
         "training. Timings were taken while other jobs shared the 2 cores: compare them only "
         f"roughly. {machines(docs)}.{note(docs)}"

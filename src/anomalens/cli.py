@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, help="stage 2 learning rate (5e-4)")
     g.add_argument("--seed", type=int, help="data order, augmentation and initialisation (0)")
     g = p.add_argument_group("vfm (AnomalyVFM v1.1, seed design; trains on train/good)")
-    g.add_argument("--epochs", type=_int_at_least(1), help="training epochs (8)")
+    g.add_argument("--epochs", type=_int_at_least(1), help="training epochs (5)")
     g.add_argument("--lora-rank", type=_int_at_least(1), help="LoRA rank (16)")
     g.add_argument("--lora-alpha", type=float, help="LoRA alpha (32)")
     p.add_argument("--output", required=True, type=Path, metavar="CKPT")

@@ -50,7 +50,7 @@ class VFMConfig(DetectorConfig):
     lora_alpha: float = 32.0
     lora_layers: int | None = None
     head_hidden: tuple[int, ...] = (512, 256)
-    epochs: int = 8
+    epochs: int = 5
     train_batch_size: int = 8
     lr: float = 5e-4
     weight_decay: float = 0.01
