@@ -72,8 +72,8 @@ def test_thresholds_are_held_out_good_scores(method: str, texture_set: TextureSe
     assert det.calibration.threshold == pytest.approx(np.quantile(scores, 0.9), rel=1e-4)
     # calibration reads the maps at image_size, predict resizes them to the 128 px input
     assert det.calibration.pixel_threshold == pytest.approx(np.quantile(maxima, 0.9), rel=3e-3)
-    # held-out good images score higher than the images the model was fitted on
-    assert det.calibration.threshold > float(det.predict(train).scores.max()) * 0.5
+    # held-out good images score higher than the same images scored by a model fitted on them
+    assert scores.mean() > float(det.predict(train).scores.mean())
 
 
 def test_same_seed_same_numbers_and_reductions(texture_set: TextureSet) -> None:
