@@ -9,7 +9,9 @@ fp32 there.
 * training step: ``VFMTrainer.step_loss`` (synthetic anomalies, adapted forward, head,
   confidence loss) + backward + AdamW step on the LoRA factors and the head, batch ``--batch``;
 * inference: ``VFM.predict`` on ``--images`` images (adapted features, head, Mahalanobis maps,
-  fusion) after statistics from the same images, against the plain backbone forward.
+  fusion) after statistics from the same images, against the plain backbone forward;
+* for comparison, ``predict`` of PaDiM, Gaussian AD (256 px) and PatchCore (320 px) on
+  EfficientNet-Lite0, fitted on 16 random images (rows ``padim``, ``gaussian``, ``patchcore``).
 
 One warm-up, then the best of ``--repeats``. Run it alone on the machine (the project takes
 timings under the exclusive CPU lock)::
@@ -32,6 +34,7 @@ import torch
 
 from anomalens import testing as tm
 from anomalens.evaluate import environment
+from anomalens.methods import create_detector
 from anomalens.methods.vfm import VFM, VFMTrainer
 from anomalens.runtime import keep_freed_memory
 
@@ -91,12 +94,36 @@ def measure(label: str, spec: str, size: int, precision: str, args) -> dict:
     }
 
 
+def measure_detector(method: str, args) -> dict:
+    """``predict`` ms/image of a Lite0 detector at its default size (fitted on 16 images)."""
+    det = create_detector(method, backbone="efficientnet-lite0")
+    size = det.backbone.image_size
+    det.fit(tm.images(16, seed=2, shape=(size, size)), progress=False)
+    batch = tm.images(args.images, seed=3, shape=(size, size))
+    predict_s = best_of(lambda: det.predict(batch), args.repeats)
+    return {
+        "model": f"EfficientNet-Lite0, {method}",
+        "precision": det.backbone.precision,
+        "image_size": size,
+        "train_s_per_step": None,
+        "train_ms_per_image": None,
+        "inference_ms_per_image": 1000 * predict_s / len(batch),
+        "backbone_ms_per_image": None,
+        "lora_parameters": None,
+        "head_parameters": None,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=4, help="training batch (4)")
     parser.add_argument("--images", type=int, default=4, help="inference images (4)")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--rows", nargs="+", default=["dinov2-fp32", "dinov2-bf16", "lite0-fp32"])
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        default=["dinov2-fp32", "dinov2-bf16", "lite0-fp32", "padim", "gaussian", "patchcore"],
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     keep_freed_memory()
@@ -110,7 +137,7 @@ def main() -> None:
             "lite0-fp32": ("EfficientNet-Lite0", "efficientnet-lite0", 256, "fp32"),
         }
         for name in args.rows:
-            row = measure(*specs[name], args)
+            row = measure(*specs[name], args) if name in specs else measure_detector(name, args)
             print(json.dumps(row))
             rows.append(row)
     finally:

@@ -404,7 +404,7 @@ def render_vfm_speed(results: Path) -> str:
                     num(r["train_ms_per_image"], 0),
                     num(r["inference_ms_per_image"], 0),
                     num(r["backbone_ms_per_image"], 0),
-                    f"{r['lora_parameters']:,}",
+                    "-" if r.get("lora_parameters") is None else f"{r['lora_parameters']:,}",
                 ]
             )
     run = docs[0].get("run", {})
