@@ -3,6 +3,7 @@ thresholds, prediction and checkpoints."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -33,6 +34,8 @@ from anomalens.methods.vfm.data import SyntheticAnomalies
 from anomalens.methods.vfm.model import VFMConfig, VFMNetwork
 from anomalens.methods.vfm.train import TrainResult, VFMTrainer
 from anomalens.metrics import image_auroc, pixel_auroc
+
+logger = logging.getLogger(__name__)
 
 #: fusion weights tried on the validation split (weight of the head; 1 - w: Mahalanobis)
 FUSION_GRID = tuple(round(0.1 * k, 1) for k in range(11))
@@ -213,6 +216,15 @@ class VFM(Detector):
             "val_pixel_auroc": mv,
             "n_val": len(val),
         }
+        logger.info(
+            "vfm fusion on %d held-out images: head weight %.1f for scores (val image AUROC "
+            "%.3f), %.1f for maps (val pixel AUROC %.3f)",
+            len(val),
+            iw,
+            iv,
+            mw,
+            mv,
+        )
         good = [i for i, y in enumerate(v_labels) if y == 0]
         scores, maps = self._fuse(z)
         self.calibration = Calibration.from_scores(
