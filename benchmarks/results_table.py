@@ -377,6 +377,7 @@ def render_gaussian_vfm(results: Path) -> str:
                 str(size),
                 str(c.get("n_train")),
                 *metric_cells(c, ms_digits=0),
+                str(doc.get("environment", {}).get("torch_threads", "-")),
             ]
         )
     head = (
@@ -386,7 +387,7 @@ def render_gaussian_vfm(results: Path) -> str:
         f"roughly. {machines(docs)}.{note(docs)}"
     )
     header = ["data", "method", "px", "train", *(h for h, _ in METRICS), "fit s", "ms/image"]
-    return head + "\n\n" + table(header, rows)
+    return head + "\n\n" + table([*header, "threads"], rows)
 
 
 def render_vfm_speed(results: Path) -> str:
