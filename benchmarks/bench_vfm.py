@@ -13,8 +13,8 @@ fp32 there.
 * for comparison, ``predict`` of PaDiM, Gaussian AD (256 px) and PatchCore (320 px) on
   EfficientNet-Lite0, fitted on 16 random images (rows ``padim``, ``gaussian``, ``patchcore``).
 
-One warm-up, then the best of ``--repeats`` (default 1: the exclusive CPU lock is held briefly). Run it alone on the machine (the project takes
-timings under the exclusive CPU lock)::
+One warm-up, then the best of ``--repeats`` (default 1: the exclusive CPU lock is held
+briefly). Run it alone on the machine (the project takes timings under the exclusive CPU lock)::
 
     flock -x /tmp/anomalens-cpu.lock python benchmarks/bench_vfm.py \\
         --json benchmarks/results/vfm-speed/main.json
