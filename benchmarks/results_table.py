@@ -411,8 +411,8 @@ def render_vfm_speed(results: Path) -> str:
     run = docs[0].get("run", {})
     head = (
         f"Training batch {run.get('batch_size')}, inference on {run.get('images')} images, best "
-        f"of {run.get('repeats')} after a warm-up; bf16 is emulated on this CPU (no native "
-        f"bf16), so `precision=auto` picks fp32 here; {machines(docs)}.{note(docs)}"
+        f"of {run.get('repeats')} after a warm-up; bf16 is emulated on an AVX2-only CPU (no "
+        f"native bf16), where `precision=auto` picks fp32; {machines(docs)}.{note(docs)}"
     )
     header = [
         "model",
