@@ -24,7 +24,9 @@ Tables (name: folder under ``benchmarks/results`` and files):
 * ``aaclip-screw``: ``aaclip-screw/<anchors>.json`` of ``benchmarks/screw_aaclip.sh``;
 * ``aaclip-speed``: ``aaclip-speed/*.json`` of ``bench_aaclip.py --json``;
 * ``zero-few-shot-speed``: ``zero-few-shot-speed/*.json`` of ``bench_zero_few_shot.py --json``;
-* ``predict-memory``: ``predict-memory/*.json`` of ``bench_predict_memory.py --json``.
+* ``predict-memory``: ``predict-memory/*.json`` of ``bench_predict_memory.py --json``;
+* ``gaussian-vfm``: ``gaussian-vfm/<dataset>_<method>.json`` of ``benchmarks/gaussian_vfm.sh``;
+* ``vfm-speed``: ``vfm-speed/*.json`` of ``bench_vfm.py --json``.
 """
 
 from __future__ import annotations
@@ -369,6 +371,85 @@ def render_predict_memory(results: Path) -> str:
     return head + "\n\n" + table([*header, "under"], rows)
 
 
+GAUSSIAN_VFM_METHODS = ("patchcore", "padim", "gaussian", "vfm")
+GAUSSIAN_VFM_LABELS = {
+    "patchcore": "PatchCore",
+    "padim": "PaDiM",
+    "gaussian": "Gaussian AD",
+    "vfm": "AnomalyVFM v1.1 (seed design)",
+}
+
+
+def render_gaussian_vfm(results: Path) -> str:
+    def key(path: Path) -> tuple[str, int, str]:
+        dataset, _, method = path.stem.rpartition("_")
+        order = GAUSSIAN_VFM_METHODS.index(method) if method in GAUSSIAN_VFM_METHODS else 9
+        return dataset, order, method
+
+    paths = sorted(files(results, "gaussian-vfm"), key=key)
+    docs = [load(p) for p in paths]
+    rows = []
+    for path, doc in zip(paths, docs, strict=True):
+        c = category(doc, path)
+        method = doc.get("method", key(path)[2])
+        size = (doc.get("config") or {}).get("image_size")
+        rows.append(
+            [
+                key(path)[0],
+                GAUSSIAN_VFM_LABELS.get(method, method),
+                str(size),
+                str(c.get("n_train")),
+                *metric_cells(c, ms_digits=0),
+                str(doc.get("environment", {}).get("torch_threads", "-")),
+            ]
+        )
+    head = (
+        "EfficientNet-Lite0, seed 0, every method at its defaults (VFM at 256 px, 5 epochs); "
+        "Magnetic Tile with 200 of its 761 train images (`--shots 200`); fit s includes VFM's "
+        "training. Timings were taken while other jobs shared the 2 cores: compare them only "
+        f"roughly. {machines(docs)}.{note(docs)}"
+    )
+    header = ["data", "method", "px", "train", *(h for h, _ in METRICS), "fit s", "ms/image"]
+    return head + "\n\n" + table([*header, "threads"], rows)
+
+
+def render_vfm_speed(results: Path) -> str:
+    paths = files(results, "vfm-speed")
+    docs = [load(p) for p in paths]
+    rows = []
+    for doc in docs:
+        for r in doc["rows"]:
+            rows.append(
+                [
+                    r["model"],
+                    str(r["image_size"]),
+                    r["precision"],
+                    sig(r["train_s_per_step"]),
+                    num(r["train_ms_per_image"], 0),
+                    num(r["inference_ms_per_image"], 0),
+                    num(r["backbone_ms_per_image"], 0),
+                    "-" if r.get("lora_parameters") is None else f"{r['lora_parameters']:,}",
+                ]
+            )
+    run = docs[0].get("run", {})
+    head = (
+        f"Training batch {run.get('batch_size')}, inference on {run.get('images')} images, best "
+        f"of {run.get('repeats')} after a warm-up; bf16 is emulated on an AVX2-only CPU (no "
+        f"native bf16), where `precision=auto` picks fp32; {machines(docs)}.{note(docs)}"
+    )
+    header = [
+        "model",
+        "px",
+        "precision",
+        "train s/step",
+        "train ms/image",
+        "inference ms/image",
+        "backbone ms/image",
+        "LoRA params",
+    ]
+    return head + "\n\n" + table(header, rows)
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "patchcore-screw": render_patchcore_screw,
     "patchcore-speed": render_patchcore_speed,
@@ -377,6 +458,8 @@ RENDERERS: dict[str, Callable[[Path], str]] = {
     "aaclip-speed": render_aaclip_speed,
     "zero-few-shot-speed": render_zero_few_shot_speed,
     "predict-memory": render_predict_memory,
+    "gaussian-vfm": render_gaussian_vfm,
+    "vfm-speed": render_vfm_speed,
 }
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``anomalens {benchmark,fit,predict,train,demo}``.
+"""Command line: ``anomalens {benchmark,fit,predict,train,mvtec-ad2,demo}``.
 
 The CLI only parses arguments, calls the Python API (:mod:`anomalens.evaluate`,
 :mod:`anomalens.inference`, :mod:`anomalens.demo`) and prints results.
@@ -298,9 +298,34 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--seed", type=_int_at_least(0), help="data order, augmentation and initialisation (0)"
     )
+    g = p.add_argument_group("vfm (AnomalyVFM v1.1, seed design; trains on train/good)")
+    g.add_argument("--epochs", type=_int_at_least(1), help="training epochs (5)")
+    g.add_argument("--lora-rank", type=_int_at_least(1), help="LoRA rank (16)")
+    g.add_argument("--lora-alpha", type=float, help="LoRA alpha (32)")
     p.add_argument("--output", required=True, type=Path, metavar="CKPT")
     p.add_argument("--no-resume", action="store_true", help="ignore CKPT/last and start over")
     p.set_defaults(handler=_cmd_train)
+
+    p = sub.add_parser(
+        "mvtec-ad2",
+        parents=[common],
+        help="MVTec AD 2 protocol: test_public metrics, validation thresholds, submission files",
+        description="Fit on train/good of one MVTec AD 2 category, take the thresholds from "
+        "validation/good, compute image AUROC, pixel AUROC, AU-PRO (FPR 0.05, 0.3) and SegF1 on "
+        "test_public, and write the evaluation server's files for test_private and "
+        "test_private_mixed (OUT/anomaly_images/*.tiff, OUT/anomaly_images_thresholded/*.png) "
+        "plus OUT/ad2_results.json.",
+    )
+    p.add_argument("--root", required=True, type=Path, help="MVTec AD 2 root folder")
+    p.add_argument("--category", required=True, help="category, e.g. can, fabric, vial")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
+    _add_method_options(p)
+    p.add_argument("--output", required=True, type=Path)
+    p.add_argument("--threshold-rule", choices=("mean_std", "quantile"), default="mean_std")
+    p.add_argument("--threshold-k", type=float, default=3.0, help="mean + K * std (3)")
+    p.add_argument("--threshold-quantile", type=float, default=0.999, help="quantile (0.999)")
+    p.add_argument("--no-submission", action="store_true", help="skip the private-split files")
+    p.set_defaults(handler=_cmd_mvtec_ad2)
 
     p = sub.add_parser(
         "demo",
@@ -456,8 +481,43 @@ def _print_predictions(
     print(f"wrote {output / 'scores.csv'}, {output / 'scores.json'} and {output / 'overlays'}/")
 
 
+def _cmd_train_vfm(args: argparse.Namespace) -> int:
+    from anomalens.training import train_vfm
+
+    if args.category and len(args.category) > 1:
+        raise ValueError("vfm trains one category at a time: give one --category")
+    names = ("backbone", "image_size", "precision", "seed", "shots", "epochs", "lora_rank")
+    options = {k: getattr(args, k) for k in (*names, "lora_alpha")}
+    options |= {"train_batch_size": args.batch_size, "lr": args.lr}
+    options["val_fraction"] = args.val_fraction
+    detector = train_vfm(
+        args.dataset,
+        args.root,
+        args.output,
+        category=args.category[0] if args.category else None,
+        model_options=options,
+        resume=not args.no_resume,
+        skip_bad=args.skip_bad,
+        progress=_progress(args),
+    )
+    history = detector.training_summary.get("history") or [{}]
+    fusion = detector.fusion
+    print(
+        f"trained vfm in {detector.training_summary.get('seconds', 0.0):.1f} s "
+        f"(last epoch loss {history[-1].get('loss', float('nan')):.4f}); fusion weight of the "
+        f"head: image {fusion.get('image_weight')}, map {fusion.get('map_weight')}"
+    )
+    print(
+        f"saved checkpoint to {args.output} (config.json, model.safetensors; resume state in last/)"
+    )
+    return EXIT_OK
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from anomalens.training import train_detector
+
+    if args.method == "vfm":
+        return _cmd_train_vfm(args)
 
     model_options = {
         k: getattr(args, k) for k in ("backbone", "image_size", "precision", "seed", "anchors")
@@ -499,6 +559,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(
         f"saved checkpoint to {args.output} (config.json, model.safetensors; resume state in last/)"
     )
+    return EXIT_OK
+
+
+def _cmd_mvtec_ad2(args: argparse.Namespace) -> int:
+    from anomalens.mvtec_ad2 import RESULTS_FILE, ThresholdRule, run_ad2
+
+    rule = ThresholdRule(args.threshold_rule, args.threshold_k, args.threshold_quantile)
+    result = run_ad2(
+        args.root,
+        args.category,
+        args.method,
+        _method_options(args),
+        output=args.output,
+        rule=rule,
+        submission=not args.no_submission,
+        skip_bad=args.skip_bad,
+        progress=_progress(args),
+    )
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items())
+    print(f"{args.category} test_public: {shown}")
+    print(
+        f"pixel threshold {result.pixel_threshold:.4g} from {result.n_validation} validation images"
+    )
+    for split, n in result.submission.items():
+        print(f"wrote {n} maps and masks of {split} under {args.output}")
+    print(f"wrote {args.output / RESULTS_FILE}")
     return EXIT_OK
 
 

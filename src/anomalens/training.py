@@ -31,7 +31,7 @@ from anomalens.overlap import training_record
 logger = logging.getLogger(__name__)
 
 #: Methods that train weights before ``fit``.
-TRAINABLE_METHODS = ("aaclip",)
+TRAINABLE_METHODS = ("aaclip", "vfm")
 #: Dataset split the training images come from, per data mode (masks need defective images,
 #: which MVTec-style datasets hold in their test split: the cross-dataset protocol).
 MODE_SPLITS = {"masks": "test", "kshot": "test", "synthetic": "train"}
@@ -138,3 +138,49 @@ def train_detector(
         progress=progress,
     )
     return detector, result
+
+
+def train_vfm(
+    dataset: str,
+    root: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    category: str | None = None,
+    model_options: Mapping[str, Any] | None = None,
+    resume: bool = True,
+    skip_bad: bool = False,
+    progress: bool = True,
+):
+    """Train AnomalyVFM v1.1 (:class:`~anomalens.methods.vfm.VFM`) on the good train images of
+    one category and write the fitted checkpoint (LoRA weights, head, Gaussian statistics,
+    fusion, thresholds) to ``output``; ``output/last`` holds the resume state.
+
+    ``model_options`` are :class:`~anomalens.methods.vfm.VFMConfig` fields (None: default).
+    Returns the fitted detector.
+    """
+    from anomalens.errors import DatasetError
+    from anomalens.methods.vfm import VFM, VFMConfig
+
+    options = {k: v for k, v in (model_options or {}).items() if v is not None}
+    detector = VFM(VFMConfig(**options))
+    size = detector.backbone.image_size
+    cats = resolve_categories(dataset, root, [category] if category else None)
+    if len(cats) != 1:
+        raise DatasetError(
+            f"{root}: vfm trains one category at a time (its Gaussian statistics are per "
+            f"category); choose one of {', '.join(cats)} with --category"
+        )
+    samples = load_training_samples(
+        dataset, root, cats, "synthetic", size, skip_bad=skip_bad, progress=progress
+    )
+    logger.info(
+        "train: vfm (%s, LoRA rank %d) on %d good images of %s/%s",
+        detector.config.backbone,
+        detector.config.lora_rank,
+        len(samples),
+        dataset,
+        cats[0],
+    )
+    detector.fit([s.image for s in samples], progress=progress, output=output, resume=resume)
+    detector.save(output)
+    return detector

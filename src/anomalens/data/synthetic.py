@@ -201,6 +201,15 @@ def _blend(img: np.ndarray, alpha: np.ndarray, target: np.ndarray) -> tuple[np.n
     return out, mask.astype(np.uint8)
 
 
+def blend_defect(
+    image: np.ndarray, alpha: np.ndarray, target: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(image with target blended in by alpha, uint8 {0, 1} mask of alpha > 0)`` for a uint8
+    RGB ``image``, float ``alpha`` in [0, 1] and float ``target`` (``H x W x 3``, clipped to
+    0..255); pixels where ``alpha == 0`` stay bit-identical. For new defect generators."""
+    return _blend(image, alpha.astype(np.float32), target.astype(np.float32))
+
+
 def _check_region(region: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | None:
     """``region`` as a bool ``H x W`` array (None stays None); errors for a wrong shape or no
     True pixel."""

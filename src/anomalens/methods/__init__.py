@@ -13,7 +13,10 @@ from typing import Any
 from anomalens.methods.aaclip import AACLIP, AACLIPConfig
 from anomalens.methods.anomalydino import AnomalyDINO, AnomalyDINOConfig
 from anomalens.methods.base import Detector, Prediction, load_detector
+from anomalens.methods.gaussian import GaussianAD, GaussianADConfig
+from anomalens.methods.padim import PaDiM, PaDiMConfig
 from anomalens.methods.patchcore import PatchCore, PatchCoreConfig
+from anomalens.methods.vfm import VFM, VFMConfig
 from anomalens.methods.winclip import WinCLIP, WinCLIPConfig
 
 METHODS: dict[str, type[Detector]] = {
@@ -21,6 +24,9 @@ METHODS: dict[str, type[Detector]] = {
     "anomalydino": AnomalyDINO,
     "winclip": WinCLIP,
     "aaclip": AACLIP,
+    "padim": PaDiM,
+    "gaussian": GaussianAD,
+    "vfm": VFM,
 }
 
 
@@ -43,13 +49,19 @@ def create_detector(method: str, **options: Any) -> Detector:
 __all__ = [
     "AACLIP",
     "METHODS",
+    "VFM",
     "AACLIPConfig",
     "AnomalyDINO",
     "AnomalyDINOConfig",
     "Detector",
+    "GaussianAD",
+    "GaussianADConfig",
+    "PaDiM",
+    "PaDiMConfig",
     "PatchCore",
     "PatchCoreConfig",
     "Prediction",
+    "VFMConfig",
     "WinCLIP",
     "WinCLIPConfig",
     "create_detector",
