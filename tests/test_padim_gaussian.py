@@ -118,6 +118,11 @@ def test_config_and_checkpoint_errors(texture_set: TextureSet, tmp_path: Path) -
 
     del tensors["positional.precision"]
     save_file(tensors, str(tmp_path / "m" / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"SHA-256 differs"):
+        PaDiM.load(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    meta.pop("weights_sha256")  # a hand edit without the hash: the tensor check still applies
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=r"lacks tensor positional\.precision"):
         PaDiM.load(tmp_path / "m")
 
