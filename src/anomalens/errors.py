@@ -39,3 +39,7 @@ class UntrainedError(AnomalensError):
 
 class ResumeError(AnomalensError):
     """The resume state of a training run does not belong to this run."""
+
+
+class EngineError(AnomalensError):
+    """A batch engine cannot run (optional dependency missing, cluster unreachable)."""
