@@ -194,11 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT/overlays/<name>.png.",
     )
     p.add_argument("--model", required=True, type=Path, metavar="MODEL_DIR")
-    p.add_argument("--input", required=True, nargs="+", type=Path, metavar="PATH")
+    p.add_argument("--input", required=True, nargs="+", metavar="PATH")
     p.add_argument("--output", required=True, type=Path)
     p.add_argument("--recursive", action="store_true", help="also search subfolders")
     p.add_argument("--no-figures", action="store_true", help="skip the overlay figures")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
+    g = p.add_argument_group(
+        "batch engines (Parquet shards + summary.json, resumable; docs/batch.md)"
+    )
+    g.add_argument("--engine", choices=("local", "process", "ray"), help="run as a batch job")
+    g.add_argument("--workers", type=_int_at_least(1), help="processes or Ray actors")
+    g.add_argument("--cpus-per-worker", type=_int_at_least(1), default=1, help="%(default)s")
+    g.add_argument("--address", help="Ray cluster: auto or ray://HOST:10001 (default: local)")
+    g.add_argument("--hash", action="store_true", help="resume by content hash, not size/mtime")
     p.set_defaults(handler=_cmd_predict)
 
     p = sub.add_parser(
@@ -357,6 +365,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from anomalens.inference import predict_paths
 
+    if args.engine or args.address or args.workers:
+        return _cmd_batch(args)
+
     result = predict_paths(
         args.model,
         args.input,
@@ -389,6 +400,32 @@ def _print_predictions(
     skipped = f", {n_skipped} unreadable skipped" if n_skipped else ""
     print(f"{n} image{'s' * (n != 1)}: {verdicts}{skipped}")
     print(f"wrote {output / 'scores.csv'}, {output / 'scores.json'} and {output / 'overlays'}/")
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from anomalens.batch import run_batch
+
+    if args.engine != "ray" and args.address:
+        raise ValueError("--address needs --engine ray")
+    r = run_batch(
+        args.model,
+        args.input,
+        args.output,
+        engine=args.engine or "local",
+        workers=args.workers,
+        cpus_per_worker=args.cpus_per_worker,
+        address=args.address,
+        content_hash=args.hash,
+        progress=_progress(args),
+    )
+    s = r.summary
+    print(
+        f"{r.n_new} images scored ({r.images_per_second:.1f} images/s, {r.n_errors} unreadable), "
+        f"{r.n_skipped} already scored; all {s['n_images']}: {s['n_defective']} defective, "
+        f"{s['n_good']} ok, {s['n_errors']} errors"
+    )
+    print(f"wrote {args.output / 'results'}/part-*.parquet and {args.output / 'summary.json'}")
+    return EXIT_OK
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
