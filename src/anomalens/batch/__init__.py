@@ -32,7 +32,7 @@ from anomalens.batch.results import ShardWriter, check_run, read_index, summariz
 from anomalens.batch.sources import fingerprints, list_sources
 from anomalens.methods.base import checkpoint_method
 
-__all__ = ["BATCH_SIZE", "ENGINES", "BatchResult", "run_batch"]
+__all__ = ["BATCH_SIZE", "ENGINES", "BatchResult", "ShardWriter", "run_batch"]
 
 logger = logging.getLogger(__name__)
 
