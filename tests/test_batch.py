@@ -142,7 +142,10 @@ def test_local_engine_rows_scores_errors_and_summary(model_dir, inputs, referenc
     assert {p: r["score"] for p, r in rows.items() if r["error"] is None} == reference
     bad = rows[str(inputs / "bad" / "broken.png")]
     assert bad["score"] is None
-    assert bad["error"] == f"{inputs / 'bad' / 'broken.png'}: image file is truncated (Truncated File Read)"
+    assert (
+        bad["error"]
+        == f"{inputs / 'bad' / 'broken.png'}: image file is truncated (Truncated File Read)"
+    )
     detector = load_detector(model_dir)
     good = rows[str(inputs / "good" / "000.png")]
     assert good["threshold"] == detector.threshold
@@ -186,7 +189,8 @@ def test_interrupted_run_resumes_and_changed_files_are_rescored(
     # the first batch held bad/broken.png: its error row is retried, the 3 scores are kept
     assert (again.n_skipped, again.n_new) == (3, 6)
     rows = rows_by_path(out)
-    assert len(rows) == 9 and len(read_results(out)) == 10  # broken.png twice
+    assert len(rows) == 9
+    assert len(read_results(out)) == 10
     by_name = {Path(p).relative_to(src): r["score"] for p, r in rows.items() if not r["error"]}
     assert by_name == {Path(p).relative_to(inputs): s for p, s in reference.items()}
     # unchanged files are skipped, the unreadable one is retried, a touched one is rescored
@@ -199,7 +203,9 @@ def test_interrupted_run_resumes_and_changed_files_are_rescored(
     hashed = tmp_path / "hashed"
     run_batch(model_dir, [src / "good"], hashed, content_hash=True, progress=False)
     os.utime(touched, ns=(2, 2))
-    assert run_batch(model_dir, [src / "good"], hashed, content_hash=True, progress=False).n_new == 0
+    assert (
+        run_batch(model_dir, [src / "good"], hashed, content_hash=True, progress=False).n_new == 0
+    )
     shutil.copy(src / "good" / "000.png", touched)
     rerun = run_batch(model_dir, [src / "good"], hashed, content_hash=True, progress=False)
     assert rerun.n_new == 1
@@ -230,7 +236,12 @@ def test_process_engine_gives_the_local_rows_with_one_load_per_worker(
 ) -> None:
     local = run_batch(model_dir, [inputs], tmp_path / "local", batch_size=2, progress=False)
     proc = run_batch(
-        model_dir, [inputs], tmp_path / "proc", engine="process", workers=2, batch_size=2,
+        model_dir,
+        [inputs],
+        tmp_path / "proc",
+        engine="process",
+        workers=2,
+        batch_size=2,
         progress=False,
     )
     assert (proc.n_new, proc.n_errors) == (local.n_new, local.n_errors) == (9, 1)
@@ -269,7 +280,9 @@ def _verdicts(out: Path) -> str:
     return f"{s['n_defective']} defective, {s['n_good']} ok, 1 errors"
 
 
-def test_cli_engine_ray_without_ray_names_the_extra(model_dir, inputs, tmp_path, capsys, monkeypatch):
+def test_cli_engine_ray_without_ray_names_the_extra(
+    model_dir, inputs, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     argv = ["predict", "--model", str(model_dir), "--input", str(inputs)]
     assert main([*argv, "--output", str(tmp_path / "o"), "--engine", "ray"]) == 2

@@ -252,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, help="data order, augmentation and initialisation (0)")
     p.add_argument("--output", required=True, type=Path, metavar="CKPT")
     p.add_argument("--no-resume", action="store_true", help="ignore CKPT/last and start over")
+    p.add_argument(
+        "--nproc",
+        type=_int_at_least(1),
+        default=1,
+        help="train on N processes of this machine (torch.distributed, gloo; the same result "
+        "as 1 process with the same global batch; or run under torchrun)",
+    )
     p.set_defaults(handler=_cmd_train)
 
     p = sub.add_parser(
@@ -429,6 +436,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from anomalens.distributed import is_main
     from anomalens.training import train_detector
 
     model_options = {
@@ -459,7 +467,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume=not args.no_resume,
         skip_bad=args.skip_bad,
         progress=_progress(args),
+        nproc=args.nproc,
     )
+    if not is_main():  # torchrun: rank 0 reports
+        return EXIT_OK
     best = result.best or {}
     chosen = ", ".join(
         f"{k} {best[k]:.3f}" for k in ("val_image_auroc", "val_pixel_auroc") if k in best

@@ -101,7 +101,7 @@ def require_ray():
     """The ``ray`` module; EngineError naming the extra when Ray Data is not installed."""
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError as exc:
         raise EngineError(
             f"--engine ray needs Ray Data, which is not installed: {RAY_HINT}"
@@ -144,10 +144,10 @@ class RayScorer:
         self.scorer = Scorer(self._folder.name, threads=threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
+        import pyarrow as pa
+
         from anomalens.batch.results import schema
         from anomalens.batch.scoring import error_row
-
-        import pyarrow as pa
 
         paths = [str(p) for p in batch["path"]]
         prints = [str(f) for f in batch["fingerprint"]]

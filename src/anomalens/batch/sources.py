@@ -178,7 +178,7 @@ def fingerprint(location: str, content_hash: bool = False) -> str:
 def _open(location: str):
     if is_uri(location):
         return _fsspec().open(location, "rb").open()
-    return open(location, "rb")  # noqa: SIM115 - the caller closes it
+    return open(location, "rb")
 
 
 def read_image(location: str) -> np.ndarray:
