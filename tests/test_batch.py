@@ -271,8 +271,12 @@ def test_cli_predict_engine_local(model_dir, inputs, tmp_path, capsys) -> None:
     assert lines[1] == f"wrote {out / 'results'}/part-*.parquet and {out / 'summary.json'}"
     assert main([*argv, "--engine", "local", "-q"]) == 0
     assert capsys.readouterr().out.startswith("1 images scored (")  # the unreadable one
-    assert main([*argv, "--address", "auto"]) == 2
+    assert main([*argv, "--engine", "process", "--address", "auto"]) == 2
     assert capsys.readouterr().err == "anomalens: error: --address needs --engine ray\n"
+    assert main([*argv, "--workers", "2"]) == 2
+    assert capsys.readouterr().err == (
+        "anomalens: error: --workers and --address need --engine (local, process or ray)\n"
+    )
 
 
 def _verdicts(out: Path) -> str:

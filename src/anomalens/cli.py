@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-figures", action="store_true", help="skip the overlay figures")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
     g = p.add_argument_group(
-        "batch engines (Parquet shards + summary.json, resumable; docs/batch.md)"
+        "batch engines (Parquet shards + summary.json, resumable; folders are searched "
+        "recursively, no figures, unreadable files recorded; docs/scale_out.md)"
     )
     g.add_argument("--engine", choices=("local", "process", "ray"), help="run as a batch job")
     g.add_argument("--workers", type=_int_at_least(1), help="processes or Ray actors")
@@ -412,13 +413,15 @@ def _print_predictions(
 def _cmd_batch(args: argparse.Namespace) -> int:
     from anomalens.batch import run_batch
 
+    if not args.engine:
+        raise ValueError("--workers and --address need --engine (local, process or ray)")
     if args.engine != "ray" and args.address:
         raise ValueError("--address needs --engine ray")
     r = run_batch(
         args.model,
         args.input,
         args.output,
-        engine=args.engine or "local",
+        engine=args.engine,
         workers=args.workers,
         cpus_per_worker=args.cpus_per_worker,
         address=args.address,

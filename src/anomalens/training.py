@@ -98,8 +98,9 @@ def train_detector(
     """
     if nproc > 1:
         return _launch(nproc, {k: v for k, v in locals().items() if k != "nproc"})
-    if distributed.init_from_env():
-        progress = progress and distributed.is_main()
+    if distributed.init_from_env() and not distributed.is_main():
+        progress = False  # rank 0 reports progress
+        logging.getLogger("anomalens").setLevel(logging.WARNING)
     if method not in TRAINABLE_METHODS:
         raise ValueError(
             f"method {method!r} has nothing to train; trainable: {', '.join(TRAINABLE_METHODS)}"
