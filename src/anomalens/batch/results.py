@@ -211,17 +211,16 @@ def summarize(output: str | os.PathLike, extra: Mapping[str, Any] | None = None)
     ``OUT/summary.json`` (atomically) and returned. When an image has several rows (an error
     retried later), its last row counts."""
     table = read_results(output, ["path", "score", "threshold", "is_defective", "error"])
+    columns = {name: table.column(name).to_pylist() for name in table.column_names}
     latest: dict[str, int] = {}
-    for i, p in enumerate(table.column("path").to_pylist()):
+    for i, p in enumerate(columns["path"]):
         latest[p] = i
     keep = sorted(latest.values())
-    scores = np.array(
-        [s for s in (table.column("score").to_pylist()[i] for i in keep) if s is not None],
-        dtype=np.float64,
-    )
-    verdicts = [table.column("is_defective").to_pylist()[i] for i in keep]
-    errors = [table.column("error").to_pylist()[i] for i in keep]
-    thresholds = {t for t in table.column("threshold").to_pylist() if t is not None}
+    picked = [columns["score"][i] for i in keep]
+    scores = np.array([s for s in picked if s is not None], dtype=np.float64)
+    verdicts = [columns["is_defective"][i] for i in keep]
+    errors = [columns["error"][i] for i in keep]
+    thresholds = {t for t in columns["threshold"] if t is not None}
     n_errors = sum(e is not None for e in errors)
     summary: dict[str, Any] = {
         "n_images": len(keep),
