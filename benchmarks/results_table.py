@@ -26,7 +26,8 @@ Tables (name: folder under ``benchmarks/results`` and files):
 * ``zero-few-shot-speed``: ``zero-few-shot-speed/*.json`` of ``bench_zero_few_shot.py --json``;
 * ``predict-memory``: ``predict-memory/*.json`` of ``bench_predict_memory.py --json``;
 * ``gaussian-vfm``: ``gaussian-vfm/<dataset>_<method>.json`` of ``benchmarks/gaussian_vfm.sh``;
-* ``vfm-speed``: ``vfm-speed/*.json`` of ``bench_vfm.py --json``.
+* ``vfm-speed``: ``vfm-speed/*.json`` of ``bench_vfm.py --json``;
+* ``batch-speed``: ``batch-speed/screw.json`` of ``bench_batch.py run ... --json``.
 """
 
 from __future__ import annotations
@@ -450,6 +451,42 @@ def render_vfm_speed(results: Path) -> str:
     return head + "\n\n" + table(header, rows)
 
 
+def render_batch_speed(results: Path) -> str:
+    paths = files(results, "batch-speed")
+    docs = [load(p) for p in paths]
+    rows = []
+    for doc in docs:
+        for r in doc["rows"]:
+            label = {"local": "local (1 process)", "process": "process", "ray": "ray"}[r["engine"]]
+            workers = "-" if r["engine"] == "local" else str(r["workers"])
+            rows.append(
+                [
+                    label,
+                    workers,
+                    str(r["images"]),
+                    num(r["seconds"], 1),
+                    num(r["images_per_second"], 1),
+                    num(r["startup_seconds"], 1),
+                    num(r.get("ray_init_seconds"), 1),
+                ]
+            )
+    head = (
+        f"`anomalens predict --engine`, {docs[0].get('model')}, MVTec AD screw PNGs (512 px) "
+        f"read from disk, wall time of the whole run (listing, start-up, decoding, scoring, "
+        f"Parquet shards); workers and actors use 1 CPU each; {machines(docs)}.{note(docs)}"
+    )
+    header = [
+        "engine",
+        "workers",
+        "images",
+        "seconds",
+        "images/s",
+        "first rows after s",
+        "`ray.init` s",
+    ]
+    return head + "\n\n" + table(header, rows)
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "patchcore-screw": render_patchcore_screw,
     "patchcore-speed": render_patchcore_speed,
@@ -460,6 +497,7 @@ RENDERERS: dict[str, Callable[[Path], str]] = {
     "predict-memory": render_predict_memory,
     "gaussian-vfm": render_gaussian_vfm,
     "vfm-speed": render_vfm_speed,
+    "batch-speed": render_batch_speed,
 }
 
 

@@ -238,11 +238,20 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT/overlays/<name>.png.",
     )
     p.add_argument("--model", required=True, type=Path, metavar="MODEL_DIR")
-    p.add_argument("--input", required=True, nargs="+", type=Path, metavar="PATH")
+    p.add_argument("--input", required=True, nargs="+", metavar="PATH")
     p.add_argument("--output", required=True, type=Path)
     p.add_argument("--recursive", action="store_true", help="also search subfolders")
     p.add_argument("--no-figures", action="store_true", help="skip the overlay figures")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
+    g = p.add_argument_group(
+        "batch engines (Parquet shards + summary.json, resumable; folders are searched "
+        "recursively, no figures, unreadable files recorded; docs/scale_out.md)"
+    )
+    g.add_argument("--engine", choices=("local", "process", "ray"), help="run as a batch job")
+    g.add_argument("--workers", type=_int_at_least(1), help="processes or Ray actors")
+    g.add_argument("--cpus-per-worker", type=_int_at_least(1), default=1, help="%(default)s")
+    g.add_argument("--address", help="Ray cluster: auto or ray://HOST:10001 (default: local)")
+    g.add_argument("--hash", action="store_true", help="resume by content hash, not size/mtime")
     p.set_defaults(handler=_cmd_predict)
 
     p = sub.add_parser(
@@ -304,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lora-alpha", type=float, help="LoRA alpha (32)")
     p.add_argument("--output", required=True, type=Path, metavar="CKPT")
     p.add_argument("--no-resume", action="store_true", help="ignore CKPT/last and start over")
+    p.add_argument(
+        "--nproc",
+        type=_int_at_least(1),
+        default=1,
+        help="train on N processes of this machine (torch.distributed, gloo; the same result "
+        "as 1 process with the same global batch; or run under torchrun)",
+    )
     p.set_defaults(handler=_cmd_train)
 
     p = sub.add_parser(
@@ -446,6 +462,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from anomalens.inference import predict_paths
 
+    if args.engine or args.address or args.workers:
+        return _cmd_batch(args)
+
     result = predict_paths(
         args.model,
         args.input,
@@ -486,6 +505,8 @@ def _cmd_train_vfm(args: argparse.Namespace) -> int:
 
     if args.category and len(args.category) > 1:
         raise ValueError("vfm trains one category at a time: give one --category")
+    if args.nproc > 1:
+        raise ValueError("--nproc: vfm trains in one process (multi-process training is AA-CLIP's)")
     names = ("backbone", "image_size", "precision", "seed", "shots", "epochs", "lora_rank")
     options = {k: getattr(args, k) for k in (*names, "lora_alpha")}
     options |= {"train_batch_size": args.batch_size, "lr": args.lr}
@@ -510,10 +531,38 @@ def _cmd_train_vfm(args: argparse.Namespace) -> int:
     print(
         f"saved checkpoint to {args.output} (config.json, model.safetensors; resume state in last/)"
     )
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from anomalens.batch import run_batch
+
+    if not args.engine:
+        raise ValueError("--workers and --address need --engine (local, process or ray)")
+    if args.engine != "ray" and args.address:
+        raise ValueError("--address needs --engine ray")
+    r = run_batch(
+        args.model,
+        args.input,
+        args.output,
+        engine=args.engine,
+        workers=args.workers,
+        cpus_per_worker=args.cpus_per_worker,
+        address=args.address,
+        content_hash=args.hash,
+        progress=_progress(args),
+    )
+    s = r.summary
+    print(
+        f"{r.n_new} images scored ({r.images_per_second:.1f} images/s, {r.n_errors} unreadable), "
+        f"{r.n_skipped} already scored; all {s['n_images']}: {s['n_defective']} defective, "
+        f"{s['n_good']} ok, {s['n_errors']} errors"
+    )
+    print(f"wrote {args.output / 'results'}/part-*.parquet and {args.output / 'summary.json'}")
     return EXIT_OK
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from anomalens.distributed import is_main
     from anomalens.training import train_detector
 
     if args.method == "vfm":
@@ -547,7 +596,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume=not args.no_resume,
         skip_bad=args.skip_bad,
         progress=_progress(args),
+        nproc=args.nproc,
     )
+    if not is_main():  # torchrun: rank 0 reports
+        return EXIT_OK
     best = result.best or {}
     chosen = ", ".join(
         f"{k} {best[k]:.3f}" for k in ("val_image_auroc", "val_pixel_auroc") if k in best

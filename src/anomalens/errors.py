@@ -58,3 +58,7 @@ def display_path(path: object) -> str:
         return os.fsencode(path).decode("utf-8", "backslashreplace")  # type: ignore[arg-type]
     except TypeError:
         return str(path)
+
+
+class EngineError(AnomalensError):
+    """A batch engine cannot run (optional dependency missing, cluster unreachable)."""

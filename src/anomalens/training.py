@@ -6,6 +6,7 @@ methods never open files) and hands samples to the method's trainer.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -15,6 +16,7 @@ from typing import Any
 import cv2
 from tqdm import tqdm
 
+from anomalens import distributed
 from anomalens.data.datasets import build_dataset, resolve_categories
 from anomalens.data.sample import Sample
 from anomalens.methods.aaclip import (
@@ -25,6 +27,7 @@ from anomalens.methods.aaclip import (
     TrainResult,
     train_aaclip,
 )
+from anomalens.methods.aaclip.train import LAST_DIR, STATE_FILE
 from anomalens.methods.base import check_model_folder
 from anomalens.overlap import training_record
 
@@ -82,6 +85,7 @@ def train_detector(
     resume: bool = True,
     skip_bad: bool = False,
     progress: bool = True,
+    nproc: int = 1,
 ) -> tuple[AACLIP, TrainResult]:
     """Train ``method`` on ``dataset`` at ``root`` and write the chosen checkpoint to ``output``.
 
@@ -93,7 +97,16 @@ def train_detector(
     (:func:`anomalens.overlap.training_record`), so ``benchmark`` refuses to evaluate it on
     the same images.
     Returns the trained detector (not fitted to a category yet) and the training result.
+
+    ``nproc > 1`` trains on that many processes of this machine (:mod:`anomalens.distributed`:
+    the same result as one process with the same global batch); under ``torchrun`` the group
+    comes from the environment and ``nproc`` stays 1.
     """
+    if nproc > 1:
+        return _launch(nproc, {k: v for k, v in locals().items() if k != "nproc"})
+    if distributed.init_from_env() and not distributed.is_main():
+        progress = False  # rank 0 reports progress
+        logging.getLogger("anomalens").setLevel(logging.WARNING)
     if method not in TRAINABLE_METHODS:
         raise ValueError(
             f"method {method!r} has nothing to train; trainable: {', '.join(TRAINABLE_METHODS)}"
@@ -184,3 +197,29 @@ def train_vfm(
     detector.fit([s.image for s in samples], progress=progress, output=output, resume=resume)
     detector.save(output)
     return detector
+
+
+def _train_rank(**kwargs: Any) -> None:
+    """Body of one process of a multi-process run (see :func:`anomalens.distributed.launch`)."""
+    train_detector(**kwargs)
+
+
+def _launch(nproc: int, kwargs: dict[str, Any]) -> tuple[AACLIP, TrainResult]:
+    """Train on ``nproc`` spawned processes; return the chosen checkpoint as rank 0 wrote it."""
+    if kwargs["method"] not in TRAINABLE_METHODS:  # fail before spawning
+        raise ValueError(
+            f"method {kwargs['method']!r} has nothing to train; trainable: "
+            f"{', '.join(TRAINABLE_METHODS)}"
+        )
+    kwargs = {**kwargs, "root": str(kwargs["root"]), "output": str(kwargs["output"])}
+    distributed.launch(nproc, "anomalens.training:_train_rank", kwargs)
+    detector = AACLIP.load(kwargs["output"])
+    summary = detector.training_summary or {}
+    state = Path(kwargs["output"]) / LAST_DIR / STATE_FILE  # the history of every epoch
+    history = json.loads(state.read_text(encoding="utf-8"))["history"] if state.is_file() else []
+    result = TrainResult(
+        history=history or list(summary.get("history", [])),
+        best=summary.get("chosen"),
+        seconds=float(summary.get("seconds", 0.0)),
+    )
+    return detector, result

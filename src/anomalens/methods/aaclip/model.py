@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from anomalens import distributed
 from anomalens.backbones.base import Backbone
 from anomalens.methods.aaclip.parts import Projection, ResidualAdapter, ResidualProjection
 from anomalens.methods.base import DetectorConfig, check_at_least
@@ -288,6 +289,10 @@ class AdaptedModel(nn.Module):
         """Running mean (momentum 0.9) of the normal tokens of a training batch; ``masks``
         ``[B, H, W]`` mark defects (tokens a defect touches are left out)."""
         total, count = self._normal_sum(feats, masks)
+        if distributed.context().distributed:  # the mean over the global batch
+            both = torch.cat([total.double(), torch.tensor([float(count)], dtype=torch.float64)])
+            distributed.context().sum_tensor(both)
+            total, count = both[:-1].to(total.dtype), int(both[-1])
         if count == 0:
             return
         mean = total / count

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from anomalens import distributed
 from anomalens.atomic import atomic_write_json, atomic_write_with
 from anomalens.errors import ResumeError
 from anomalens.methods.aaclip.data import TrainingData, TrainItem
@@ -190,6 +191,23 @@ class Trainer:
         self._text_cache: dict[str, torch.Tensor] = {}
         self._val = data.validation()
         self._start = time.perf_counter()
+        # N processes (anomalens.distributed): each takes its share of every global batch,
+        # rank 0 validates and writes the checkpoints
+        self.dist = distributed.context()
+        self._step = self.loss
+
+    def check_shards(self) -> None:
+        """Refuse a schedule whose global batches leave a process without images."""
+        world = self.dist.world
+        for stage, _, bs, _, _ in self.stages():
+            n = len(self.data)
+            sizes = {min(bs, n - start) for start in range(0, n, bs)}
+            if min(sizes) < world:
+                raise ValueError(
+                    f"stage {stage}: a batch of {min(sizes)} images cannot be shared by {world} "
+                    f"processes ({n} training images, batch size {bs}); change the batch size "
+                    "or --nproc"
+                )
 
     # -- stages -----------------------------------------------------------------------------
     def stages(self) -> list[tuple[int, int, int, float, list[torch.nn.Parameter]]]:
@@ -325,6 +343,8 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
     def _save_best(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         self.detector.trained = True
         self.detector.training_summary = {
             "train": dataclasses.asdict(self.cfg),
@@ -342,6 +362,8 @@ class Trainer:
 
     def _save_state(self, position: dict[str, Any], opt, sched) -> None:
         """Resume state; ``opt`` / ``sched`` None at a stage boundary (fresh optimizer next)."""
+        if not self.dist.is_main:
+            return
         folder = self.out / LAST_DIR
         folder.mkdir(parents=True, exist_ok=True)
         _atomic_save(dict(self.net.state_dict()), folder / WEIGHTS_FILE)
@@ -383,8 +405,9 @@ class Trainer:
     def run(self, resume: bool = True) -> TrainResult:
         """Train both stages; returns the history and the chosen epoch."""
         start_time = time.perf_counter()
-        if not resume and (self.out / LAST_DIR).exists():
+        if not resume and (self.out / LAST_DIR).exists() and self.dist.is_main:
             shutil.rmtree(self.out / LAST_DIR)
+        self.dist.barrier()
         state = self._load_state() if resume else None
         position = state["position"] if state else {"stage": 0, "epoch": 0, "batch": 0}
         if state:
@@ -402,6 +425,7 @@ class Trainer:
                 continue
             for param in params:
                 param.requires_grad_(True)
+            self._step = self.dist.wrap(self.net, self.loss)
             opt = torch.optim.Adam(params, lr=lr, betas=self.cfg.betas)
             sched = torch.optim.lr_scheduler.MultiStepLR(
                 opt, milestones=list(self.cfg.milestones), gamma=self.cfg.gamma
@@ -438,27 +462,33 @@ class Trainer:
             initial=skip,
             desc=f"stage {stage} epoch {epoch + 1}",
             unit="batch",
-            disable=not self.progress,
+            disable=not (self.progress and self.dist.is_main),
         )
         running: dict[str, float] = {}
         seen = 0
         opt.zero_grad(set_to_none=True)
-        for index, items in enumerate(self.data.epoch(epoch, bs, stage)):
+        ctx = self.dist
+        for index, batch in enumerate(self.data.epoch(epoch, bs, stage)):
             if index < skip:
                 continue
+            items = ctx.shard(batch)  # the whole batch on one process
             rng = np.random.default_rng([cfg.seed, stage, epoch, index])
-            loss, parts = self.loss(items, stage, rng)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite training loss at stage {stage}, epoch {epoch + 1}, batch "
-                    f"{index}: {parts}; lower the learning rate or use --precision fp32"
-                )
-            (loss / cfg.accumulate).backward()
+            last = index + 1 == n_batches
+            sync = (index + 1) % cfg.accumulate == 0 or last
+            with ctx.no_sync(self._step, sync):
+                loss, parts = self._step(items, stage, rng)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"non-finite training loss at stage {stage}, epoch {epoch + 1}, batch "
+                        f"{index}: {parts}; lower the learning rate or use --precision fp32"
+                    )
+                share = ctx.loss_scale(len(items), len(batch))
+                (loss * share / cfg.accumulate).backward()
             seen += 1
             for k, v in {"loss": loss.item(), **parts}.items():
-                running[k] = running.get(k, 0.0) + v
-            last = index + 1 == n_batches
-            if (index + 1) % cfg.accumulate == 0 or last:
+                # summed over ranks at the end: the mean over each global batch
+                running[k] = running.get(k, 0.0) + v * share / ctx.world
+            if sync:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 sched.step()
@@ -468,6 +498,7 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{running['loss'] / seen:.4f}")
         bar.close()
+        running = ctx.sum(running)
         self.net.eval()
         record: dict[str, Any] = {
             "stage": stage,
@@ -476,7 +507,8 @@ class Trainer:
             "lr": opt.param_groups[0]["lr"],
             "seconds": time.perf_counter() - t0,
         }
-        record.update(self.validate(stage))
+        if ctx.is_main:
+            record.update(self.validate(stage))
         metric = _selection_metric(record)
         record["selection_metric"] = metric
         self.result.history.append(record)
@@ -495,11 +527,12 @@ class Trainer:
             record["kept"] = True
             self._save_best(record)
         self._save_state({"stage": stage, "epoch": epoch + 1, "batch": 0}, opt, sched)
+        ctx.barrier()  # the other ranks read what rank 0 wrote (best text adapters, resume)
 
     def _keep_best_text(self, record: dict[str, Any], metric: float | None) -> None:
         """Stage 1: remember the text adapters of the best epoch (restored before stage 2)."""
         best = self._best_text_metric()
-        if metric is None or best is None or metric >= best:
+        if (metric is None or best is None or metric >= best) and self.dist.is_main:
             record["kept"] = True
             folder = self.out / LAST_DIR
             folder.mkdir(parents=True, exist_ok=True)
@@ -574,7 +607,9 @@ def train_aaclip(
         defect_probability=defect_probability,
     )
     trainer = Trainer(detector, data, config, output, progress=progress)
+    trainer.check_shards()
     result = trainer.run(resume=resume)
+    trainer.dist.barrier()  # rank 0 has written the chosen checkpoint
     chosen = AACLIP.load(output)
     detector.network.load_state_dict(chosen.network.state_dict())
     detector.trained = True
