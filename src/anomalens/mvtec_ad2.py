@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from anomalens.atomic import atomic_write_with
 from anomalens.data.datasets import IMAGE_EXTENSIONS, is_image_file
 from anomalens.data.io import load_image
 from anomalens.errors import DatasetError
@@ -135,18 +136,16 @@ def write_map_tiff(path: Path, anomaly_map: np.ndarray) -> None:
     except ImportError as exc:  # pragma: no cover - installed with scikit-image
         raise ImportError("writing float16 TIFF maps needs tifffile: pip install tifffile") from exc
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tifffile.imwrite(tmp, np.asarray(anomaly_map, dtype=np.float16), photometric="minisblack")
-    os.replace(tmp, path)
+    data = np.asarray(anomaly_map, dtype=np.float16)
+    atomic_write_with(
+        path, lambda tmp: tifffile.imwrite(tmp, data, photometric="minisblack"), fsync=False
+    )
 
 
 def write_mask_png(path: Path, mask: np.ndarray) -> None:
     """A 0/255 8-bit PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    image = Image.fromarray(np.where(mask, 255, 0).astype(np.uint8))
+    atomic_write_with(path, lambda tmp: image.save(tmp, format="PNG"), fsync=False)
 
 
 def write_submission(

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from anomalens.atomic import atomic_write_text, atomic_write_with, check_output_path
 from anomalens.errors import ResumeError
 from anomalens.methods.base import CONFIG_FILE, checkpoint_method
 from anomalens.report import jsonable
@@ -94,15 +95,9 @@ def schema():
     )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_json_atomic(path: Path, data: Any) -> None:
     """``data`` as indented JSON, written to a temporary file and renamed into place."""
-    _write_atomic(path, json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n")
 
 
 class ShardWriter:
@@ -136,9 +131,7 @@ class ShardWriter:
         pa, pq = _pa()
         table = pa.Table.from_pylist([{c: r.get(c) for c in COLUMNS} for r in rows], schema())
         path = self.folder / f"part-{self.run}-{len(self.shards):05d}.parquet"
-        tmp = self.folder / f".{path.name}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        atomic_write_with(path, lambda tmp: pq.write_table(table, tmp))
         self.shards.append(path)
         self.n_rows += len(rows)
 
@@ -184,7 +177,7 @@ def check_run(output: str | os.PathLike, model_dir: str | os.PathLike) -> dict[s
     """Write or check ``OUT/run.json``: results in ``output`` must come from the same model.
 
     Raises ResumeError naming the folder when ``output`` holds results of another model."""
-    output = Path(output)
+    output = check_output_path(output)
     run = {
         "model": str(model_dir),
         "method": checkpoint_method(model_dir),

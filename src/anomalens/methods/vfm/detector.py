@@ -4,9 +4,6 @@ thresholds, prediction and checkpoints."""
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -21,8 +18,6 @@ from anomalens.data.transforms import resize_square
 from anomalens.errors import CheckpointError
 from anomalens.mahalanobis import Gaussian, fit_gaussian, fit_positional, select_channels
 from anomalens.methods.base import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
     Calibration,
     Detector,
     Prediction,
@@ -293,25 +288,17 @@ class VFM(Detector):
 
     def save(self, folder: str | Path) -> Path:
         """``config.json`` + ``model.safetensors`` (LoRA weights, head, Gaussian statistics),
-        each written to a temporary folder and moved into ``folder`` with ``os.replace``
-        (weights first, config last); the frozen backbone is named, never copied."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".vfm-", dir=folder))
-        try:
-            self._write(
-                tmp,
-                self.tensors(),
-                trained=self.trained,
-                training=self.training_summary,
-                fusion=self.fusion,
-                backbone=self.backbone.describe(),
-            )
-            os.replace(tmp / WEIGHTS_FILE, folder / WEIGHTS_FILE)
-            os.replace(tmp / CONFIG_FILE, folder / CONFIG_FILE)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return folder
+        swapped in atomically by :func:`~anomalens.methods.base.write_checkpoint` (the folder
+        is the old model or the new one, ``last/`` kept); the frozen backbone is named, never
+        copied."""
+        return self._write(
+            folder,
+            self.tensors(),
+            trained=self.trained,
+            training=self.training_summary,
+            fusion=self.fusion,
+            backbone=self.backbone.describe(),
+        )
 
     @classmethod
     def load(cls, folder: str | Path) -> VFM:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from anomalens.atomic import atomic_write_json, atomic_write_with
 from anomalens.errors import ResumeError
 from anomalens.methods.aaclip.train import load_optimizer_tensors, optimizer_tensors
 from anomalens.methods.vfm.data import SyntheticAnomalies
@@ -73,17 +73,14 @@ class TrainResult:
 
 
 def atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """safetensors file written to ``path.tmp`` then moved over ``path`` (os.replace)."""
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    """safetensors file replaced atomically (:func:`anomalens.atomic.atomic_write_with`)."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write_with(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
 def atomic_json(data: dict[str, Any], path: Path) -> None:
-    """JSON file written to ``path.tmp`` then moved over ``path`` (os.replace)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """JSON file replaced atomically (:func:`anomalens.atomic.atomic_write_json`)."""
+    atomic_write_json(path, data)
 
 
 class VFMTrainer:
