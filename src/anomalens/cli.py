@@ -531,6 +531,7 @@ def _cmd_train_vfm(args: argparse.Namespace) -> int:
     print(
         f"saved checkpoint to {args.output} (config.json, model.safetensors; resume state in last/)"
     )
+    return EXIT_OK
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
