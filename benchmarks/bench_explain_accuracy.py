@@ -144,9 +144,7 @@ def main() -> None:
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    print(
-        {k: result[k] for k in ("category", "type_accuracy", "location_accuracy", "hit_rate")}
-    )
+    print({k: result[k] for k in ("category", "type_accuracy", "location_accuracy", "hit_rate")})
 
 
 if __name__ == "__main__":

@@ -110,6 +110,9 @@ def predict_paths(
     figures: bool = True,
     progress: bool = True,
     chunk_size: int = PREDICT_CHUNK,
+    explain: Any = None,
+    explain_options: dict[str, Any] | None = None,
+    report: bool = False,
 ) -> PredictResult:
     """Score the images of ``inputs`` (files and folders, see :func:`collect_images`) with
     ``model`` (a fitted detector or a saved model folder) and write the report to ``output``.
@@ -117,6 +120,10 @@ def predict_paths(
     ``figures`` draws ``overlays/<name>.png`` per image; ``progress`` shows a tqdm bar. Raises
     CheckpointError for an unusable model folder, DatasetError for bad inputs or when no image
     could be read, and ImageLoadError for an unreadable image unless ``skip_bad``.
+
+    ``explain`` (an explainer spec such as ``"grounded"``, or an explainer object, see
+    :mod:`anomalens.explain`) explains each chunk; ``explain_options`` go to
+    :func:`~anomalens.explain.build_explainer`; ``report`` writes ``report.html``.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -134,7 +141,12 @@ def predict_paths(
         chunk_size,
     )
     names = dict(zip(paths, figure_names(paths), strict=True))
-    writer = ReportWriter(output, title=None)
+    explainer = explain
+    if isinstance(explain, str):
+        from anomalens.explain import build_explainer
+
+        explainer = build_explainer(explain, detector=detector, **(explain_options or {}))
+    writer = ReportWriter(output, title=None, explainer=explainer, html=report)
     skipped: list[Path] = []
     bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
     with bar:
@@ -167,6 +179,14 @@ def predict_paths(
             "model": model_dir,
             "method": detector.method,
             "skipped": [str(p) for p in skipped],
+            **(
+                {
+                    "inputs": ", ".join(map(str, inputs)),
+                    "explainer": getattr(explainer, "name", None),
+                }
+                if explainer is not None or report
+                else {}
+            ),
         }
     )
     return PredictResult(Path(output), summary, writer.records, skipped)

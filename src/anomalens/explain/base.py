@@ -170,8 +170,7 @@ def parse_explainer_spec(spec: str) -> tuple[str, str | None, str | None]:
             )
         return "openai", url, model
     raise ValueError(
-        f"unknown explainer spec {spec!r}; use grounded, hf:HUB_ID_OR_FOLDER or "
-        "openai:URL#MODEL"
+        f"unknown explainer spec {spec!r}; use grounded, hf:HUB_ID_OR_FOLDER or openai:URL#MODEL"
     )
 
 

@@ -33,8 +33,15 @@ __all__ = [
 
 UNKNOWN_TYPE = "unknown type"
 #: Numeric descriptors of a region (from ``describe_region``) and how they are transformed.
-HAND_FEATURES = ("area_fraction", "elongation", "solidity", "contrast", "texture", "axial",
-                 "lateral")  # fmt: skip
+HAND_FEATURES = (
+    "area_fraction",
+    "elongation",
+    "solidity",
+    "contrast",
+    "texture",
+    "axial",
+    "lateral",
+)
 _LOG = {"area_fraction", "elongation", "texture"}
 #: Backbone, input side and taps of the pooled region features.
 TYPE_BACKBONE, TYPE_IMAGE_SIZE, TYPE_LAYERS = "efficientnet-lite0", 320, (2, 3)
@@ -212,9 +219,14 @@ def fit_defect_types(
         hand.append(hand_vector(numbers))
     labels = np.array([names.index(t) for t in types])
     return DefectTypes(
-        names, np.stack(deep), np.stack(hand), labels, np.arange(len(images)), backbone,
+        names,
+        np.stack(deep),
+        np.stack(hand),
+        labels,
+        np.arange(len(images)),
+        backbone,
         image_size,
-    )  # fmt: skip
+    )
 
 
 def load_examples(

@@ -121,7 +121,7 @@ def find_part(image: np.ndarray) -> tuple[Part, np.ndarray]:
     pts = np.stack([xs, ys], 1).astype(np.float64)
     centre = pts.mean(0)
     cov = np.cov((pts - centre).T) if len(pts) > 2 else np.eye(2)
-    evals, evecs = np.linalg.eigh(cov)
+    _evals, evecs = np.linalg.eigh(cov)
     u, v = evecs[:, 1], evecs[:, 0]
     proj_u, proj_v = (pts - centre) @ u, (pts - centre) @ v
     half_length = float(np.percentile(np.abs(proj_u), 99)) if len(pts) else 1.0
@@ -193,7 +193,7 @@ def find_regions(
     m = _scaled_map(full, work_shape)
     sy, sx = full.shape[0] / work_shape[0], full.shape[1] / work_shape[1]
     above = (m >= threshold).astype(np.uint8)
-    n, labels = cv2.connectedComponents(above, connectivity=8)
+    _n, labels = cv2.connectedComponents(above, connectivity=8)
     out = []
     for b in hotspots(m, threshold, min_area=min_area, top_k=top_k):
         sub = m[b.y0 : b.y1, b.x0 : b.x1]
@@ -201,12 +201,12 @@ def find_regions(
         label = labels[b.y0 + py, b.x0 + px]
         mask = labels == label
         box = Box(
-            x0=int(math.floor(b.x0 * sx)),
-            y0=int(math.floor(b.y0 * sy)),
-            x1=min(full.shape[1], int(math.ceil(b.x1 * sx))),
-            y1=min(full.shape[0], int(math.ceil(b.y1 * sy))),
+            x0=math.floor(b.x0 * sx),
+            y0=math.floor(b.y0 * sy),
+            x1=min(full.shape[1], math.ceil(b.x1 * sx)),
+            y1=min(full.shape[0], math.ceil(b.y1 * sy)),
             score=b.score,
-            area=int(round(b.area * sx * sy)),
+            area=round(b.area * sx * sy),
         )
         out.append(Region(box, mask, b.score))
     return out
@@ -218,8 +218,10 @@ def region_from_mask(mask: np.ndarray, work_shape: tuple[int, int], peak: float 
     small = cv2.resize(full.astype(np.uint8), (work_shape[1], work_shape[0]), cv2.INTER_NEAREST)
     if not small.any():  # tiny region: keep its centre pixel
         ys, xs = np.nonzero(full)
-        small[int(ys.mean() * work_shape[0] / full.shape[0]),
-              int(xs.mean() * work_shape[1] / full.shape[1])] = 1  # fmt: skip
+        small[
+            int(ys.mean() * work_shape[0] / full.shape[0]),
+            int(xs.mean() * work_shape[1] / full.shape[1]),
+        ] = 1
     ys, xs = np.nonzero(full)
     box = Box(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1, peak, len(xs))
     return Region(box, small > 0, peak)
@@ -317,7 +319,12 @@ def appearance_of(region: Region, part: Part, gray: np.ndarray) -> tuple[str, di
     """Words comparing the region's pixels with a ring of surrounding normal surface."""
     mask = region.mask
     r = max(3, int(math.sqrt(mask.sum()) / 2))
-    ring = cv2.dilate(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2)) > 0  # fmt: skip
+    ring = (
+        cv2.dilate(
+            mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2)
+        )
+        > 0
+    )
     ring &= ~mask
     if not part.is_surface:
         ring &= part.mask

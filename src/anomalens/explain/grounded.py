@@ -105,7 +105,7 @@ def describe_region(
     )
     finding = Finding(
         box=[region.box.x0, region.box.y0, region.box.x1, region.box.y1],
-        area_px=int(round(area_work / scale2)),
+        area_px=round(area_work / scale2),
         area_pct=100.0 * numbers["area_fraction"],
         location=words,
         shape=shape,
@@ -163,9 +163,7 @@ class GroundedExplainer:
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if unused:
-            raise ValueError(
-                f"the grounded explainer has no option(s) {', '.join(sorted(unused))}"
-            )
+            raise ValueError(f"the grounded explainer has no option(s) {', '.join(sorted(unused))}")
         if defect_types is not None and not hasattr(defect_types, "predict"):
             from anomalens.explain.defect_types import fit_defect_folder
 
