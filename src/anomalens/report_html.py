@@ -49,7 +49,6 @@ TEMPLATE = "report_template.html"
 PAGE_SIZE = 25
 #: Longest side of the card pictures and of the crops (pixels).
 CARD_SIDE, CROP_SIDE = 320, 160
-_BOX_COLORS = ((255, 255, 255), (255, 220, 0), (0, 230, 255), (255, 120, 255), (120, 255, 120))
 
 
 def _jpeg(path: Path, rgb: np.ndarray, side: int) -> None:
@@ -66,32 +65,6 @@ def _jpeg(path: Path, rgb: np.ndarray, side: int) -> None:
     path.write_bytes(buf.tobytes())
 
 
-def _numbered_boxes(rgb: np.ndarray, boxes: Sequence[Sequence[int]]) -> np.ndarray:
-    out = rgb.copy()
-    h, w = out.shape[:2]
-    thick = max(2, round(min(h, w) / 150))
-    scale = max(0.5, min(h, w) / 350)
-    for k, (x0, y0, x1, y1) in enumerate(boxes):
-        color = _BOX_COLORS[k % len(_BOX_COLORS)]
-        cv2.rectangle(out, (int(x0), int(y0)), (int(x1) - 1, int(y1) - 1), color, thick)
-        label = str(k + 1)
-        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 2)
-        ty = int(y0) - 4 if int(y0) - th - 4 >= 0 else min(h - 2, int(y1) + th + 4)
-        tx = int(np.clip(x0, 0, max(0, w - tw)))
-        cv2.rectangle(out, (tx - 1, ty - th - 2), (tx + tw + 1, ty + 3), (0, 0, 0), -1)
-        cv2.putText(out, label, (tx, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 2, cv2.LINE_AA)
-    return out
-
-
-def _crop(rgb: np.ndarray, box: Sequence[int]) -> np.ndarray:
-    x0, y0, x1, y1 = (int(v) for v in box)
-    h, w = rgb.shape[:2]
-    side = max(x1 - x0, y1 - y0, 48) * 1.8  # square crop with context around the box
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    a, b = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
-    return rgb[b : int(min(h, cy + side / 2)), a : int(min(w, cx + side / 2))]
-
-
 def write_card_assets(
     folder: str | os.PathLike,
     name: str,
@@ -104,6 +77,7 @@ def write_card_assets(
     """Write ``report_files/<name>/{image,overlay,crop1..}.jpg``; returns their relative paths
     (``overlay`` is the heatmap with numbered boxes when ``anomaly_map`` is given, else the
     image with numbered boxes)."""
+    from anomalens.explain.images import crop_box, numbered_boxes
     from anomalens.visualize import _as_rgb, overlay_heatmap
 
     rgb = _as_rgb(image)
@@ -111,10 +85,10 @@ def write_card_assets(
     rel = f"{REPORT_FILES}/{name}"
     _jpeg(base / "image.jpg", rgb, CARD_SIDE)
     shown = rgb if anomaly_map is None else overlay_heatmap(rgb, anomaly_map, vmin, vmax)
-    _jpeg(base / "overlay.jpg", _numbered_boxes(shown, boxes), CARD_SIDE)
+    _jpeg(base / "overlay.jpg", numbered_boxes(shown, boxes), CARD_SIDE)
     crops = []
     for k, box in enumerate(boxes):
-        _jpeg(base / f"crop{k + 1}.jpg", _crop(rgb, box), CROP_SIDE)
+        _jpeg(base / f"crop{k + 1}.jpg", crop_box(rgb, box), CROP_SIDE)
         crops.append(f"{rel}/crop{k + 1}.jpg")
     return {"image": f"{rel}/image.jpg", "overlay": f"{rel}/overlay.jpg", "crops": crops}
 

@@ -98,7 +98,8 @@ class Explanation:
     verdict: defective / good / unknown (no threshold); score, threshold: the detector's;
     summary: one or two sentences; findings: one per hotspot (empty for good images);
     agreement: "agrees" / "disagrees" when a VLM ran, else None; vlm_text: the VLM's whole
-    answer; explainer, model: who explained (model None for ``grounded``); seconds: time taken.
+    answer (``vlm_boxes``: boxes it gave, Qwen-VL); explainer, model: who explained (model
+    None for ``grounded``); seconds: time taken.
     """
 
     verdict: str
@@ -111,6 +112,8 @@ class Explanation:
     seconds: float = 0.0
     agreement: str | None = None
     vlm_text: str | None = None
+    #: boxes the VLM gave itself (Qwen ``bbox_2d``), image pixels: ``{"box", "label"}``
+    vlm_boxes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def top(self) -> Finding | None:
