@@ -46,23 +46,10 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", default="mvtec")
-    ap.add_argument("--root", required=True)
-    ap.add_argument("--category", required=True)
-    ap.add_argument("--model", required=True, help="fitted detector folder")
-    ap.add_argument("--json", required=True)
-    ap.add_argument("--model-note", default="", help="how the model was fitted (for the JSON)")
-    args = ap.parse_args()
-
-    t0 = time.perf_counter()
-    detector = load_detector(args.model)
-    samples, _, _ = load_samples(args.dataset, args.root, args.category, "test", progress=False)
-    bad = [s for s in samples if s.label == 1 and s.mask.any()]
-    types = sorted({s.defect_type for s in bad})
+def describe_all(detector, bad, category):
+    """Ground-truth region descriptors, query (top hotspot) descriptors and per-image rows."""
     gt_deep, gt_hand, queries, rows = [], [], [], []
-    for s in tqdm(bad, desc=f"{args.category}: describe", unit="img"):
+    for s in tqdm(bad, desc=f"{category}: describe", unit="img"):
         pred = detector.predict([s.image])
         thr = region_threshold(pred.maps[0], pred.pixel_threshold, pred.threshold)
         analysis = analyse(s.image, pred.maps[0], thr, top_k=1, force=True)
@@ -90,6 +77,50 @@ def main() -> None:
             queries.append(None)
         rows.append(row)
 
+    return gt_deep, gt_hand, queries, rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="mvtec")
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--category", required=True)
+    ap.add_argument("--model", required=True, help="fitted detector folder")
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--model-note", default="", help="how the model was fitted (for the JSON)")
+    ap.add_argument("--cache", help="npz + json of the descriptors (reused when present)")
+    args = ap.parse_args()
+
+    t0 = time.perf_counter()
+    detector = load_detector(args.model)
+    samples, _, _ = load_samples(args.dataset, args.root, args.category, "test", progress=False)
+    bad = [s for s in samples if s.label == 1 and s.mask.any()]
+    types = sorted({s.defect_type for s in bad})
+    cache = Path(args.cache) if args.cache else None
+    if cache is not None and cache.is_file():
+        arrays = np.load(cache)
+        rows = json.loads(cache.with_suffix(".json").read_text())
+        gt_deep, gt_hand = list(arrays["gt_deep"]), list(arrays["gt_hand"])
+        queries = [
+            (arrays["q_deep"][i], arrays["q_hand"][i]) if ok else None
+            for i, ok in enumerate(arrays["has_query"])
+        ]
+    else:
+        gt_deep, gt_hand, queries, rows = describe_all(detector, bad, args.category)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            dims = (len(gt_deep[0]), len(gt_hand[0]))
+            q_deep = np.stack([q[0] if q else np.zeros(dims[0]) for q in queries])
+            q_hand = np.stack([q[1] if q else np.zeros(dims[1]) for q in queries])
+            np.savez(
+                cache,
+                gt_deep=np.stack(gt_deep),
+                gt_hand=np.stack(gt_hand),
+                q_deep=q_deep,
+                q_hand=q_hand,
+                has_query=np.array([q is not None for q in queries]),
+            )
+            cache.with_suffix(".json").write_text(json.dumps(rows))
     labels = np.array([types.index(s.defect_type) for s in bad])
     rule = DefectTypes(
         tuple(types), np.stack(gt_deep), np.stack(gt_hand), labels, np.arange(len(bad))
@@ -98,13 +129,11 @@ def main() -> None:
         if query is None:
             row["predicted"] = None
             continue
-        keep = np.arange(len(bad)) != i
-        name, conf = rule.subset(keep).classify(query[0][None], query[1][None])[0]
+        held_out = rule.subset(np.arange(len(bad)) != i)
+        name, conf = held_out.classify(query[0][None], query[1][None])[0]
         row["predicted"], row["confidence"] = name, conf
         # upper bound: the ground-truth region itself as the query
-        row["predicted_from_mask"] = rule.subset(keep).classify(
-            rule.deep[i][None], rule.hand[i][None]
-        )[0][0]
+        row["predicted_from_mask"] = held_out.classify(rule.deep[i][None], rule.hand[i][None])[0][0]
 
     def rate(key, subset=rows):
         vals = [r[key] for r in subset if r.get(key) is not None]

@@ -39,3 +39,7 @@ class UntrainedError(AnomalensError):
 
 class ResumeError(AnomalensError):
     """The resume state of a training run does not belong to this run."""
+
+
+class ExplainerError(AnomalensError):
+    """An explainer (VLM server or model) failed: unreachable, missing model, bad reply."""

@@ -131,8 +131,9 @@ class DefectTypes:
         return np.concatenate([deep, z], axis=1)
 
     def _distances(self, queries: np.ndarray) -> np.ndarray:
-        diff = queries[:, None, :] - self._vectors[None, :, :]
-        return np.sqrt((diff**2).sum(-1))
+        v = self._vectors
+        sq = (queries**2).sum(1)[:, None] + (v**2).sum(1)[None, :] - 2.0 * queries @ v.T
+        return np.sqrt(np.maximum(sq, 0.0))
 
     def classify(self, deep: np.ndarray, hand: np.ndarray) -> list[tuple[str, float | None]]:
         """``(type, confidence)`` per query row; ``(UNKNOWN_TYPE, None)`` when the nearest

@@ -341,4 +341,4 @@ def appearance_of(region: Region, part: Part, gray: np.ndarray) -> tuple[str, di
         return "rougher texture than the surrounding surface", numbers
     if texture <= 0.7:
         return "smoother than the surrounding surface", numbers
-    return "same brightness as the surrounding surface, different texture", numbers
+    return "similar to the surrounding surface (a subtle change)", numbers

@@ -136,7 +136,7 @@ def defect_summary(
     regions = f"{n} region{'s' * (n != 1)}"
     note = " (none above the pixel threshold; the strongest areas are shown)" if below else ""
     top = findings[0].sentence()
-    return f"{head}; {regions}{note}. Strongest: {top[0].upper()}{top[1:]}."
+    return f"{head}; {regions}{note}. Strongest: {top}."
 
 
 class GroundedExplainer:
@@ -164,7 +164,7 @@ class GroundedExplainer:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if unused:
             raise ValueError(f"the grounded explainer has no option(s) {', '.join(sorted(unused))}")
-        if defect_types is not None and not hasattr(defect_types, "predict"):
+        if defect_types is not None and not hasattr(defect_types, "predict_regions"):
             from anomalens.explain.defect_types import fit_defect_folder
 
             defect_types = fit_defect_folder(defect_types, detector=detector)
