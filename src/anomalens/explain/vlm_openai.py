@@ -110,19 +110,19 @@ class OpenAIExplainer(VLMExplainer):
             except urllib.error.HTTPError as exc:
                 detail = _error_detail(exc)
                 if exc.code in RETRY_STATUS:
-                    last = f"HTTP {exc.code} {detail}".strip()
+                    last = f"HTTP {exc.code}{detail}"
                     continue
                 if exc.code == 404:
                     raise ExplainerError(
-                        f"{where}: HTTP 404 {detail} (is the model pulled/served? e.g. "
-                        f"`ollama pull {self.model}`)".replace("  ", " ")
+                        f"{where}: HTTP 404{detail} (is the model pulled/served? e.g. "
+                        f"`ollama pull {self.model}`)"
                     ) from None
                 if exc.code in (401, 403):
                     raise ExplainerError(
                         f"{where}: HTTP {exc.code}: not authorised; set the API key in "
                         f"${self.api_key_env}"
                     ) from None
-                raise ExplainerError(f"{where}: HTTP {exc.code} {detail}".strip()) from None
+                raise ExplainerError(f"{where}: HTTP {exc.code}{detail}") from None
             except TimeoutError:
                 last = f"no reply within {self.timeout:g} s"
                 continue
