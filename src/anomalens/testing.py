@@ -28,6 +28,7 @@ __all__ = [
     "VIT_B16_224",
     "VIT_L14_336",
     "VLM_FAMILIES",
+    "build_vlm",
     "clip_tokenizer",
     "ensemble_words",
     "images",
@@ -305,6 +306,14 @@ def make_vlm(family: str, folder: str | Path, sizes: dict | None = None, seed: i
     its tokenizer, image processor, chat template and processor config to ``folder`` (the
     files of a hub checkpoint). ``sizes`` = ``{"text": ..., "vision": ...}`` overrides the tiny
     default (e.g. :data:`LLAVA_OV_05B`, :data:`SMOLVLM_256M`)."""
+    build_vlm(family, folder, sizes, seed).save_pretrained(folder)
+    return Path(folder)
+
+
+def build_vlm(family: str, folder: str | Path, sizes: dict | None = None, seed: int = 0):
+    """:func:`make_vlm` without saving the weights: writes the tokenizer, processor files and
+    config to ``folder`` and returns the random model (for speed scripts: real-size models
+    need no multi-GB write)."""
     import torch
     import transformers as tf
 
@@ -402,11 +411,11 @@ def make_vlm(family: str, folder: str | Path, sizes: dict | None = None, seed: i
         )
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(folder)
+    model.config.save_pretrained(folder)
     tok.save_pretrained(folder)
     image_processor.save_pretrained(folder)
     (folder / "chat_template.jinja").write_text(_VLM_TEMPLATES[family])
     name = {"llava_onevision": "LlavaOnevision", "idefics3": "Idefics3", "qwen2_vl": "Qwen2VL"}
     processor["processor_class"] = f"{name[family]}Processor"
     (folder / "processor_config.json").write_text(json.dumps(processor, indent=2))
-    return folder
+    return model
