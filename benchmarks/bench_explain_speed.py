@@ -86,7 +86,6 @@ def time_vlm(name: str, precision: str, tokens: int, folder: Path) -> dict:
     first, _ = run(1)  # images, prompt and the first token
     seconds, e = run(tokens)
     n_params = sum(p.numel() for p in model.parameters())
-    del model, explainer
     return {
         "model": name,
         "precision": precision,
