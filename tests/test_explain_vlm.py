@@ -147,3 +147,27 @@ def test_unavailable_models_are_clear_errors(tmp_path, one_defect):
     assert "openai:http://127.0.0.1:11434/v1#moondream" in str(info.value)
     with pytest.raises(ValueError, match="precision must be one of"):
         build_explainer("hf:x/y", precision="fp8")
+
+
+def test_download_learns_vlms(vlm_folders, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import huggingface_hub
+
+    from anomalens import download
+
+    calls = []
+
+    def fake_snapshot(model_id, revision=None, local_dir=None, allow_patterns=None):
+        calls.append((model_id, allow_patterns))
+        shutil.copytree(vlm_folders["idefics3"], local_dir, dirs_exist_ok=True)
+
+    monkeypatch.setattr(download, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(download, "_repo_files", lambda m, r: ["model.safetensors"])
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    assert download.main(["hf:HuggingFaceTB/SmolVLM-256M-Instruct", str(tmp_path / "smol")]) == 0
+    out = capsys.readouterr().out
+    assert f"use it offline with: --explain hf:{tmp_path / 'smol'}" in out
+    assert calls[0][0] == "HuggingFaceTB/SmolVLM-256M-Instruct" and "*.jinja" in calls[0][1]
+    with pytest.raises(ValueError, match="already names a local folder"):
+        download.download("hf:/some/folder", tmp_path / "x")
