@@ -23,7 +23,9 @@ Tables (name: folder under ``benchmarks/results`` and files):
 * ``fewshot-screw``: ``fewshot-screw/<method>_k<K>.json`` of ``benchmarks/screw_fewshot.sh``;
 * ``aaclip-screw``: ``aaclip-screw/<anchors>.json`` of ``benchmarks/screw_aaclip.sh``;
 * ``aaclip-speed``: ``aaclip-speed/*.json`` of ``bench_aaclip.py --json``;
-* ``zero-few-shot-speed``: ``zero-few-shot-speed/*.json`` of ``bench_zero_few_shot.py --json``.
+* ``zero-few-shot-speed``: ``zero-few-shot-speed/*.json`` of ``bench_zero_few_shot.py --json``;
+* ``explain-accuracy``: ``explain-accuracy/<category>.json`` of ``bench_explain_accuracy.py``;
+* ``explain-speed``: ``explain-speed/main.json`` of ``bench_explain_speed.py --json``.
 """
 
 from __future__ import annotations
@@ -346,6 +348,82 @@ def render_aaclip_speed(results: Path) -> str:
     return head + "\n\n" + table(header, rows)
 
 
+def render_explain_accuracy(results: Path) -> str:
+    docs = [load(p) for p in files(results, "explain-accuracy")]
+    docs.sort(key=lambda d: d["category"] != "screw")
+    rows = [
+        [
+            d["category"],
+            str(d["n_images"]),
+            str(len(d["types"])),
+            num(d["chance"], 2),
+            num(d["type_accuracy"], 3),
+            num(d["type_accuracy_flagged"], 3),
+            num(d["type_accuracy_gt_query"], 3),
+            num(d["location_accuracy"], 3),
+            num(d["location_accuracy_hits"], 3),
+            num(d["hit_rate"], 3),
+        ]
+        for d in docs
+    ]
+    head = (
+        "Grounded explainer, default PatchCore per dataset; defect types leave-one-image-out "
+        "over the defective test images (labelled regions: the other images' ground-truth "
+        "masks; query: the detector's strongest hotspot); location: the stated place on the part "
+        f"contains the ground-truth centre. {machines(docs)}.{note(docs)}"
+    )
+    models = "; ".join(f"{d['category']}: {d['model_note']}" for d in docs if d.get("model_note"))
+    header = ["data", "defective images", "types", "chance", "type acc.", "type acc. (flagged)",
+              "type acc. (GT region as query)", "location acc.", "location acc. (hotspot hits GT)",
+              "hotspot hits GT"]  # fmt: skip
+    return head + "\n\n" + table(header, rows) + (f"\n\nModels: {models}." if models else "")
+
+
+def render_explain_speed(results: Path) -> str:
+    path = results / "explain-speed" / "main.json"
+    if not path.is_file():
+        raise ResultsError(f"no results for table 'explain-speed': {path} is missing")
+    d = load(path)
+    env = d.get("environment", {})
+    emulated = " (emulated)" if not env.get("native_bf16") else ""
+    rows = [
+        [
+            f"{r['model']} ({r['params_millions']:.0f} M params, random weights)",
+            r["precision"] + (emulated if r["precision"] == "bf16" else ""),
+            num(r["seconds_per_explanation"], 1),
+            num(r["seconds_to_first_token"], 1),
+            num(r["decode_tokens_per_second"], 1),
+            num(r["tokens_per_second"], 2),
+        ]
+        for r in d.get("vlm", [])
+    ]  # fmt: skip
+    text = (
+        f"One defective image (512 px, one region: the image with boxes plus one crop), "
+        f"{d['vlm'][0]['new_tokens'] if d.get('vlm') else '-'} new tokens, best run after a "
+        f"warm-up; {machine(env)}.{note([d])}\n\n"
+        + table(
+            [
+                "VLM",
+                "precision",
+                "s/explanation",
+                "s to first token",
+                "decode tokens/s",
+                "tokens/s overall",
+            ],
+            rows,
+        )
+    )
+    g = d.get("grounded")
+    if g:
+        text += (
+            f"\n\nGrounded explainer: {num(g['grounded_ms_per_image'], 2)} ms/image against "
+            f"{num(g['predict_ms_per_image'], 1)} ms/image for PatchCore predict "
+            f"({num(100 * g['grounded_share_of_predict'], 1)} % of predict; {g['images']} screw "
+            "images, half of them with findings)."
+        )
+    return text
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "patchcore-screw": render_patchcore_screw,
     "patchcore-speed": render_patchcore_speed,
@@ -353,6 +431,8 @@ RENDERERS: dict[str, Callable[[Path], str]] = {
     "aaclip-screw": render_aaclip_screw,
     "aaclip-speed": render_aaclip_speed,
     "zero-few-shot-speed": render_zero_few_shot_speed,
+    "explain-accuracy": render_explain_accuracy,
+    "explain-speed": render_explain_speed,
 }
 
 

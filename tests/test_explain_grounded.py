@@ -36,7 +36,8 @@ def blob_map(shape, y0, y1, x0, x1, value=2.0):
 
 def test_part_axis_points_to_the_wider_end():
     part, gray = find_part(bar_image())
-    assert part.elongated and part.ends_differ
+    assert part.elongated
+    assert part.ends_differ
     assert part.u[0] > 0.9  # towards the taller right end
     assert gray.shape == (H, W)
 
@@ -48,7 +49,8 @@ def test_elongated_part_location_shape_size_and_strength():
     assert e.verdict == "defective"
     (f,) = e.findings
     assert f.location == "near the wider end (right in the image), along the edge"
-    assert f.shape == "elongated" and f.orientation == "along the part's axis"
+    assert f.shape == "elongated"
+    assert f.orientation == "along the part's axis"
     assert f.box == [180, 42, 215, 48]
     assert f.area_px == 6 * 35
     part_pixels = 20 * 200 + 20 * 50  # bar plus the extra height of the head
@@ -65,7 +67,8 @@ def test_narrow_end_and_middle_and_across():
     e = predict_one(img, blob_map((H, W), 50, 70, 118, 122), 2.0)  # vertical line, mid bar
     f = e.findings[0]
     assert f.location.startswith("in the middle of the part")
-    assert f.shape == "elongated" and f.orientation == "across the part"
+    assert f.shape == "elongated"
+    assert f.orientation == "across the part"
 
 
 def test_compact_part_cells_and_appearance():
@@ -76,7 +79,8 @@ def test_compact_part_cells_and_appearance():
     e = predict_one(img, blob_map((160, 160), 45, 55, 45, 55), 2.0)
     f = e.findings[0]
     assert f.location.startswith("upper left of the part")
-    assert f.shape == "compact" and f.orientation is None
+    assert f.shape == "compact"
+    assert f.orientation is None
     assert f.appearance == "darker than the surrounding surface"
     img[45:55, 45:55] = 250
     assert predict_one(img, blob_map((160, 160), 45, 55, 45, 55), 2.0).findings[0].appearance == (
@@ -109,7 +113,8 @@ def test_good_image_is_never_called_defective():
     assert e.summary == "No anomaly found: highest score 0.41, threshold 0.52."
     assert e.findings == []
     e = build_explainer("grounded", explain_all=True).explain([img], pred)[0]
-    assert e.findings == [] and e.verdict == "good"
+    assert e.findings == []
+    assert e.verdict == "good"
 
 
 def test_defective_without_region_above_pixel_threshold_uses_the_strongest_area():
@@ -132,7 +137,9 @@ def test_top_k_strongest_first_and_json_round_trip():
     d = e.to_dict()
     text = json.dumps(d, allow_nan=False)
     assert Explanation.from_dict(json.loads(text)).to_dict() == d
-    assert d["explainer"] == "grounded" and d["model"] is None and d["seconds"] > 0
+    assert d["explainer"] == "grounded"
+    assert d["model"] is None
+    assert d["seconds"] > 0
 
 
 def test_no_threshold_gives_unknown_verdict_and_nan_strength_is_null():
@@ -151,7 +158,10 @@ def test_no_threshold_gives_unknown_verdict_and_nan_strength_is_null():
         ("grounded", ("grounded", None, None)),
         ("hf:/models/llava", ("hf", "/models/llava", None)),
         ("hf:", ("hf", "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", None)),
-        ("openai:http://127.0.0.1:11434/v1#moondream", ("openai", "http://127.0.0.1:11434/v1", "moondream")),
+        (
+            "openai:http://127.0.0.1:11434/v1#moondream",
+            ("openai", "http://127.0.0.1:11434/v1", "moondream"),
+        ),
     ],
 )
 def test_spec_parsing(spec, parsed):

@@ -101,18 +101,23 @@ def test_answer_fills_the_explanation_and_key_is_sent_not_logged(
     img, pred = one_defect
     with caplog.at_level(logging.DEBUG):
         e = explainer(server.url).explain([img], pred)[0]
-    assert e.findings[0].vlm_text == "a dark scratch" and e.agreement == "agrees"
-    assert e.explainer == "openai" and e.model == "llava"
+    assert e.findings[0].vlm_text == "a dark scratch"
+    assert e.agreement == "agrees"
+    assert e.explainer == "openai"
+    assert e.model == "llava"
     ((path, headers, body),) = server.requests
     assert path == "/v1/chat/completions"
     assert headers["Authorization"] == f"Bearer {KEY}"
-    assert body["model"] == "llava" and body["max_tokens"] == 64
+    assert body["model"] == "llava"
+    assert body["max_tokens"] == 64
     content = body["messages"][0]["content"]
-    assert content[0]["type"] == "text" and "Region 1:" in content[0]["text"]
+    assert content[0]["type"] == "text"
+    assert "Region 1:" in content[0]["text"]
     urls = [c["image_url"]["url"] for c in content[1:]]
     assert len(urls) == 2  # image with boxes + one crop
     assert all(u.startswith("data:image/jpeg;base64,/9j/") for u in urls)
-    assert KEY not in json.dumps(e.to_dict()) and KEY not in caplog.text
+    assert KEY not in json.dumps(e.to_dict())
+    assert KEY not in caplog.text
 
 
 def test_retries_after_500_then_succeeds(serve, one_defect, caplog):
@@ -120,7 +125,8 @@ def test_retries_after_500_then_succeeds(serve, one_defect, caplog):
     img, pred = one_defect
     with caplog.at_level(logging.WARNING):
         e = explainer(server.url, retries=2).explain([img], pred)[0]
-    assert e.vlm_text.startswith("Region 1") and len(server.requests) == 3
+    assert e.vlm_text.startswith("Region 1")
+    assert len(server.requests) == 3
     assert caplog.text.count("HTTP 500: overloaded; retrying") == 2
 
 
@@ -163,4 +169,6 @@ def test_good_images_are_not_sent(serve, one_defect):
     img, pred = one_defect
     good = Prediction(np.array([0.5], np.float32), [pred.maps[0] * 0.1], 1.0, 1.0)
     e = explainer(server.url).explain([img], good)[0]
-    assert server.requests == [] and e.verdict == "good" and e.vlm_text is None
+    assert server.requests == []
+    assert e.verdict == "good"
+    assert e.vlm_text is None

@@ -70,7 +70,8 @@ def test_good_images_get_no_type(types):
     img, mask = sample("spot", np.random.default_rng(2))
     pred = Prediction(np.array([0.5], np.float32), [mask.astype(np.float32) * 0.5], 1.0, 1.0)
     e = build_explainer("grounded", defect_types=types).explain([img], pred)[0]
-    assert e.verdict == "good" and e.findings == []
+    assert e.verdict == "good"
+    assert e.findings == []
 
 
 def test_folder_of_examples(tmp_path, examples):
@@ -80,11 +81,12 @@ def test_folder_of_examples(tmp_path, examples):
         Image.fromarray(img).save(tmp_path / kind / f"{i}.png")
         if i < 4:  # masks are optional
             Image.fromarray(mask * 255).save(tmp_path / kind / "masks" / f"{i}.png")
-    imgs, found_masks, found_types = load_examples(tmp_path)
+    _imgs, found_masks, found_types = load_examples(tmp_path)
     assert sorted(found_types) == sorted(kinds)
     assert sum(m is not None for m in found_masks) == 4
     fitted = fit_defect_folder(tmp_path)
-    assert fitted.types == ("scratch", "spot") and len(fitted.labels) == 8
+    assert fitted.types == ("scratch", "spot")
+    assert len(fitted.labels) == 8
     with pytest.raises(DatasetError, match="defect-type folder not found"):
         load_examples(tmp_path / "missing")
     (tmp_path / "empty").mkdir()

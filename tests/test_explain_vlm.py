@@ -25,8 +25,17 @@ pytest.importorskip("transformers")
 
 
 def finding(location="near the wider end (right in the image)") -> Finding:
-    return Finding([10, 20, 30, 40], 120, 1.5, location, "compact", None, "darker than the "
-                   "surrounding surface", 1.3, 2.6)  # fmt: skip
+    return Finding(
+        [10, 20, 30, 40],
+        120,
+        1.5,
+        location,
+        "compact",
+        None,
+        "darker than the surrounding surface",
+        1.3,
+        2.6,
+    )
 
 
 def test_prompt_carries_findings_and_images_in_order():
@@ -39,17 +48,22 @@ def test_prompt_carries_findings_and_images_in_order():
     assert "bbox_2d" not in text
     assert "bbox_2d" in build_prompt([finding()], 1, False, family="qwen2_5_vl")
     good = build_prompt([], 0, False, defective=False)
-    assert "The detector found no defect." in good and "Region" not in good
+    assert "The detector found no defect." in good
+    assert "Region" not in good
 
 
 def test_parse_answer_regions_and_overall():
-    a = parse_answer("Region 1: a deep scratch\nregion 2 - no defect\nRegion 7: x\nOverall: defective", 2)
+    a = parse_answer(
+        "Region 1: a deep scratch\nregion 2 - no defect\nRegion 7: x\nOverall: defective", 2
+    )
     assert a.regions == {1: "a deep scratch", 2: "no defect"}
     assert a.overall is True
     assert parse_answer("Overall: good", 1).overall is False
     assert parse_answer("I see a crack", 1).overall is None
-    assert says_no_defect("The part appears normal.") and not says_no_defect("A dent.")
-    assert names_defect("There is a small dent") and not names_defect("No defect visible, no dent")
+    assert says_no_defect("The part appears normal.")
+    assert not says_no_defect("A dent.")
+    assert names_defect("There is a small dent")
+    assert not names_defect("No defect visible, no dent")
 
 
 def test_parse_bboxes_to_image_pixels():
@@ -77,7 +91,9 @@ def request(n=2, defective=True) -> VLMRequest:
 
 def test_agreement_flags():
     e = explanation()
-    apply_answer(e, parse_answer("Region 1: scratch\nRegion 2: no defect\nOverall: defective", 2), request())
+    apply_answer(
+        e, parse_answer("Region 1: scratch\nRegion 2: no defect\nOverall: defective", 2), request()
+    )
     assert e.agreement == "agrees"
     assert [f.agrees for f in e.findings] == [True, False]
     assert e.findings[1].vlm_text == "no defect"
@@ -86,10 +102,12 @@ def test_agreement_flags():
     assert e.agreement == "disagrees"
     e = explanation()
     apply_answer(e, parse_answer("A long scratch on the head.", 2), request())
-    assert e.agreement == "agrees" and e.findings[0].vlm_text == "A long scratch on the head."
+    assert e.agreement == "agrees"
+    assert e.findings[0].vlm_text == "A long scratch on the head."
     e = explanation("good", 0)
     apply_answer(e, parse_answer("I can see a crack here.", 0), request(0, defective=False))
-    assert e.agreement == "disagrees" and e.vlm_text == "I can see a crack here."
+    assert e.agreement == "disagrees"
+    assert e.vlm_text == "I can see a crack here."
     e = explanation("good", 0)
     apply_answer(e, parse_answer("Overall: good", 0), request(0, defective=False))
     assert e.agreement == "agrees"
@@ -117,12 +135,17 @@ def test_tiny_vlm_end_to_end(vlm_folders, one_defect, family):
     assert cfg["model_type"] == family
     ex = build_explainer(f"hf:{folder}", max_new_tokens=6)
     out = ex.explain([img, img], pred)
-    assert ex.family == family and ex.name == "hf" and ex.model == str(folder)
+    assert ex.family == family
+    assert ex.name == "hf"
+    assert ex.model == str(folder)
     defective, good = out
-    assert defective.vlm_text and defective.findings[0].vlm_text  # random words, but text
+    assert defective.vlm_text
+    assert defective.findings[0].vlm_text
     assert defective.agreement in ("agrees", "disagrees")
-    assert defective.explainer == "hf" and defective.model == str(folder)
-    assert good.vlm_text is None and good.agreement is None  # good images are not sent
+    assert defective.explainer == "hf"
+    assert defective.model == str(folder)
+    assert good.vlm_text is None
+    assert good.agreement is None
     # same weights, greedy decoding: the same answer again
     assert ex.explain([img], pred)[0].vlm_text == defective.vlm_text
     text, _ = ex.generate([img], "is there a scratch")
@@ -134,8 +157,10 @@ def test_explain_all_sends_good_images(vlm_folders, one_defect):
     img, pred = one_defect
     ex = build_explainer(f"hf:{vlm_folders['llava_onevision']}", max_new_tokens=4, explain_all=True)
     good = ex.explain([img, img], pred)[1]
-    assert good.verdict == "good" and good.findings == []
-    assert good.vlm_text is not None and good.agreement in ("agrees", "disagrees")
+    assert good.verdict == "good"
+    assert good.findings == []
+    assert good.vlm_text is not None
+    assert good.agreement in ("agrees", "disagrees")
 
 
 def test_unavailable_models_are_clear_errors(tmp_path, one_defect):
@@ -168,6 +193,7 @@ def test_download_learns_vlms(vlm_folders, tmp_path, monkeypatch, capsys):
     assert download.main(["hf:HuggingFaceTB/SmolVLM-256M-Instruct", str(tmp_path / "smol")]) == 0
     out = capsys.readouterr().out
     assert f"use it offline with: --explain hf:{tmp_path / 'smol'}" in out
-    assert calls[0][0] == "HuggingFaceTB/SmolVLM-256M-Instruct" and "*.jinja" in calls[0][1]
+    assert calls[0][0] == "HuggingFaceTB/SmolVLM-256M-Instruct"
+    assert "*.jinja" in calls[0][1]
     with pytest.raises(ValueError, match="already names a local folder"):
         download.download("hf:/some/folder", tmp_path / "x")

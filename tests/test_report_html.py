@@ -35,24 +35,39 @@ def test_scores_gain_explanation_fields(run: Path):
         assert {"path", "score", "threshold", "is_defective", "boxes", "figure"} <= set(r)
         e = r["explanation"]
         assert r["verdict"] == e["verdict"] == ("defective" if r["is_defective"] else "good")
-        assert r["summary"] == e["summary"] and e["explainer"] == "grounded"
+        assert r["summary"] == e["summary"]
+        assert e["explainer"] == "grounded"
         if r["is_defective"]:
-            assert e["findings"] and e["summary"].startswith("Defective: score")
+            assert e["findings"]
+            assert e["summary"].startswith("Defective: score")
         else:
-            assert e["findings"] == [] and e["summary"].startswith("No anomaly found: highest")
-        assert (run / r["assets"]["image"]).is_file() and (run / r["assets"]["overlay"]).is_file()
+            assert e["findings"] == []
+            assert e["summary"].startswith("No anomaly found: highest")
+        assert (run / r["assets"]["image"]).is_file()
+        assert (run / r["assets"]["overlay"]).is_file()
         assert len(r["assets"]["crops"]) == len(e["findings"])
     columns, rows = read_csv(run / "scores.csv")
-    assert columns == ["path", "score", "threshold", "is_defective", "verdict", "summary",
-                       "defect_type", "agreement"]  # fmt: skip
+    assert columns == [
+        "path",
+        "score",
+        "threshold",
+        "is_defective",
+        "verdict",
+        "summary",
+        "defect_type",
+        "agreement",
+    ]
     assert [row["summary"] for row in rows] == [r["summary"] for r in records]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["files"]["report_html"] == "report.html" and summary["explainer"] == "grounded"
+    assert summary["files"]["report_html"] == "report.html"
+    assert summary["explainer"] == "grounded"
 
 
 def test_report_is_one_offline_file(run: Path):
     page = (run / "report.html").read_text()
-    assert "http://" not in page and "https://" not in page and "<link" not in page
+    assert "http://" not in page
+    assert "https://" not in page
+    assert "<link" not in page
     assert page.count("<script") == 2  # the data block and the inline code, nothing fetched
     assert "anomalens inspection report" in page
 
@@ -71,8 +86,16 @@ def test_report_command_rebuilds_an_existing_run(run: Path, tmp_path: Path, caps
 
 
 def test_explain_options_need_explain(demo_root, tmp_path, capsys):
-    argv = ["predict", "--model", str(tmp_path), "--input", str(demo_root), "--output",
-            str(tmp_path / "o"), "--explain-all"]  # fmt: skip
+    argv = [
+        "predict",
+        "--model",
+        str(tmp_path),
+        "--input",
+        str(demo_root),
+        "--output",
+        str(tmp_path / "o"),
+        "--explain-all",
+    ]
     assert main(argv) == 2
     assert capsys.readouterr().err.strip() == (
         "anomalens: error: --defect-types, --explain-all and --trust-remote-code need --explain"
@@ -90,7 +113,9 @@ def test_report_in_chromium(run: Path, browser, tmp_path: Path):
     assert rows.count() == n_bad > 0
     card = page.locator(".card").first
     text = card.inner_text()
-    assert "defective" in text and "Defective: score" in text and "where on the part" in text
+    assert "defective" in text
+    assert "Defective: score" in text
+    assert "where on the part" in text
     assert card.locator("img").count() >= 3  # image, overlay, crops
     page.fill("#filter", "no such image")
     assert rows.count() == 0
@@ -107,12 +132,21 @@ def test_report_in_chromium(run: Path, browser, tmp_path: Path):
 
 def test_two_thousand_images_open_fast(tmp_path: Path, browser):
     records = [
-        {"path": f"/data/img_{i:04d}.png", "score": float(i % 97), "threshold": 50.0,
-         "is_defective": i % 97 >= 50, "name": f"img_{i:04d}",
-         "explanation": {"verdict": "defective" if i % 97 >= 50 else "good",
-                         "summary": f"summary {i}", "findings": [], "explainer": "grounded"}}
+        {
+            "path": f"/data/img_{i:04d}.png",
+            "score": float(i % 97),
+            "threshold": 50.0,
+            "is_defective": i % 97 >= 50,
+            "name": f"img_{i:04d}",
+            "explanation": {
+                "verdict": "defective" if i % 97 >= 50 else "good",
+                "summary": f"summary {i}",
+                "findings": [],
+                "explainer": "grounded",
+            },
+        }
         for i in range(2000)
-    ]  # fmt: skip
+    ]
     path = write_html_report(tmp_path, records, {"threshold": 50.0})
     page = browser.new_page()
     start = time.perf_counter()
