@@ -90,7 +90,12 @@ def write_card_assets(
     for k, box in enumerate(boxes):
         _jpeg(base / f"crop{k + 1}.jpg", crop_box(rgb, box), CROP_SIDE)
         crops.append(f"{rel}/crop{k + 1}.jpg")
-    return {"image": f"{rel}/image.jpg", "overlay": f"{rel}/overlay.jpg", "crops": crops}
+    return {
+        "image": f"{rel}/image.jpg",
+        "overlay": f"{rel}/overlay.jpg",
+        "heatmap": anomaly_map is not None,
+        "crops": crops,
+    }
 
 
 def _embed_png(path: Path) -> str | None:

@@ -13,12 +13,23 @@ BOX_COLORS = ((255, 255, 255), (255, 220, 0), (0, 230, 255), (255, 120, 255), (1
 
 
 def numbered_boxes(rgb: np.ndarray, boxes: Sequence[Sequence[int]]) -> np.ndarray:
-    """A copy of ``rgb`` with each box ``[x0, y0, x1, y1]`` outlined and numbered 1, 2, ..."""
+    """A copy of ``rgb`` with each box ``[x0, y0, x1, y1]`` outlined and numbered 1, 2, ...
+
+    Boxes smaller than 10% of the shorter side are drawn at that size around their centre, so
+    tiny defects stay visible in small pictures."""
     out = np.ascontiguousarray(rgb[..., :3]).copy()
     h, w = out.shape[:2]
     thick = max(2, round(min(h, w) / 150))
     scale = max(0.5, min(h, w) / 350)
-    for k, (x0, y0, x1, y1) in enumerate(boxes):
+    least = 0.1 * min(h, w)
+    for k, box in enumerate(boxes):
+        x0, y0, x1, y1 = (float(v) for v in box)
+        if x1 - x0 < least:
+            x0, x1 = (x0 + x1 - least) / 2, (x0 + x1 + least) / 2
+        if y1 - y0 < least:
+            y0, y1 = (y0 + y1 - least) / 2, (y0 + y1 + least) / 2
+        x0, y0 = max(0.0, x0), max(0.0, y0)
+        x1, y1 = min(float(w), x1), min(float(h), y1)
         color = BOX_COLORS[k % len(BOX_COLORS)]
         cv2.rectangle(out, (int(x0), int(y0)), (int(x1) - 1, int(y1) - 1), color, thick)
         label = str(k + 1)
