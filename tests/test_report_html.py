@@ -159,3 +159,16 @@ def test_two_thousand_images_open_fast(tmp_path: Path, browser):
     assert page.locator("#rows tr").count() == 1
     page.close()
     assert seconds < 3.0
+
+
+def test_benchmark_explain_writes_a_report_with_metrics(demo_root, tmp_path, fake_method):
+    argv = ["benchmark", "--dataset", "mvtec", "--root", str(demo_root), "--method", fake_method]
+    assert main([*argv, "--output", str(tmp_path), "--explain", "grounded", "--no-progress"]) == 0
+    page = (tmp_path / "brick" / "report.html").read_text()
+    data = json.loads(page.split('type="application/json">', 1)[1].split("</script>", 1)[0])
+    header = data["header"]
+    assert header["metrics"]["image_auroc"] is not None
+    assert header["roc"].startswith("data:image/png;base64,")
+    assert header["histogram"].startswith("data:image/png;base64,")
+    assert len(data["rows"]) == 8
+    assert {r["label"] for r in data["rows"]} == {0, 1}
