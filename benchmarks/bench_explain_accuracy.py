@@ -97,7 +97,8 @@ def main() -> None:
     bad = [s for s in samples if s.label == 1 and s.mask.any()]
     types = sorted({s.defect_type for s in bad})
     cache = Path(args.cache) if args.cache else None
-    if cache is not None and cache.is_file():
+    cached = cache is not None and cache.is_file()
+    if cached:
         arrays = np.load(cache)
         rows = json.loads(cache.with_suffix(".json").read_text())
         gt_deep, gt_hand = list(arrays["gt_deep"]), list(arrays["gt_hand"])
@@ -153,6 +154,7 @@ def main() -> None:
         "majority": max(counts.values()) / len(rows),
         "type_accuracy": rate("ok", type_ok)[0],
         "type_accuracy_flagged": rate("ok", [r for r in type_ok if r["flagged"]])[0],
+        "type_accuracy_hits": rate("ok", [r for r in type_ok if r.get("hit")])[0],
         "type_accuracy_gt_query": rate("ok", type_from_mask)[0],
         "unknown_rate": float(np.mean([r.get("predicted") == "unknown type" for r in rows])),
         "location_accuracy": rate("location_ok")[0],
@@ -160,6 +162,7 @@ def main() -> None:
         "hit_rate": rate("hit")[0],
         "flagged_rate": rate("flagged")[0],
         "seconds": round(time.perf_counter() - t0, 1),
+        "descriptors_from_cache": bool(cache is not None and cached),
         "environment": {
             "cpu": cpu_model(),
             "cores": torch.get_num_threads() and __import__("os").cpu_count(),

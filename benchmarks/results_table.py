@@ -359,6 +359,7 @@ def render_explain_accuracy(results: Path) -> str:
             num(d["chance"], 2),
             num(d["type_accuracy"], 3),
             num(d["type_accuracy_flagged"], 3),
+            num(d.get("type_accuracy_hits"), 3),
             num(d["type_accuracy_gt_query"], 3),
             num(d["location_accuracy"], 3),
             num(d["location_accuracy_hits"], 3),
@@ -373,9 +374,19 @@ def render_explain_accuracy(results: Path) -> str:
         f"contains the ground-truth centre. {machines(docs)}.{note(docs)}"
     )
     models = "; ".join(f"{d['category']}: {d['model_note']}" for d in docs if d.get("model_note"))
-    header = ["data", "defective images", "types", "chance", "type acc.", "type acc. (flagged)",
-              "type acc. (GT region as query)", "location acc.", "location acc. (hotspot hits GT)",
-              "hotspot hits GT"]  # fmt: skip
+    header = [
+        "data",
+        "defective images",
+        "types",
+        "chance",
+        "type acc.",
+        "type acc. (flagged)",
+        "type acc. (hotspot hits GT)",
+        "type acc. (GT region as query)",
+        "location acc.",
+        "location acc. (hotspot hits GT)",
+        "hotspot hits GT",
+    ]
     return head + "\n\n" + table(header, rows) + (f"\n\nModels: {models}." if models else "")
 
 
