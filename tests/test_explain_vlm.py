@@ -197,3 +197,16 @@ def test_download_learns_vlms(vlm_folders, tmp_path, monkeypatch, capsys):
     assert "*.jinja" in calls[0][1]
     with pytest.raises(ValueError, match="already names a local folder"):
         download.download("hf:/some/folder", tmp_path / "x")
+
+
+def test_qwen_boxes_reach_the_explanation(vlm_folders, one_defect, monkeypatch):
+    img, pred = one_defect  # 64 x 64 image
+    ex = build_explainer(f"hf:{vlm_folders['qwen2_5_vl']}", max_new_tokens=4).load()
+    assert ex.family == "qwen2_5_vl"
+    # the model's resized input was 32 x 32: its pixels scale by 2 to the image
+    reply = 'Region 1: scratch\n[{"bbox_2d": [15, 10, 18, 14], "label": "scratch"}]'
+    monkeypatch.setattr(ex, "generate", lambda images, prompt: (reply, (32, 32)))
+    e = ex.explain([img], pred)[0]
+    assert e.vlm_boxes == [{"box": [30, 20, 36, 28], "label": "scratch"}]
+    assert e.findings[0].vlm_text == "scratch"
+    assert e.agreement == "agrees"

@@ -228,7 +228,7 @@ def object_images(n: int, seed: int = 0, size: int = 48) -> list[np.ndarray]:
 # --------------------------------------------------------------------------------------------
 
 #: VLM families :func:`make_vlm` builds (model_type in config.json)
-VLM_FAMILIES = ("llava_onevision", "idefics3", "qwen2_vl")
+VLM_FAMILIES = ("llava_onevision", "idefics3", "qwen2_vl", "qwen2_5_vl")
 #: sizes of the real checkpoints (random weights; for speed scripts): text and vision towers
 LLAVA_OV_05B = dict(
     text=dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
@@ -252,9 +252,16 @@ _TINY_VLM = dict(
 _VLM_SPECIALS = {
     "llava_onevision": ["<|im_start|>", "<|im_end|>", "<image>", "<video>"],
     "idefics3": ["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"],
-    "qwen2_vl": ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                 "<|image_pad|>", "<|video_pad|>"],
-}  # fmt: skip
+    "qwen2_vl": [
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+    ],
+}
+_VLM_SPECIALS["qwen2_5_vl"] = _VLM_SPECIALS["qwen2_vl"]  # fmt: skip
 _CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}"
     "{{ m['content'] }}{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}"
@@ -264,6 +271,7 @@ _CHATML = (
 _VLM_TEMPLATES = {
     "llava_onevision": _CHATML.replace("IMAGE", "<image>\n"),
     "qwen2_vl": _CHATML.replace("IMAGE", "<|vision_start|><|image_pad|><|vision_end|>"),
+    "qwen2_5_vl": _CHATML.replace("IMAGE", "<|vision_start|><|image_pad|><|vision_end|>"),
     "idefics3": (
         "<|im_start|>{% for m in messages %}{{ m['role'] | capitalize }}:{% if m['content'] is "
         "string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}{% if c['type'] == "
@@ -380,28 +388,42 @@ def build_vlm(family: str, folder: str | Path, sizes: dict | None = None, seed: 
         heads = text["num_attention_heads"]
         quarter = text["hidden_size"] // heads // 2
         section = [quarter - 2 * (quarter // 4), quarter // 4, quarter // 4]
-        cfg = tf.Qwen2VLConfig(
+        qwen25 = family == "qwen2_5_vl"
+        vision_cfg = dict(
+            depth=vision["num_hidden_layers"],
+            num_heads=vision["num_attention_heads"],
+            patch_size=patch,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        )
+        if qwen25:
+            vision_cfg |= dict(
+                hidden_size=vision["hidden_size"],
+                intermediate_size=vision["intermediate_size"],
+                out_hidden_size=text["hidden_size"],
+                window_size=4 * patch,
+                fullatt_block_indexes=[vision["num_hidden_layers"] - 1],
+            )
+        else:
+            vision_cfg |= dict(embed_dim=vision["hidden_size"], hidden_size=text["hidden_size"])
+        config_class = tf.Qwen2_5_VLConfig if qwen25 else tf.Qwen2VLConfig
+        cfg = config_class(
             text_config=dict(
                 **text,
                 rope_parameters={"rope_type": "default", "mrope_section": section},
                 bos_token_id=tok.pad_token_id,
                 eos_token_id=tok.eos_token_id,
             ),
-            vision_config=dict(
-                depth=vision["num_hidden_layers"],
-                embed_dim=vision["hidden_size"],
-                num_heads=vision["num_attention_heads"],
-                hidden_size=text["hidden_size"],
-                patch_size=patch,
-                spatial_merge_size=2,
-                temporal_patch_size=2,
-            ),
+            vision_config=vision_cfg,
             image_token_id=ids["<|image_pad|>"],
             video_token_id=ids["<|video_pad|>"],
             vision_start_token_id=ids["<|vision_start|>"],
             vision_end_token_id=ids["<|vision_end|>"],
         )
-        model = tf.Qwen2VLForConditionalGeneration(cfg)
+        model_class = (
+            tf.Qwen2_5_VLForConditionalGeneration if qwen25 else tf.Qwen2VLForConditionalGeneration
+        )
+        model = model_class(cfg)
         image_processor = ImageProcessor(
             min_pixels=(2 * patch) ** 2 * 4,
             max_pixels=side * side,
@@ -415,7 +437,12 @@ def build_vlm(family: str, folder: str | Path, sizes: dict | None = None, seed: 
     tok.save_pretrained(folder)
     image_processor.save_pretrained(folder)
     (folder / "chat_template.jinja").write_text(_VLM_TEMPLATES[family])
-    name = {"llava_onevision": "LlavaOnevision", "idefics3": "Idefics3", "qwen2_vl": "Qwen2VL"}
+    name = {
+        "llava_onevision": "LlavaOnevision",
+        "idefics3": "Idefics3",
+        "qwen2_vl": "Qwen2VL",
+        "qwen2_5_vl": "Qwen2_5_VL",
+    }
     processor["processor_class"] = f"{name[family]}Processor"
     (folder / "processor_config.json").write_text(json.dumps(processor, indent=2))
     return model
