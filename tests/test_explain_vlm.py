@@ -210,3 +210,41 @@ def test_qwen_boxes_reach_the_explanation(vlm_folders, one_defect, monkeypatch):
     assert e.vlm_boxes == [{"box": [30, 20, 36, 28], "label": "scratch"}]
     assert e.findings[0].vlm_text == "scratch"
     assert e.agreement == "agrees"
+
+
+def test_florence_task_prompt_per_crop(one_defect):
+    """Florence-2 has no chat template: the task prompt goes with each crop and the processor's
+    post-processing gives the caption (fake processor and model record the calls)."""
+    import torch
+
+    from anomalens.explain.prompts import FLORENCE_TASK
+    from anomalens.explain.vlm_hf import HFExplainer
+
+    calls = []
+
+    class Processor:
+        def __call__(self, text, images, return_tensors):
+            calls.append(("encode", text, images.size))
+            return {"input_ids": torch.zeros(1, 3, dtype=torch.long)}
+
+        def batch_decode(self, ids, skip_special_tokens):
+            return ["</s>a dark scratch on metal</s>"]
+
+        def post_process_generation(self, raw, task, image_size):
+            calls.append(("parse", task, image_size))
+            return {task: raw.replace("</s>", "")}
+
+    class Model:
+        def generate(self, **kwargs):
+            return torch.zeros(1, 5, dtype=torch.long)
+
+    img, pred = one_defect
+    ex = HFExplainer("florence-community/Florence-2-base")
+    ex._loaded, ex.family = (Model(), Processor(), "florence2"), "florence2"
+    e = ex.explain([img], pred)[0]
+    assert e.findings[0].vlm_text == "a dark scratch on metal"
+    assert e.vlm_text == "Region 1: a dark scratch on metal"
+    assert e.agreement == "agrees"
+    (encode, parse) = calls
+    assert encode[1] == parse[1] == FLORENCE_TASK == "<MORE_DETAILED_CAPTION>"
+    assert encode[2] == parse[2]  # the crop's (width, height)
