@@ -80,6 +80,15 @@ def describe_all(detector, bad, category):
     return gt_deep, gt_hand, queries, rows
 
 
+def confusion(rows: list[dict], types: list[str]) -> dict[str, dict[str, int]]:
+    """``{true type: {predicted type: count}}`` (hotspot queries; "none" without a hotspot)."""
+    out: dict[str, dict[str, int]] = {t: {} for t in types}
+    for r in rows:
+        key = r.get("predicted") or "none"
+        out[r["type"]][key] = out[r["type"]].get(key, 0) + 1
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="mvtec")
@@ -172,8 +181,12 @@ def main() -> None:
         },
         "command": "python benchmarks/bench_explain_accuracy.py --root "
         f"{args.root} --category {args.category} --model {args.model} --json {args.json}",
-        "images": rows,
+        "confusion": confusion(rows, types),
     }
+    per_image = Path("runs") / "explain-accuracy" / f"{args.category}_images.json"
+    per_image.parent.mkdir(parents=True, exist_ok=True)
+    per_image.write_text(json.dumps(rows, indent=1) + "\n")
+    result["per_image"] = str(per_image)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     print({k: result[k] for k in ("category", "type_accuracy", "location_accuracy", "hit_rate")})
