@@ -172,3 +172,15 @@ def test_benchmark_explain_writes_a_report_with_metrics(demo_root, tmp_path, fak
     assert header["histogram"].startswith("data:image/png;base64,")
     assert len(data["rows"]) == 8
     assert {r["label"] for r in data["rows"]} == {0, 1}
+
+
+def test_missing_vlm_fails_before_any_image(run: Path, tmp_path: Path, capsys):
+    model = run.parent / "model"
+    argv = ["predict", "--model", str(model), "--input", str(run / "report_files"), "--recursive"]
+    argv += ["--output", str(tmp_path / "o"), "--explain", f"hf:{tmp_path / 'none'}", "-q"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"anomalens: error: cannot load the hf VLM from folder '{tmp_path / 'none'}'"
+    )
+    assert not (tmp_path / "o" / "scores.json").exists()

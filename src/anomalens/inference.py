@@ -146,6 +146,8 @@ def predict_paths(
         from anomalens.explain import build_explainer
 
         explainer = build_explainer(explain, detector=detector, **(explain_options or {}))
+        if hasattr(explainer, "load"):  # a VLM that cannot load fails before any image
+            explainer.load()
     writer = ReportWriter(output, title=None, explainer=explainer, html=report)
     skipped: list[Path] = []
     bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
