@@ -142,24 +142,27 @@ def main() -> None:
     torch.manual_seed(0)
     result = {"environment": machine(), "vlm": [], "grounded": None}
     result["random_weights"] = True
+    out = Path(args.json)
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    new: list[dict] = []
+
+    def save() -> None:  # after every row: a call cut short keeps what it measured
+        keys = {(r["model"], r["precision"]) for r in new}
+        old = [r for r in previous.get("vlm", []) if (r["model"], r["precision"]) not in keys]
+        result["vlm"] = old + new
+        result["grounded"] = result["grounded"] or previous.get("grounded")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+
     if args.model and args.images:
         result["grounded"] = time_grounded(args.model, args.images, args.n_images)
-        print(result["grounded"])
+        print(result["grounded"], flush=True)
+        save()
     for name in filter(None, args.vlms.split(",")):
         for precision in filter(None, args.precisions.split(",")):
-            row = time_vlm(name, precision, args.tokens, Path(args.work))
-            print(row)
-            result["vlm"].append(row)
-    out = Path(args.json)
-    if out.is_file():  # several calls (one lock each) add their rows to one file
-        old = json.loads(out.read_text())
-        new = result["vlm"]
-        keys = {(r["model"], r["precision"]) for r in new}
-        result["vlm"] = [r for r in old.get("vlm", []) if (r["model"], r["precision"]) not in keys]
-        result["vlm"] += new
-        result["grounded"] = result["grounded"] or old.get("grounded")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+            new.append(time_vlm(name, precision, args.tokens, Path(args.work)))
+            print(new[-1], flush=True)
+            save()
 
 
 if __name__ == "__main__":
