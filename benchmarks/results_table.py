@@ -410,7 +410,7 @@ def render_explain_speed(results: Path) -> str:
     ]  # fmt: skip
     text = (
         f"One defective image (512 px, one region: the image with boxes plus one crop), "
-        f"{d['vlm'][0]['new_tokens'] if d.get('vlm') else '-'} new tokens, best run after a "
+        f"{d['vlm'][0]['new_tokens'] if d.get('vlm') else '-'} new tokens, one timed run after a "
         f"warm-up; {machine(env)}.{note([d])}\n\n"
         + table(
             [
