@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from anomalens.postprocess import Box, foreground_mask, hotspots
+from anomalens.postprocess import Box, foreground_mask
 
 __all__ = [
     "WORK_SIDE",
@@ -192,23 +192,29 @@ def find_regions(
     full = np.asarray(anomaly_map, dtype=np.float32)
     m = _scaled_map(full, work_shape)
     sy, sx = full.shape[0] / work_shape[0], full.shape[1] / work_shape[1]
-    above = (m >= threshold).astype(np.uint8)
-    _n, labels = cv2.connectedComponents(above, connectivity=8)
+    above = m >= threshold
+    # one labelling gives boxes, areas, peaks and masks (postprocess.hotspots' rules, without
+    # its per-label sort of every pixel)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(above.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return []
+    peaks = np.full(n, -np.inf, dtype=np.float32)
+    np.maximum.at(peaks, labels[above], m[above])
+    keep = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area]
+    keep.sort(key=lambda i: -peaks[i])
     out = []
-    for b in hotspots(m, threshold, min_area=min_area, top_k=top_k):
-        sub = m[b.y0 : b.y1, b.x0 : b.x1]
-        py, px = np.unravel_index(int(np.argmax(sub)), sub.shape)
-        label = labels[b.y0 + py, b.x0 + px]
-        mask = labels == label
+    for i in keep[:top_k]:
+        x, y = int(stats[i, cv2.CC_STAT_LEFT]), int(stats[i, cv2.CC_STAT_TOP])
+        w, h = int(stats[i, cv2.CC_STAT_WIDTH]), int(stats[i, cv2.CC_STAT_HEIGHT])
         box = Box(
-            x0=math.floor(b.x0 * sx),
-            y0=math.floor(b.y0 * sy),
-            x1=min(full.shape[1], math.ceil(b.x1 * sx)),
-            y1=min(full.shape[0], math.ceil(b.y1 * sy)),
-            score=b.score,
-            area=round(b.area * sx * sy),
+            x0=math.floor(x * sx),
+            y0=math.floor(y * sy),
+            x1=min(full.shape[1], math.ceil((x + w) * sx)),
+            y1=min(full.shape[0], math.ceil((y + h) * sy)),
+            score=float(peaks[i]),
+            area=round(int(stats[i, cv2.CC_STAT_AREA]) * sx * sy),
         )
-        out.append(Region(box, mask, b.score))
+        out.append(Region(box, labels == i, float(peaks[i])))
     return out
 
 
