@@ -27,7 +27,9 @@ Tables (name: folder under ``benchmarks/results`` and files):
 * ``predict-memory``: ``predict-memory/*.json`` of ``bench_predict_memory.py --json``;
 * ``gaussian-vfm``: ``gaussian-vfm/<dataset>_<method>.json`` of ``benchmarks/gaussian_vfm.sh``;
 * ``vfm-speed``: ``vfm-speed/*.json`` of ``bench_vfm.py --json``;
-* ``batch-speed``: ``batch-speed/screw.json`` of ``bench_batch.py run ... --json``.
+* ``batch-speed``: ``batch-speed/screw.json`` of ``bench_batch.py run ... --json``;
+* ``explain-accuracy``: ``explain-accuracy/<category>.json`` of ``bench_explain_accuracy.py``;
+* ``explain-speed``: ``explain-speed/main.json`` of ``bench_explain_speed.py --json``.
 """
 
 from __future__ import annotations
@@ -487,6 +489,93 @@ def render_batch_speed(results: Path) -> str:
     return head + "\n\n" + table(header, rows)
 
 
+def render_explain_accuracy(results: Path) -> str:
+    docs = [load(p) for p in files(results, "explain-accuracy")]
+    docs.sort(key=lambda d: d["category"] != "screw")
+    rows = [
+        [
+            d["category"],
+            str(d["n_images"]),
+            str(len(d["types"])),
+            num(d["chance"], 2),
+            num(d["type_accuracy"], 3),
+            num(d["type_accuracy_flagged"], 3),
+            num(d.get("type_accuracy_hits"), 3),
+            num(d["type_accuracy_gt_query"], 3),
+            num(d["location_accuracy"], 3),
+            num(d["location_accuracy_hits"], 3),
+            num(d["hit_rate"], 3),
+        ]
+        for d in docs
+    ]
+    head = (
+        "Grounded explainer, default PatchCore per dataset; defect types leave-one-image-out "
+        "over the defective test images (labelled regions: the other images' ground-truth "
+        "masks; query: the detector's strongest hotspot); location: the stated place on the part "
+        f"contains the ground-truth centre. {machines(docs)}.{note(docs)}"
+    )
+    models = "; ".join(f"{d['category']}: {d['model_note']}" for d in docs if d.get("model_note"))
+    header = [
+        "data",
+        "defective images",
+        "types",
+        "chance",
+        "type acc.",
+        "type acc. (flagged)",
+        "type acc. (hotspot hits GT)",
+        "type acc. (GT region as query)",
+        "location acc.",
+        "location acc. (hotspot hits GT)",
+        "hotspot hits GT",
+    ]
+    return head + "\n\n" + table(header, rows) + (f"\n\nModels: {models}." if models else "")
+
+
+def render_explain_speed(results: Path) -> str:
+    path = results / "explain-speed" / "main.json"
+    if not path.is_file():
+        raise ResultsError(f"no results for table 'explain-speed': {path} is missing")
+    d = load(path)
+    env = d.get("environment", {})
+    emulated = " (emulated)" if not env.get("native_bf16") else ""
+    rows = [
+        [
+            f"{r['model']} ({r['params_millions']:.0f} M params, random weights)",
+            r["precision"] + (emulated if r["precision"] == "bf16" else ""),
+            num(r["seconds_per_explanation"], 1),
+            num(r["seconds_to_first_token"], 1),
+            num(r["decode_tokens_per_second"], 1),
+            num(r["tokens_per_second"], 2),
+        ]
+        for r in d.get("vlm", [])
+    ]  # fmt: skip
+    text = (
+        f"One defective image (512 px, one region: the image with boxes plus one crop), "
+        f"{d['vlm'][0]['new_tokens'] if d.get('vlm') else '-'} new tokens, one timed run after a "
+        f"warm-up; {machine(env)}.{note([d])}\n\n"
+        + table(
+            [
+                "VLM",
+                "precision",
+                "s/explanation",
+                "s to first token",
+                "decode tokens/s",
+                "tokens/s overall",
+            ],
+            rows,
+        )
+    )
+    g = d.get("grounded")
+    if g:
+        text += (
+            f"\n\nGrounded explainer: {num(g['grounded_ms_per_image'], 2)} ms/image against "
+            f"{num(g['predict_ms_per_image'], 1)} ms/image for PatchCore predict "
+            f"({num(100 * g['grounded_share_of_predict'], 1)} % of predict; {g['images']} screw "
+            "images, half of them with findings)."
+        )
+    return text
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "patchcore-screw": render_patchcore_screw,
     "patchcore-speed": render_patchcore_speed,
@@ -498,6 +587,8 @@ RENDERERS: dict[str, Callable[[Path], str]] = {
     "gaussian-vfm": render_gaussian_vfm,
     "vfm-speed": render_vfm_speed,
     "batch-speed": render_batch_speed,
+    "explain-accuracy": render_explain_accuracy,
+    "explain-speed": render_explain_speed,
 }
 
 

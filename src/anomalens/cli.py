@@ -1,4 +1,4 @@
-"""Command line: ``anomalens {benchmark,fit,predict,train,mvtec-ad2,demo}``.
+"""Command line: ``anomalens {benchmark,fit,predict,report,train,mvtec-ad2,demo}``.
 
 The CLI only parses arguments, calls the Python API (:mod:`anomalens.evaluate`,
 :mod:`anomalens.inference`, :mod:`anomalens.demo`) and prints results.
@@ -215,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate a --checkpoint even on images it was trained on (results are marked "
         '"overlap": true; they do not measure generalisation)',
     )
+    _add_explain_options(p, predict=False)
     p.set_defaults(handler=_cmd_benchmark)
 
     p = sub.add_parser(
@@ -252,7 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cpus-per-worker", type=_int_at_least(1), default=1, help="%(default)s")
     g.add_argument("--address", help="Ray cluster: auto or ray://HOST:10001 (default: local)")
     g.add_argument("--hash", action="store_true", help="resume by content hash, not size/mtime")
+    _add_explain_options(p, predict=True)
     p.set_defaults(handler=_cmd_predict)
+
+    p = sub.add_parser(
+        "report",
+        parents=[common],
+        help="write report.html for an existing predict run folder",
+        description="Rebuild RUN_DIR/report.html (one offline file plus report_files/) from "
+        "RUN_DIR/scores.json and summary.json of `anomalens predict`.",
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.set_defaults(handler=_cmd_report)
 
     p = sub.add_parser(
         "train",
@@ -367,6 +379,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_explain_options(p: argparse.ArgumentParser, predict: bool) -> None:
+    """``--explain SPEC`` (and, for predict, its options and ``--report``)."""
+    g = p.add_argument_group("explanations (anomalens.explain)")
+    g.add_argument(
+        "--explain",
+        metavar="SPEC",
+        help="explain each image: grounded (offline), hf:HUB_ID_OR_FOLDER (a transformers VLM, "
+        "e.g. hf:llava-hf/llava-onevision-qwen2-0.5b-ov-hf) or openai:URL#MODEL (an "
+        "OpenAI-compatible server, API key from $OPENAI_API_KEY)"
+        + ("" if predict else "; writes report.html per category"),
+    )
+    if not predict:
+        return
+    g.add_argument("--report", action="store_true", help="also write OUT/report.html")
+    g.add_argument(
+        "--defect-types",
+        type=Path,
+        metavar="DIR",
+        help="labelled examples DIR/<type>/*.png (masks optional) to name defects",
+    )
+    g.add_argument(
+        "--explain-all", action="store_true", help="VLMs: also send images the detector calls good"
+    )
+    g.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="hf: allow the model's own code (Moondream2)",
+    )
+
+
+def _explain_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if args.defect_types is not None:
+        options["defect_types"] = args.defect_types
+    if args.explain_all:
+        options["explain_all"] = True
+    if args.trust_remote_code:
+        options["trust_remote_code"] = True
+    if options and not args.explain:
+        raise ValueError("--defect-types, --explain-all and --trust-remote-code need --explain")
+    return options
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from anomalens.report_html import report_from_run
+
+    print(f"wrote {report_from_run(args.run_dir, progress=_progress(args))}")
+    return EXIT_OK
+
+
 def _name_list(text: str) -> tuple[str, ...]:
     """``"a,b"`` -> ``("a", "b")``."""
     return tuple(part.strip() for part in text.split(",") if part.strip())
@@ -407,6 +469,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         save_maps=args.save_maps,
         progress=_progress(args),
         allow_overlap=args.allow_overlap,
+        explain=args.explain,
     )
     print()
     print(format_table(result.rows(), overlap=result.overlap_categories()))
@@ -473,8 +536,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         skip_bad=args.skip_bad,
         figures=not args.no_figures,
         progress=_progress(args),
+        explain=args.explain or ("grounded" if args.report else None),
+        explain_options=_explain_options(args),
+        report=args.report,
     )
     _print_predictions(result.records, result.summary, args.output, len(result.skipped))
+    if args.report:
+        print(f"wrote {args.output / 'report.html'}")
     return EXIT_OK
 
 
@@ -541,6 +609,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         raise ValueError("--workers and --address need --engine (local, process or ray)")
     if args.engine != "ray" and args.address:
         raise ValueError("--address needs --engine ray")
+    if args.explain or args.report:
+        raise ValueError("--explain and --report write a report folder: run them without --engine")
     r = run_batch(
         args.model,
         args.input,

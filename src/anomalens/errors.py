@@ -62,3 +62,7 @@ def display_path(path: object) -> str:
 
 class EngineError(AnomalensError):
     """A batch engine cannot run (optional dependency missing, cluster unreachable)."""
+
+
+class ExplainerError(AnomalensError):
+    """An explainer (VLM server or model) failed: unreachable, missing model, bad reply."""

@@ -429,6 +429,7 @@ def evaluate_detector(
     report_dir: str | os.PathLike | None = None,
     figures: int | Sequence[int] = 0,
     progress: bool = True,
+    explain: str | None = None,
 ) -> CategoryResult:
     """Fit on ``train`` images, predict ``test``, compute metrics (and write a report folder).
 
@@ -456,7 +457,12 @@ def evaluate_detector(
     paths = [s.path for s in test]
     if report_dir is not None:
         chosen = set(range(min(figures, len(test)))) if isinstance(figures, int) else set(figures)
-        writer = ReportWriter(report_dir, title=category)
+        explainer = None
+        if explain is not None:  # explanations and report.html (not timed)
+            from anomalens.explain import build_explainer
+
+            explainer = build_explainer(explain, detector=detector)
+        writer = ReportWriter(report_dir, category, explainer, html=explainer is not None)
         writer.add(
             paths,
             test_images,
@@ -500,6 +506,7 @@ def evaluate_category(
     save_maps: int = 0,
     spread_maps: bool = False,
     progress: bool = True,
+    explain: str | None = None,
 ) -> CategoryResult:
     """Load one category, fit a new detector on its train split and evaluate its test split.
 
@@ -531,6 +538,7 @@ def evaluate_category(
         report_dir=None if output is None else Path(output) / category,
         figures=figures,
         progress=progress,
+        explain=explain,
     )
     result.skipped = skipped_train + skipped_test
     return result
@@ -549,6 +557,7 @@ def run_benchmark(
     spread_maps: bool = False,
     progress: bool = True,
     allow_overlap: bool = False,
+    explain: str | None = None,
 ) -> BenchmarkResult:
     """Evaluate every category (all found under ``root`` when ``categories`` is None).
 
@@ -637,6 +646,7 @@ def _run_benchmark(
             save_maps=save_maps,
             spread_maps=spread_maps,
             progress=progress,
+            explain=explain,
         )
         cat.overlap = overlaps.get(category)
         result.categories.append(cat)

@@ -143,6 +143,9 @@ def predict_paths(
     figures: bool = True,
     progress: bool = True,
     chunk_size: int = PREDICT_CHUNK,
+    explain: Any = None,
+    explain_options: dict[str, Any] | None = None,
+    report: bool = False,
 ) -> PredictResult:
     """Score the images of ``inputs`` (files and folders, see :func:`collect_images`) with
     ``model`` (a fitted detector or a saved model folder) and write the report to ``output``.
@@ -155,6 +158,10 @@ def predict_paths(
     the run completes (:func:`anomalens.atomic.staged_folder`): a failed or interrupted run, or
     a full disk, leaves an earlier report untouched. An existing non-empty ``output`` that is
     not a report folder (no ``summary.json``) is refused. ``output`` is never read as input.
+
+    ``explain`` (an explainer spec such as ``"grounded"``, or an explainer object, see
+    :mod:`anomalens.explain`) explains each chunk; ``explain_options`` go to
+    :func:`~anomalens.explain.build_explainer`; ``report`` writes ``report.html``.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -173,10 +180,17 @@ def predict_paths(
         chunk_size,
     )
     names = dict(zip(paths, figure_names(paths), strict=True))
+    explainer = explain
+    if isinstance(explain, str):
+        from anomalens.explain import build_explainer
+
+        explainer = build_explainer(explain, detector=detector, **(explain_options or {}))
+        if hasattr(explainer, "load"):  # a VLM that cannot load fails before any image
+            explainer.load()
     skipped: list[Path] = []
     bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
     with bar, staged_folder(output, replaceable=is_report_folder, what="report folder") as folder:
-        writer = ReportWriter(folder, title=None)
+        writer = ReportWriter(folder, title=None, explainer=explainer, html=report)
         loaded: list[Path] = []
         images: list = []
         pixels = 0
@@ -206,6 +220,14 @@ def predict_paths(
                 "model": model_dir,
                 "method": detector.method,
                 "skipped": [str(p) for p in skipped],
+                **(
+                    {
+                        "inputs": ", ".join(map(str, inputs)),
+                        "explainer": getattr(explainer, "name", None),
+                    }
+                    if explainer is not None or report
+                    else {}
+                ),
             }
         )
     return PredictResult(Path(output), summary, writer.records, skipped)

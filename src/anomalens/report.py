@@ -126,6 +126,14 @@ def color_range(pixel_threshold: float | None) -> tuple[float | None, float | No
     return 0.5 * pixel_threshold, 1.25 * pixel_threshold
 
 
+#: scores.csv columns added when the images were explained (after the existing columns)
+EXPLANATION_COLUMNS = ("verdict", "summary", "defect_type", "agreement")
+
+
+def _fmt_text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
 def _fmt_optional(value: float | bool | None) -> str:
     if value is None:
         return ""
@@ -147,9 +155,17 @@ class ReportWriter:
     with labels, ``roc.png`` and ``histogram.png``.
     """
 
-    def __init__(self, folder: str | os.PathLike, title: str | None = None) -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        title: str | None = None,
+        explainer: Any = None,
+        html: bool = False,
+    ) -> None:
         self.folder = Path(folder)
         self.title = title
+        #: explanations (``anomalens.explain``) run per chunk; ``html`` writes report.html
+        self.explainer, self.html = explainer, html
         self.records: list[dict[str, Any]] = []
         self.threshold: float | None = None
         self.pixel_threshold: float | None = None
@@ -165,8 +181,12 @@ class ReportWriter:
         masks: Sequence[np.ndarray] | None = None,
         names: Sequence[str] | None = None,
         figures: bool | Sequence[bool] = True,
+        explanations: Sequence[Any] | None = None,
     ) -> ReportWriter:
         """Add a chunk of images with their prediction.
+
+        ``explanations`` (one :class:`~anomalens.explain.Explanation` per image) default to
+        the writer's explainer's, when it has one; their fields join the records.
 
         ``names`` are figure file stems (default: :func:`figure_names` of ``paths``; pass
         names computed over all paths when adding several chunks). ``figures`` says for which
@@ -188,6 +208,8 @@ class ReportWriter:
         if len(draw) != n:
             raise ValueError(f"report: {n} paths but {len(draw)} figure flags")
         names = list(names) if names is not None else figure_names(paths)
+        if explanations is None and self.explainer is not None:
+            explanations = self.explainer.explain(images, prediction, names)
         self.threshold = prediction.threshold
         self.pixel_threshold = prediction.pixel_threshold
         vmin, vmax = color_range(prediction.pixel_threshold)
@@ -229,8 +251,42 @@ class ReportWriter:
                     vmax=vmax,
                 )
                 record["figure"] = rel
+            if explanations is not None or self.html:
+                self._explain_record(
+                    record,
+                    names[i],
+                    images[i],
+                    prediction.maps[i],
+                    boxes,
+                    None if explanations is None else explanations[i],
+                )
             self.records.append(record)
         return self
+
+    def _explain_record(self, record, name, image, anomaly_map, boxes, explanation) -> None:
+        """Explanation fields (``verdict, summary, defect_type, agreement, explanation``) and,
+        for report.html, the card pictures (``name``, ``assets``)."""
+        if explanation is not None:
+            top = explanation.top
+            record.update(
+                verdict=explanation.verdict,
+                summary=explanation.summary,
+                defect_type=None if top is None else top.defect_type,
+                agreement=explanation.agreement,
+                explanation=explanation.to_dict(),
+            )
+        if self.html:
+            from anomalens.report_html import write_card_assets
+
+            shown = (
+                [f.box for f in explanation.findings]
+                if explanation is not None
+                else [[b.x0, b.y0, b.x1, b.y1] for b in boxes[:3]]
+            )
+            record["name"] = name
+            record["assets"] = write_card_assets(
+                self.folder, name, image, shown, anomaly_map, *color_range(self.pixel_threshold)
+            )
 
     @property
     def scores(self) -> np.ndarray:
@@ -269,6 +325,8 @@ class ReportWriter:
                 self.folder / HISTOGRAM_PNG, labels, scores, self.threshold, title=title
             )
             files.update(roc=ROC_PNG, histogram=HISTOGRAM_PNG)
+        if self.html:
+            files["report_html"] = "report.html"
         verdicts = [r["is_defective"] for r in self.records]
         summary: dict[str, Any] = {
             "title": self.title,
@@ -284,6 +342,10 @@ class ReportWriter:
         if extra:
             summary.update(extra)
         write_json(self.folder / SUMMARY_JSON, summary)
+        if self.html:
+            from anomalens.report_html import write_html_report
+
+            write_html_report(self.folder, self.records, jsonable(summary), self.title)
         logger.debug(
             "wrote the report of %d images to %s (%s)",
             len(self.records),
@@ -296,7 +358,8 @@ class ReportWriter:
         columns = ["path", "score", "threshold", "is_defective"]
         if with_labels:
             columns.append("label")
-        rows: list[list[Any]] = [columns]
+        explained = [c for c in EXPLANATION_COLUMNS if any(c in r for r in self.records)]
+        rows: list[list[Any]] = [columns + explained]
         for r in self.records:
             row = [
                 r["path"],
@@ -304,7 +367,8 @@ class ReportWriter:
                 _fmt_optional(r["threshold"]),
                 _fmt_optional(r["is_defective"]),
             ]
-            rows.append(row + ([r["label"]] if with_labels else []))
+            row += [r["label"]] if with_labels else []
+            rows.append(row + [_fmt_text(r.get(c)) for c in explained])
         write_csv(self.folder / SCORES_CSV, rows)
 
 

@@ -1,0 +1,196 @@
+"""Accuracy of the grounded explainer on a real dataset: defect type and location.
+
+Defect type: leave-one-image-out over the defective test images. The labelled regions are the
+ground-truth masks of all other defective images (with their type); the query is the detector's
+own strongest hotspot on the held-out image (cut at the pixel threshold, or at 80% of the
+map's peak when nothing exceeds it, as the explainer does). Location: the location words stated
+for that hotspot contain the centre of the ground-truth region (the 3 x 3 cell of the part, or
+the third along an elongated part's axis; qualifiers such as "along the edge" are not scored).
+
+    python benchmarks/bench_explain_accuracy.py --root ../shared/data/mvtec_ad --category screw \
+        --model runs/models/screw --json benchmarks/results/explain-accuracy/screw.json
+
+The model is a fitted detector folder (``anomalens fit ...``); nothing is chosen on the test
+split (the descriptors and k-NN rule are fixed in anomalens.explain.defect_types).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from anomalens.evaluate import load_samples
+from anomalens.explain.defect_types import DefectTypes, hand_vector, region_embeddings
+from anomalens.explain.geometry import location_contains, region_from_mask
+from anomalens.explain.grounded import analyse, describe_region, region_threshold
+from anomalens.methods.base import load_detector
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown"
+
+
+def describe_all(detector, bad, category):
+    """Ground-truth region descriptors, query (top hotspot) descriptors and per-image rows."""
+    gt_deep, gt_hand, queries, rows = [], [], [], []
+    for s in tqdm(bad, desc=f"{category}: describe", unit="img"):
+        pred = detector.predict([s.image])
+        thr = region_threshold(pred.maps[0], pred.pixel_threshold, pred.threshold)
+        analysis = analyse(s.image, pred.maps[0], thr, top_k=1, force=True)
+        part, gray = analysis.part, analysis.gray
+        gt = region_from_mask(s.mask, gray.shape)
+        _, gt_numbers = describe_region(gt, part, gray, None)
+        masks = [gt.mask] + [r.mask for r in analysis.regions[:1]]
+        deep = region_embeddings(s.image, masks)
+        gt_deep.append(deep[0])
+        gt_hand.append(hand_vector(gt_numbers))
+        gx, gy = gt.centroid
+        row = {
+            "path": s.path,
+            "type": s.defect_type,
+            "flagged": bool(pred.is_defective[0]) if pred.threshold is not None else None,
+        }
+        if analysis.regions:
+            region = analysis.regions[0]
+            finding, numbers = describe_region(region, part, gray, pred.pixel_threshold)
+            queries.append((deep[1], hand_vector(numbers)))
+            row["location"] = finding.location
+            row["location_ok"] = location_contains(part, finding.where, gx, gy)
+            row["hit"] = bool((region.mask & gt.mask).any())
+        else:
+            queries.append(None)
+        rows.append(row)
+
+    return gt_deep, gt_hand, queries, rows
+
+
+def confusion(rows: list[dict], types: list[str]) -> dict[str, dict[str, int]]:
+    """``{true type: {predicted type: count}}`` (hotspot queries; "none" without a hotspot)."""
+    out: dict[str, dict[str, int]] = {t: {} for t in types}
+    for r in rows:
+        key = r.get("predicted") or "none"
+        out[r["type"]][key] = out[r["type"]].get(key, 0) + 1
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="mvtec")
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--category", required=True)
+    ap.add_argument("--model", required=True, help="fitted detector folder")
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--model-note", default="", help="how the model was fitted (for the JSON)")
+    ap.add_argument("--cache", help="npz + json of the descriptors (reused when present)")
+    args = ap.parse_args()
+
+    t0 = time.perf_counter()
+    detector = load_detector(args.model)
+    samples, _, _ = load_samples(args.dataset, args.root, args.category, "test", progress=False)
+    bad = [s for s in samples if s.label == 1 and s.mask.any()]
+    types = sorted({s.defect_type for s in bad})
+    cache = Path(args.cache) if args.cache else None
+    cached = cache is not None and cache.is_file()
+    if cached:
+        arrays = np.load(cache)
+        rows = json.loads(cache.with_suffix(".json").read_text())
+        gt_deep, gt_hand = list(arrays["gt_deep"]), list(arrays["gt_hand"])
+        queries = [
+            (arrays["q_deep"][i], arrays["q_hand"][i]) if ok else None
+            for i, ok in enumerate(arrays["has_query"])
+        ]
+    else:
+        gt_deep, gt_hand, queries, rows = describe_all(detector, bad, args.category)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            dims = (len(gt_deep[0]), len(gt_hand[0]))
+            q_deep = np.stack([q[0] if q else np.zeros(dims[0]) for q in queries])
+            q_hand = np.stack([q[1] if q else np.zeros(dims[1]) for q in queries])
+            np.savez(
+                cache,
+                gt_deep=np.stack(gt_deep),
+                gt_hand=np.stack(gt_hand),
+                q_deep=q_deep,
+                q_hand=q_hand,
+                has_query=np.array([q is not None for q in queries]),
+            )
+            cache.with_suffix(".json").write_text(json.dumps(rows))
+    labels = np.array([types.index(s.defect_type) for s in bad])
+    rule = DefectTypes(
+        tuple(types), np.stack(gt_deep), np.stack(gt_hand), labels, np.arange(len(bad))
+    )
+    for i, (row, query) in enumerate(zip(rows, queries, strict=True)):
+        if query is None:
+            row["predicted"] = None
+            continue
+        held_out = rule.subset(np.arange(len(bad)) != i)
+        name, conf = held_out.classify(query[0][None], query[1][None])[0]
+        row["predicted"], row["confidence"] = name, conf
+        # upper bound: the ground-truth region itself as the query
+        row["predicted_from_mask"] = held_out.classify(rule.deep[i][None], rule.hand[i][None])[0][0]
+
+    def rate(key, subset=rows):
+        vals = [r[key] for r in subset if r.get(key) is not None]
+        return (float(np.mean(vals)) if vals else None), len(vals)
+
+    type_ok = [dict(r, ok=r.get("predicted") == r["type"]) for r in rows]
+    type_from_mask = [dict(r, ok=r.get("predicted_from_mask") == r["type"]) for r in rows]
+    counts = {t: int((labels == k).sum()) for k, t in enumerate(types)}
+    result = {
+        "dataset": args.dataset,
+        "category": args.category,
+        "model": args.model,
+        "model_note": args.model_note,
+        "n_images": len(rows),
+        "types": counts,
+        "chance": 1.0 / len(types),
+        "majority": max(counts.values()) / len(rows),
+        "type_accuracy": rate("ok", type_ok)[0],
+        "type_accuracy_flagged": rate("ok", [r for r in type_ok if r["flagged"]])[0],
+        "type_accuracy_hits": rate("ok", [r for r in type_ok if r.get("hit")])[0],
+        "type_accuracy_gt_query": rate("ok", type_from_mask)[0],
+        "unknown_rate": float(np.mean([r.get("predicted") == "unknown type" for r in rows])),
+        "location_accuracy": rate("location_ok")[0],
+        "location_accuracy_hits": rate("location_ok", [r for r in rows if r.get("hit")])[0],
+        "hit_rate": rate("hit")[0],
+        "flagged_rate": rate("flagged")[0],
+        "seconds": round(time.perf_counter() - t0, 1),
+        "descriptors_from_cache": bool(cache is not None and cached),
+        "environment": {
+            "cpu": cpu_model(),
+            "cores": torch.get_num_threads() and __import__("os").cpu_count(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "date": datetime.date.today().isoformat(),
+        },
+        "command": "python benchmarks/bench_explain_accuracy.py --root "
+        f"{args.root} --category {args.category} --model {args.model} --json {args.json}",
+        "confusion": confusion(rows, types),
+    }
+    per_image = Path("runs") / "explain-accuracy" / f"{args.category}_images.json"
+    per_image.parent.mkdir(parents=True, exist_ok=True)
+    per_image.write_text(json.dumps(rows, indent=1) + "\n")
+    result["per_image"] = str(per_image)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    print({k: result[k] for k in ("category", "type_accuracy", "location_accuracy", "hit_rate")})
+
+
+if __name__ == "__main__":
+    main()

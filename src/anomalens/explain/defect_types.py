@@ -1,0 +1,268 @@
+"""Defect types from a few labelled examples: each finding is named by its nearest labelled
+regions (pooled backbone features inside the region plus shape, contrast and position-on-the-part
+descriptors), with a confidence, and "unknown type" when it is far from all of them.
+
+Give examples as a folder ``defects/<type>/*.png`` (masks optional: ``<type>/masks/<stem>.png``
+or ``<type>/<stem>_mask.png``; without a mask the detector's strongest hotspot, else the whole
+part, is the region) or call :func:`fit_defect_types` with arrays.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from anomalens.errors import DatasetError
+
+__all__ = [
+    "UNKNOWN_TYPE",
+    "DefectTypes",
+    "fit_defect_folder",
+    "fit_defect_types",
+    "hand_vector",
+    "load_examples",
+    "region_embeddings",
+]
+
+UNKNOWN_TYPE = "unknown type"
+#: Numeric descriptors of a region (from ``describe_region``) and how they are transformed.
+HAND_FEATURES = (
+    "area_fraction",
+    "elongation",
+    "solidity",
+    "contrast",
+    "texture",
+    "axial",
+    "lateral",
+)
+_LOG = {"area_fraction", "elongation", "texture"}
+#: Backbone, input side and taps of the pooled region features.
+TYPE_BACKBONE, TYPE_IMAGE_SIZE, TYPE_LAYERS = "efficientnet-lite0", 320, (2, 3)
+
+
+def hand_vector(numbers: dict[str, float]) -> np.ndarray:
+    """The handcrafted descriptor of a region (logs of the scale-like numbers)."""
+    out = []
+    for name in HAND_FEATURES:
+        v = float(numbers.get(name, 0.0))
+        out.append(np.log(max(v, 1e-6)) if name in _LOG else v)
+    return np.asarray(out, dtype=np.float64)
+
+
+@functools.lru_cache(maxsize=2)
+def _backbone(spec: str, image_size: int):
+    from anomalens.backbones.registry import load_backbone
+
+    return load_backbone(spec, image_size=image_size, precision="fp32")
+
+
+def region_embeddings(
+    image: np.ndarray,
+    masks: Sequence[np.ndarray],
+    backbone: str = TYPE_BACKBONE,
+    image_size: int = TYPE_IMAGE_SIZE,
+) -> np.ndarray:
+    """``[len(masks), D]`` L2-normalised backbone features averaged inside each mask (masks
+    at any resolution; weights are the mask's coverage of each patch)."""
+    from anomalens.methods.common import pool_patches
+
+    bb = _backbone(backbone, image_size)
+    rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+    with torch.inference_mode():
+        feats = bb.encode_image(bb.preprocess([np.ascontiguousarray(rgb[..., :3])]), TYPE_LAYERS)
+        emb = pool_patches(feats, 3, len(TYPE_LAYERS) - 1)[0].numpy()  # [h, w, D]
+    h, w, _ = emb.shape
+    out = []
+    for mask in masks:
+        weight = cv2.resize(np.asarray(mask, np.float32), (w, h), interpolation=cv2.INTER_AREA)
+        if weight.sum() <= 0:
+            ys, xs = np.nonzero(mask)
+            weight[int(ys.mean() * h / mask.shape[0]), int(xs.mean() * w / mask.shape[1])] = 1
+        vec = (emb * weight[..., None]).sum((0, 1)) / weight.sum()
+        out.append(vec / max(np.linalg.norm(vec), 1e-12))
+    return np.stack(out)
+
+
+@dataclass
+class DefectTypes:
+    """Labelled region descriptors and a distance-weighted k-nearest-neighbour rule.
+
+    deep: ``[N, D]`` unit-norm pooled features; hand: ``[N, H]`` handcrafted descriptors
+    (:func:`hand_vector`); labels: index into ``types``; groups: the example image of each
+    region (the "unknown" distance is measured between different images). The handcrafted part
+    is standardised over the examples and scaled to weigh as much as the deep part.
+    """
+
+    types: tuple[str, ...]
+    deep: np.ndarray
+    hand: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+    backbone: str = TYPE_BACKBONE
+    image_size: int = TYPE_IMAGE_SIZE
+    k: int = 5
+    unknown_factor: float = 2.0
+    unknown_distance: float = field(init=False, default=float("inf"))
+
+    def __post_init__(self) -> None:
+        if len(self.deep) == 0:
+            raise ValueError("defect types need at least one labelled region")
+        if not len(self.deep) == len(self.hand) == len(self.labels) == len(self.groups):
+            raise ValueError("deep, hand, labels and groups must have one row per region")
+        self._mean = self.hand.mean(0)
+        self._std = self.hand.std(0) + 1e-6
+        self._vectors = self._combine(self.deep, self.hand)
+        d = self._distances(self._vectors)
+        d[self.groups[:, None] == self.groups[None, :]] = np.inf
+        nearest = d.min(1)
+        finite = nearest[np.isfinite(nearest)]
+        if finite.size:
+            self.unknown_distance = self.unknown_factor * float(np.percentile(finite, 95))
+
+    def _combine(self, deep: np.ndarray, hand: np.ndarray) -> np.ndarray:
+        z = (hand - self._mean) / self._std / np.sqrt(hand.shape[1])
+        return np.concatenate([deep, z], axis=1)
+
+    def _distances(self, queries: np.ndarray) -> np.ndarray:
+        v = self._vectors
+        sq = (queries**2).sum(1)[:, None] + (v**2).sum(1)[None, :] - 2.0 * queries @ v.T
+        return np.sqrt(np.maximum(sq, 0.0))
+
+    def classify(self, deep: np.ndarray, hand: np.ndarray) -> list[tuple[str, float | None]]:
+        """``(type, confidence)`` per query row; ``(UNKNOWN_TYPE, None)`` when the nearest
+        example is farther than ``unknown_distance``."""
+        d = self._distances(self._combine(np.atleast_2d(deep), np.atleast_2d(hand)))
+        out: list[tuple[str, float | None]] = []
+        k = min(self.k, d.shape[1])
+        for row in d:
+            order = np.argsort(row, kind="stable")[:k]
+            if row[order[0]] > self.unknown_distance:
+                out.append((UNKNOWN_TYPE, None))
+                continue
+            votes = np.zeros(len(self.types))
+            np.add.at(votes, self.labels[order], 1.0 / (row[order] + 1e-6))
+            best = int(np.argmax(votes))
+            out.append((self.types[best], float(votes[best] / votes.sum())))
+        return out
+
+    def subset(self, keep: np.ndarray) -> DefectTypes:
+        """The same rule with only the regions where ``keep`` is True (leave-one-out)."""
+        return DefectTypes(
+            self.types,
+            self.deep[keep],
+            self.hand[keep],
+            self.labels[keep],
+            self.groups[keep],
+            self.backbone,
+            self.image_size,
+            self.k,
+            self.unknown_factor,
+        )
+
+    def predict_regions(
+        self, image: np.ndarray, analysis: Any, numbers: Sequence[dict[str, float]]
+    ) -> list[tuple[str, float | None]]:
+        """Types of the regions of an :class:`~anomalens.explain.grounded.Analysis`."""
+        deep = region_embeddings(
+            image, [r.mask for r in analysis.regions], self.backbone, self.image_size
+        )
+        hand = np.stack([hand_vector(n) for n in numbers])
+        return self.classify(deep, hand)
+
+
+def _example_region(image: np.ndarray, mask: np.ndarray | None, detector: Any):
+    """``(analysis-like part, gray, region)`` of a labelled example."""
+    from anomalens.explain.geometry import find_part, region_from_mask
+    from anomalens.explain.grounded import analyse, region_threshold
+
+    part, gray = find_part(image)
+    if mask is not None and np.any(mask):
+        return part, gray, region_from_mask(mask, gray.shape)
+    if detector is not None:
+        pred = detector.predict([image])
+        thr = region_threshold(pred.maps[0], pred.pixel_threshold, pred.threshold)
+        found = analyse(image, pred.maps[0], thr, top_k=1, force=True)
+        if found.regions:
+            return part, gray, found.regions[0]
+    full = cv2.resize(part.mask.astype(np.uint8), image.shape[1::-1], cv2.INTER_NEAREST)
+    return part, gray, region_from_mask(full, gray.shape)
+
+
+def fit_defect_types(
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray | None] | None,
+    types: Sequence[str],
+    detector: Any = None,
+    backbone: str = TYPE_BACKBONE,
+    image_size: int = TYPE_IMAGE_SIZE,
+) -> DefectTypes:
+    """Defect types from labelled defective images (one region per image: its mask, else the
+    detector's strongest hotspot, else the whole part)."""
+    from anomalens.explain.grounded import describe_region
+
+    if len(images) != len(types) or (masks is not None and len(masks) != len(images)):
+        raise ValueError("fit_defect_types: give one type (and one mask or None) per image")
+    if not images:
+        raise ValueError("fit_defect_types needs at least one labelled image")
+    names = tuple(sorted(set(types)))
+    deep, hand = [], []
+    for i, image in enumerate(images):
+        part, gray, region = _example_region(image, None if masks is None else masks[i], detector)
+        _, numbers = describe_region(region, part, gray, None)
+        deep.append(region_embeddings(image, [region.mask], backbone, image_size)[0])
+        hand.append(hand_vector(numbers))
+    labels = np.array([names.index(t) for t in types])
+    return DefectTypes(
+        names,
+        np.stack(deep),
+        np.stack(hand),
+        labels,
+        np.arange(len(images)),
+        backbone,
+        image_size,
+    )
+
+
+def load_examples(
+    folder: str | Path,
+) -> tuple[list[np.ndarray], list[np.ndarray | None], list[str]]:
+    """``(images, masks or None, types)`` of a folder ``<type>/*.png`` (see module doc)."""
+    from anomalens.data.datasets import list_images
+    from anomalens.data.io import load_image, load_mask
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: defect-type folder not found (expected <type>/*.png)")
+    images, masks, types = [], [], []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        for path in list_images(sub):
+            if path.stem.endswith("_mask"):
+                continue
+            image = load_image(path)
+            mask_path = next(
+                (
+                    p
+                    for p in (sub / "masks" / f"{path.stem}.png", sub / f"{path.stem}_mask.png")
+                    if p.is_file()
+                ),
+                None,
+            )
+            images.append(image)
+            masks.append(None if mask_path is None else load_mask(mask_path, image.shape[:2]))
+            types.append(sub.name)
+    if not images:
+        raise DatasetError(f"{root}: no labelled images found (expected <type>/*.png)")
+    return images, masks, types
+
+
+def fit_defect_folder(folder: str | Path, detector: Any = None) -> DefectTypes:
+    """:func:`fit_defect_types` on the examples of :func:`load_examples`."""
+    images, masks, types = load_examples(folder)
+    return fit_defect_types(images, masks, types, detector=detector)

@@ -1,0 +1,350 @@
+"""Geometry the grounded explainer speaks from: the part (foreground, main axis, ends), regions
+(hotspot pixels), their location words relative to the part, shape and appearance.
+
+All functions work on a downscaled copy (longest side :data:`WORK_SIDE`) so describing an image
+costs about a millisecond; coordinates given back are in the original image's pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from anomalens.postprocess import Box, foreground_mask
+
+__all__ = [
+    "WORK_SIDE",
+    "Part",
+    "Region",
+    "find_part",
+    "find_regions",
+    "location_contains",
+    "region_from_mask",
+]
+
+#: Longest side of the working copy of image and map.
+WORK_SIDE = 256
+#: A part is elongated when its length is at least this many times its width.
+ELONGATED_PART = 2.0
+#: A region is elongated when its main axis is this many times its minor axis.
+ELONGATED_REGION = 2.5
+#: Regions whose area over their convex hull is below this are irregular.
+IRREGULAR_SOLIDITY = 0.6
+#: Gray-level difference (0-255) from the ring around a region that counts as darker/brighter.
+CONTRAST_LEVELS = 8.0
+#: Within this fraction of the part's width from its outline, a region is "along the edge".
+EDGE_BAND = 0.2
+
+_CELL_WORDS = (
+    ("upper left", "top", "upper right"),
+    ("left", "centre", "right"),
+    ("lower left", "bottom", "lower right"),
+)
+
+
+def _direction_word(dx: float, dy: float) -> str:
+    """Image direction of a vector (y down): right, lower right, bottom, ..."""
+    angle = math.degrees(math.atan2(-dy, dx)) % 360
+    words = ("right", "upper right", "top", "upper left", "left", "lower left", "bottom")
+    words += ("lower right",)
+    return words[int(((angle + 22.5) % 360) // 45)]
+
+
+@dataclass
+class Part:
+    """The inspected part in a working copy scaled by ``scale`` (work = original * scale).
+
+    mask: foreground (all True for textures / frame-filling objects: ``is_surface``);
+    centre (x, y), axis u (unit, towards the wider end for elongated parts), v (perpendicular);
+    half_length / half_width: extents along u and v; bbox (x0, y0, x1, y1) of the mask.
+    """
+
+    mask: np.ndarray
+    scale: float
+    is_surface: bool
+    centre: tuple[float, float]
+    u: tuple[float, float]
+    v: tuple[float, float]
+    half_length: float
+    half_width: float
+    bbox: tuple[int, int, int, int]
+    ends_differ: bool
+    edge_distance: np.ndarray
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def elongated(self) -> bool:
+        return not self.is_surface and self.half_length >= ELONGATED_PART * self.half_width
+
+    def axial(self, x: float, y: float) -> tuple[float, float]:
+        """``(t, s)``: position along the axis (-1 narrow end .. +1 wide end) and across it
+        (-1 .. 1), in the working copy's pixels."""
+        dx, dy = x - self.centre[0], y - self.centre[1]
+        t = (dx * self.u[0] + dy * self.u[1]) / max(self.half_length, 1e-6)
+        s = (dx * self.v[0] + dy * self.v[1]) / max(self.half_width, 1e-6)
+        return t, s
+
+    def cell(self, x: float, y: float) -> tuple[int, int]:
+        """``(row, col)`` of the 3 x 3 grid over the part's bounding box (the image for
+        surfaces), working-copy pixels."""
+        x0, y0, x1, y1 = self.bbox
+        col = int(np.clip((x - x0) / max(x1 - x0, 1) * 3, 0, 2))
+        row = int(np.clip((y - y0) / max(y1 - y0, 1) * 3, 0, 2))
+        return row, col
+
+
+def _work_scale(shape: tuple[int, ...]) -> float:
+    return min(1.0, WORK_SIDE / max(shape[0], shape[1]))
+
+
+def _gray(image: np.ndarray, scale: float) -> np.ndarray:
+    gray = image if image.ndim == 2 else cv2.cvtColor(image[..., :3], cv2.COLOR_RGB2GRAY)
+    if scale < 1.0:
+        size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    return gray
+
+
+def find_part(image: np.ndarray) -> tuple[Part, np.ndarray]:
+    """The part in an RGB uint8 image and the working-copy gray image."""
+    scale = _work_scale(image.shape)
+    gray = _gray(np.asarray(image), scale)
+    mask = foreground_mask(gray)
+    is_surface = bool(mask.all())
+    ys, xs = np.nonzero(mask)
+    pts = np.stack([xs, ys], 1).astype(np.float64)
+    centre = pts.mean(0)
+    cov = np.cov((pts - centre).T) if len(pts) > 2 else np.eye(2)
+    _evals, evecs = np.linalg.eigh(cov)
+    u, v = evecs[:, 1], evecs[:, 0]
+    proj_u, proj_v = (pts - centre) @ u, (pts - centre) @ v
+    half_length = float(np.percentile(np.abs(proj_u), 99)) if len(pts) else 1.0
+    half_width = float(np.percentile(np.abs(proj_v), 99)) if len(pts) else 1.0
+    # orient u towards the wider end: compare the widths of the outer quarters
+    ends_differ = False
+    if len(pts) and half_length > 0:
+        t = proj_u / half_length
+        w_pos = np.ptp(proj_v[t > 0.5]) if np.any(t > 0.5) else 0.0
+        w_neg = np.ptp(proj_v[t < -0.5]) if np.any(t < -0.5) else 0.0
+        ends_differ = max(w_pos, w_neg) > 1.15 * max(min(w_pos, w_neg), 1e-6)
+        if w_neg > w_pos:
+            u = -u
+            v = -v
+    x0, y0 = (int(xs.min()), int(ys.min())) if len(xs) else (0, 0)
+    x1, y1 = (int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else gray.shape[::-1]
+    if is_surface:
+        edge = np.full(mask.shape, np.inf, dtype=np.float32)
+    else:
+        edge = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3)
+    part = Part(
+        mask=mask,
+        scale=scale,
+        is_surface=is_surface,
+        centre=(float(centre[0]), float(centre[1])),
+        u=(float(u[0]), float(u[1])),
+        v=(float(v[0]), float(v[1])),
+        half_length=max(half_length, 1.0),
+        half_width=max(half_width, 1.0),
+        bbox=(x0, y0, x1, y1),
+        ends_differ=ends_differ,
+        edge_distance=edge,
+    )
+    return part, gray
+
+
+@dataclass
+class Region:
+    """One hotspot in the working copy: its box (original pixels), pixel mask (working copy),
+    peak map value."""
+
+    box: Box
+    mask: np.ndarray
+    peak: float
+
+    @property
+    def centroid(self) -> tuple[float, float]:
+        ys, xs = np.nonzero(self.mask)
+        return float(xs.mean()), float(ys.mean())
+
+
+def _scaled_map(anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    m = np.asarray(anomaly_map, dtype=np.float32)
+    if m.shape != shape:
+        m = cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+    return m
+
+
+def find_regions(
+    anomaly_map: np.ndarray,
+    threshold: float,
+    work_shape: tuple[int, int],
+    top_k: int = 3,
+    min_area: int = 4,
+) -> list[Region]:
+    """The ``top_k`` strongest 8-connected regions of ``map >= threshold`` (highest peak
+    first), found on the map resized to ``work_shape``; boxes in the map's own pixels."""
+    full = np.asarray(anomaly_map, dtype=np.float32)
+    m = _scaled_map(full, work_shape)
+    sy, sx = full.shape[0] / work_shape[0], full.shape[1] / work_shape[1]
+    above = m >= threshold
+    # one labelling gives boxes, areas, peaks and masks (postprocess.hotspots' rules, without
+    # its per-label sort of every pixel)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(above.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return []
+    peaks = np.full(n, -np.inf, dtype=np.float32)
+    np.maximum.at(peaks, labels[above], m[above])
+    keep = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area]
+    keep.sort(key=lambda i: -peaks[i])
+    out = []
+    for i in keep[:top_k]:
+        x, y = int(stats[i, cv2.CC_STAT_LEFT]), int(stats[i, cv2.CC_STAT_TOP])
+        w, h = int(stats[i, cv2.CC_STAT_WIDTH]), int(stats[i, cv2.CC_STAT_HEIGHT])
+        box = Box(
+            x0=math.floor(x * sx),
+            y0=math.floor(y * sy),
+            x1=min(full.shape[1], math.ceil((x + w) * sx)),
+            y1=min(full.shape[0], math.ceil((y + h) * sy)),
+            score=float(peaks[i]),
+            area=round(int(stats[i, cv2.CC_STAT_AREA]) * sx * sy),
+        )
+        out.append(Region(box, labels == i, float(peaks[i])))
+    return out
+
+
+def region_from_mask(mask: np.ndarray, work_shape: tuple[int, int], peak: float = 0.0) -> Region:
+    """A :class:`Region` from a full-resolution boolean mask (e.g. a ground-truth mask)."""
+    full = np.asarray(mask) > 0
+    small = cv2.resize(full.astype(np.uint8), (work_shape[1], work_shape[0]), cv2.INTER_NEAREST)
+    if not small.any():  # tiny region: keep its centre pixel
+        ys, xs = np.nonzero(full)
+        small[
+            int(ys.mean() * work_shape[0] / full.shape[0]),
+            int(xs.mean() * work_shape[1] / full.shape[1]),
+        ] = 1
+    ys, xs = np.nonzero(full)
+    box = Box(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1, peak, len(xs))
+    return Region(box, small > 0, peak)
+
+
+# --------------------------------------------------------------------------------------------
+# words
+# --------------------------------------------------------------------------------------------
+
+
+def location(part: Part, x: float, y: float) -> tuple[str, dict]:
+    """Location words for working-copy point ``(x, y)`` and the machine-readable ``where``."""
+    if part.is_surface:
+        row, col = part.cell(x, y)
+        word = _CELL_WORDS[row][col]
+        words = "in the centre of the surface" if word == "centre" else f"{word} of the surface"
+        return words, {"frame": "image", "cell": [row, col]}
+    yi = int(np.clip(round(y), 0, part.mask.shape[0] - 1))
+    xi = int(np.clip(round(x), 0, part.mask.shape[1] - 1))
+    near_edge = bool(part.edge_distance[yi, xi] <= EDGE_BAND * 2 * part.half_width)
+    if part.elongated:
+        t, s = part.axial(x, y)
+        third = 0 if t < -1 / 3 else (2 if t > 1 / 3 else 1)
+        if third == 1:
+            words = "in the middle of the part"
+        else:
+            sign = 1 if third == 2 else -1
+            direction = _direction_word(sign * part.u[0], sign * part.u[1])
+            if part.ends_differ:
+                end = "wider" if third == 2 else "narrower"
+                words = f"near the {end} end ({direction} in the image)"
+            else:
+                words = f"near the {direction} end of the part"
+        if near_edge or abs(s) > 0.5:
+            words += ", along the edge"
+        return words, {"frame": "axis", "third": third}
+    row, col = part.cell(x, y)
+    word = _CELL_WORDS[row][col]
+    words = "in the centre of the part" if word == "centre" else f"{word} of the part"
+    if near_edge and word != "centre":
+        words += ", along the edge"
+    elif near_edge:
+        words = "in the centre of the part, on its outline"
+    return words, {"frame": "part", "cell": [row, col]}
+
+
+def location_contains(part: Part, where: dict, x: float, y: float) -> bool:
+    """Whether the stated location ``where`` contains the working-copy point ``(x, y)``."""
+    if where.get("frame") == "axis":
+        t, _ = part.axial(x, y)
+        third = 0 if t < -1 / 3 else (2 if t > 1 / 3 else 1)
+        return third == where["third"]
+    return list(part.cell(x, y)) == list(where["cell"])
+
+
+def shape_of(region: Region, part: Part) -> tuple[str, str | None, dict]:
+    """``(shape word, orientation words or None, numbers)`` of a region."""
+    ys, xs = np.nonzero(region.mask)
+    pts = np.stack([xs, ys], 1).astype(np.float64)
+    area = len(pts)
+    if area >= 3:
+        cov = np.cov((pts - pts.mean(0)).T) + np.eye(2) / 12.0  # pixel extent
+        evals, evecs = np.linalg.eigh(cov)
+        elong = float(math.sqrt(evals[1] / max(evals[0], 1e-9)))
+        major = evecs[:, 1]
+        hull = cv2.convexHull(pts.astype(np.int32))
+        solidity = area / max(cv2.contourArea(hull) + 0.5 * cv2.arcLength(hull, True) + 1, 1)
+    else:
+        elong, major, solidity = 1.0, np.array([1.0, 0.0]), 1.0
+    numbers = {"elongation": elong, "solidity": float(min(solidity, 1.0))}
+    if elong >= ELONGATED_REGION:
+        shape = "elongated"
+        if part.elongated:
+            cos = abs(major[0] * part.u[0] + major[1] * part.u[1])
+            orientation = (
+                "along the part's axis"
+                if cos > 0.8
+                else ("across the part" if cos < 0.4 else "oblique to the part's axis")
+            )
+        else:
+            angle = math.degrees(math.atan2(-major[1], major[0])) % 180
+            orientation = (
+                "horizontal"
+                if angle < 22.5 or angle >= 157.5
+                else ("vertical" if 67.5 <= angle < 112.5 else "diagonal")
+            )
+        numbers["angle"] = float(math.degrees(math.atan2(-major[1], major[0])) % 180)
+        return shape, orientation, numbers
+    if solidity < IRREGULAR_SOLIDITY:
+        return "irregular", None, numbers
+    return "compact", None, numbers
+
+
+def appearance_of(region: Region, part: Part, gray: np.ndarray) -> tuple[str, dict]:
+    """Words comparing the region's pixels with a ring of surrounding normal surface."""
+    mask = region.mask
+    r = max(3, int(math.sqrt(mask.sum()) / 2))
+    ring = (
+        cv2.dilate(
+            mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2)
+        )
+        > 0
+    )
+    ring &= ~mask
+    if not part.is_surface:
+        ring &= part.mask
+    inside = gray[mask].astype(np.float32)
+    around = gray[ring].astype(np.float32) if ring.any() else inside
+    diff = float(inside.mean() - around.mean())
+    texture = float((inside.std() + 1.0) / (around.std() + 1.0))
+    numbers = {"contrast": diff, "texture": texture}
+    if diff <= -CONTRAST_LEVELS:
+        return "darker than the surrounding surface", numbers
+    if diff >= CONTRAST_LEVELS:
+        return "brighter than the surrounding surface", numbers
+    if texture >= 1.4:
+        return "rougher texture than the surrounding surface", numbers
+    if texture <= 0.7:
+        return "smoother than the surrounding surface", numbers
+    return "similar to the surrounding surface (a subtle change)", numbers
