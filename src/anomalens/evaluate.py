@@ -579,6 +579,7 @@ def run_benchmark(
         spread_maps=spread_maps,
         progress=progress,
         allow_overlap=allow_overlap,
+        explain=explain,
     )
     if output is None:
         return _run_benchmark(*args, output=None, **kwargs)
@@ -610,6 +611,7 @@ def _run_benchmark(
     spread_maps: bool = False,
     progress: bool = True,
     allow_overlap: bool = False,
+    explain: str | None = None,
 ) -> BenchmarkResult:
     """:func:`run_benchmark` writing straight into ``output`` (a staging folder).
 
