@@ -5,12 +5,12 @@
   descriptors), fitted on the labelled defective images of the category with their masks and
   applied leave-one-image-out (an image's own labelled region is never used for it);
 * :func:`load_generator`: a :class:`~anomalens.diagnose.answerers.TextGenerator` for a VLM
-  spec (``hf:HUB_ID_OR_FOLDER`` or ``openai:URL#MODEL``, the explainers' specs).
+  spec (``hf:HUB_ID_OR_FOLDER`` or ``openai:URL#MODEL``, the explainers' specs): the explain
+  package's VLM explainer asked with one ``VLMRequest`` per question.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from anomalens.errors import ModelNotAvailableError
 
-__all__ = ["GroundedTypeNamer", "load_generator", "require_explain"]
+__all__ = ["ExplainerGenerator", "GroundedTypeNamer", "load_generator", "require_explain"]
 
 MISSING_EXPLAIN = (
     "{what} needs anomalens.explain (the explainers: grounded defect types and VLM backends), "
@@ -72,58 +72,39 @@ class GroundedTypeNamer:
         return named[0][0] if named else None
 
 
-class _ExplainGenerator:
-    """A TextGenerator over the explain package's VLM backend object (its ``generate`` or
-    ``ask``/``chat`` method: images + prompt -> text)."""
+#: VLM families that take one image: only the query image is sent (no template).
+SINGLE_IMAGE_FAMILIES = ("moondream", "florence2")
 
-    def __init__(self, backend: Any, spec: str) -> None:
-        self.backend = backend
+
+class ExplainerGenerator:
+    """A :class:`~anomalens.diagnose.answerers.TextGenerator` over one of the explain package's
+    VLM explainers (``hf:`` / ``openai:``): each call is one ``VLMRequest`` (the question's
+    images and MMAD prompt, no region) to the explainer's ``ask``; the reply is ``Answer.text``.
+    Families that take a single image (Moondream, Florence-2) get the query image only."""
+
+    def __init__(self, explainer: Any, spec: str) -> None:
+        self.explainer = explainer
         self.spec = spec
-        for name in ("generate", "ask", "chat", "query"):
-            if callable(getattr(backend, name, None)):
-                self._call = getattr(backend, name)
-                break
-        else:
-            raise ModelNotAvailableError(
-                f"{spec}: the explain package's VLM backend has no generate/ask method"
-            )
-        params = inspect.signature(self._call).parameters
-        self._tokens_kw = next((k for k in ("max_new_tokens", "max_tokens") if k in params), None)
 
     def generate(self, images: Sequence[np.ndarray], prompt: str, max_new_tokens: int) -> str:
-        kwargs = {self._tokens_kw: max_new_tokens} if self._tokens_kw else {}
-        return str(self._call(list(images), prompt, **kwargs))
+        from anomalens.explain.vlm import VLMRequest
+
+        ex = self.explainer
+        if callable(getattr(ex, "load", None)):
+            ex.load()
+        imgs = [np.ascontiguousarray(i) for i in images]
+        if getattr(ex, "family", "") in SINGLE_IMAGE_FAMILIES:
+            imgs = imgs[-1:]
+        ex.max_new_tokens = int(max_new_tokens)
+        request = VLMRequest(images=imgs, prompt=prompt, n_regions=0, defective=False)
+        return str(ex.ask(request).text)
 
 
-def load_generator(spec: str, **options: Any) -> Any:
-    """The text generator of a VLM spec, built by the explain package (issue 11's backends:
-    ``anomalens.explain.vlm`` ``load_vlm(spec)``, else the explainer's ``.backend``)."""
+def load_generator(spec: str, **options: Any) -> ExplainerGenerator:
+    """The text generator of a VLM spec (``hf:HUB_ID_OR_FOLDER`` or ``openai:URL#MODEL``), built
+    by :func:`anomalens.explain.build_explainer` with ``options``."""
     explain = require_explain(f"--vlm {spec}")
-    loader = getattr(explain, "load_vlm", None)
-    if loader is None:
-        try:
-            from anomalens.explain import vlm as vlm_module  # type: ignore[attr-defined]
-
-            loader = getattr(vlm_module, "load_vlm", None)
-        except ImportError:
-            loader = None
-    if loader is not None:
-        backend = loader(spec, **options)
-    else:
-        explainer = explain.build_explainer(spec, **options)
-        backend = getattr(explainer, "backend", None) or getattr(explainer, "vlm", None)
-        if backend is None:
-            raise ModelNotAvailableError(
-                f"{spec}: the explain package exposes no VLM backend (load_vlm or .backend)"
-            )
-    if hasattr(backend, "generate") and _takes_tokens(backend.generate):
-        return backend
-    return _ExplainGenerator(backend, spec)
-
-
-def _takes_tokens(fn: Any) -> bool:
-    try:
-        params = list(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return False
-    return params[:3] == ["images", "prompt", "max_new_tokens"]
+    kind, _, _ = explain.parse_explainer_spec(spec)
+    if kind == "grounded":
+        raise ValueError(f"--vlm {spec!r}: expected hf:HUB_ID_OR_FOLDER or openai:URL#MODEL")
+    return ExplainerGenerator(explain.build_explainer(spec, **options), spec)
