@@ -469,3 +469,32 @@ def test_cli_generated_questions(demo_root, tmp_path, capsys):
     assert yes["mmad"]["average"]["Overkill"] == 100.0
     assert doc["data"]["n_questions"] == N_TEST_GOOD + 4 * N_TEST_BAD
     assert (out / "figures/question_tests.png").is_file()
+
+
+def test_checkpoint_before_and_after_aaclip(demo_root, tiny_text_models, tmp_path, capsys):
+    import torch
+
+    from anomalens.methods.base import load_detector
+
+    clip, _ = tiny_text_models
+    ckpt = tmp_path / "ckpt"
+    argv = ["train", "--method", "aaclip", "--backbone", f"clip:{clip}", "--anchors", "text"]
+    argv += ["--dataset", "mvtec", "--root", str(demo_root), "--mode", "synthetic"]
+    argv += ["--text-epochs", "1", "--image-epochs", "1", "--batch-size", "4"]
+    assert main([*argv, "--output", str(ckpt), "--no-progress"]) == 0
+    out = tmp_path / "diag"
+    r = run_cli(capsys, ["diagnose", "--checkpoint", ckpt, "--dataset", "mvtec", "--root",
+                         demo_root, "--output", out, "--no-figures"])  # fmt: skip
+    assert r.code == 0, r.err
+    doc = json.loads((out / "diagnostic_results.json").read_text())
+    names = list(doc["encoders"])
+    assert len(names) == 2
+    assert names[0].endswith("(before AA-CLIP)")
+    assert names[1].endswith("(after AA-CLIP, ckpt)")
+    after = doc["encoders"][names[1]]
+    assert set(after["sets"]) == {"adapted levels", "joint space"}
+    det = load_detector(ckpt)
+    with torch.no_grad():
+        pair = det.anchor_pair("brick").numpy()
+    assert after["text"]["anchor_cosine"] == pytest.approx(float(pair[0] @ pair[1]), abs=1e-5)
+    assert doc["encoders"][names[0]]["text"]["anchor_cosine"] != after["text"]["anchor_cosine"]

@@ -164,6 +164,7 @@ class BackboneSource:
         self.name = name
         self.has_text = backbone.has_text
         self.kind = backbone.kind
+        self.prompts: tuple[str, ...] | None = None  # None: the run's prompt ensembles
 
     def encode(self, images: Sequence[np.ndarray]) -> Encoded:
         bb = self.backbone
@@ -206,6 +207,7 @@ class AACLIPSource:
         self.layer_sets = [LayerSet("adapted levels", tuple(self.net.levels))]
         self.has_text = True
         self.kind = "aaclip"
+        self.prompts = tuple(detector.config.prompts)  # the ensembles it was trained with
 
     def encode(self, images: Sequence[np.ndarray]) -> Encoded:
         bb = self.detector.backbone
@@ -444,6 +446,7 @@ def text_tests(
     if not source.has_text or data.glob is None or JOINT not in data.patches:
         return None
     obj = object_name(class_name)
+    ensembles = getattr(source, "prompts", None) or ensembles
     px, py, _, _ = data.patches[JOINT]
     glob, labels = data.glob, data.labels
     fixed = source.fixed_anchors()
