@@ -23,7 +23,9 @@ Tables (name: folder under ``benchmarks/results`` and files):
 * ``fewshot-screw``: ``fewshot-screw/<method>_k<K>.json`` of ``benchmarks/screw_fewshot.sh``;
 * ``aaclip-screw``: ``aaclip-screw/<anchors>.json`` of ``benchmarks/screw_aaclip.sh``;
 * ``aaclip-speed``: ``aaclip-speed/*.json`` of ``bench_aaclip.py --json``;
-* ``zero-few-shot-speed``: ``zero-few-shot-speed/*.json`` of ``bench_zero_few_shot.py --json``.
+* ``zero-few-shot-speed``: ``zero-few-shot-speed/*.json`` of ``bench_zero_few_shot.py --json``;
+* ``diagnose-encoders`` / ``diagnose-answerers``: ``diagnose/<category>.json`` of
+  ``bench_diagnose.py --json``; ``diagnose-speed``: ``diagnose-speed/*.json`` (``--speed``).
 """
 
 from __future__ import annotations
@@ -346,6 +348,100 @@ def render_aaclip_speed(results: Path) -> str:
     return head + "\n\n" + table(header, rows)
 
 
+def _diagnose_docs(results: Path, table: str) -> list[dict[str, Any]]:
+    return [load(p) for p in files(results, table)]
+
+
+def _data_label(doc: dict[str, Any]) -> str:
+    d = doc["data"]
+    sub = (
+        f" ({d['n_test']} of {d['n_test_available']}, seed {d['seed']})"
+        if d.get("subsampled")
+        else ""
+    )
+    return f"{d['category']}{sub}"
+
+
+def render_diagnose_encoders(results: Path) -> str:
+    docs = _diagnose_docs(results, "diagnose")
+    rows = []
+    for doc in docs:
+        for name, enc in doc["encoders"].items():
+            for set_name, r in enc["sets"].items():
+                p, i = r.get("patch") or {}, r.get("image") or {}
+                rows.append(
+                    [_data_label(doc), name, set_name]
+                    + [num(p.get(k), 3) for k in ("silhouette", "probe_auroc", "knn_auroc")]
+                    + [num(i.get(k), 3) for k in ("silhouette", "probe_auroc", "knn_auroc")]
+                )
+    mem = sorted({str(d["data"].get("memory_images")) for d in docs})
+    head = (
+        f"Test split of each category (masks); good memory: {', '.join(mem)} train images; "
+        f"{machines(docs)}.{note(docs)}"
+    )
+    header = ["category", "backbone", "features", "patch silhouette", "patch probe AUROC"]
+    header += ["patch kNN AUROC", "image silhouette", "image probe AUROC", "image kNN AUROC"]
+    return head + "\n\n" + table(header, rows)
+
+
+DIAGNOSE_TESTS = (
+    ("binary_discrimination", "binary (> 80%)"),
+    ("hallucination_rate", "hallucination (< 10%)"),
+    ("miss_rate", "miss (< 15%)"),
+    ("defect_type", "type (> 70%)"),
+    ("description_consistency", "description (> 70%)"),
+)
+
+
+def render_diagnose_answerers(results: Path) -> str:
+    docs = _diagnose_docs(results, "diagnose")
+    rows = []
+    for doc in docs:
+        for name, q in doc["questions"].items():
+            t = q["tests"]
+            rows.append(
+                [_data_label(doc), name]
+                + [
+                    num(100 * t[k]["value"], 1) if t[k]["value"] is not None else "-"
+                    for k, _ in DIAGNOSE_TESTS
+                ]
+                + [
+                    num(100 * q["localization"]["value"], 1)
+                    if q["localization"]["value"] is not None
+                    else "-",
+                    f"{q['decision']['passed']}/{q['decision']['total']}",
+                ]
+            )
+    head = f"Questions generated from the test split (MMAD format, 1-shot); {machines(docs)}."
+    header = ["category", "answerer", *(h for _, h in DIAGNOSE_TESTS), "location", "passed"]
+    return head + note(docs) + "\n\n" + table(header, rows)
+
+
+def render_diagnose_speed(results: Path) -> str:
+    docs = _diagnose_docs(results, "diagnose-speed")
+    rows = []
+    for doc in docs:
+        run = doc["run"]
+        enc = "; ".join(f"{n} {num(e['seconds'], 1)} s" for n, e in doc["encoders"].items())
+        ans = "; ".join(
+            f"{n} {num(q['seconds_per_question'], 3)} s/question"
+            for n, q in doc["questions"].items()
+        )
+        shots = (run.get("detector_options") or {}).get("shots")
+        rows.append(
+            [
+                _data_label(doc),
+                f"{run['detector']}" + (f" ({shots} shots)" if shots else ""),
+                num(doc["seconds"], 0),
+                enc or "-",
+                ans or "-",
+            ]
+        )
+    head = f"One `run_diagnose` call alone on the machine; {machines(docs)}.{note(docs)}"
+    header = ["data", "detector", "total s", "encoder tests", "questions"]
+    return head + "\n\n" + table(header, rows)
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "patchcore-screw": render_patchcore_screw,
     "patchcore-speed": render_patchcore_speed,
@@ -353,6 +449,9 @@ RENDERERS: dict[str, Callable[[Path], str]] = {
     "aaclip-screw": render_aaclip_screw,
     "aaclip-speed": render_aaclip_speed,
     "zero-few-shot-speed": render_zero_few_shot_speed,
+    "diagnose-encoders": render_diagnose_encoders,
+    "diagnose-answerers": render_diagnose_answerers,
+    "diagnose-speed": render_diagnose_speed,
 }
 
 

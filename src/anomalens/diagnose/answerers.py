@@ -148,7 +148,8 @@ class DetectorAnswerer:
     Verdict: ``score >= threshold`` (the detector's calibration, from good images only); type:
     ``namer.name_type`` (None: the question is answered "A"); location: the 3 x 3 cell of the
     map's maximum. Descriptions: "a <type> at the <cell> of the <object>" (or "no defect").
-    The prediction of the last image asked about is kept (its questions come together).
+    The prediction and type of the last image asked about are kept (its questions come
+    together).
     """
 
     def __init__(self, detector: Any, namer: TypeNamer | None = None, name: str = "") -> None:
@@ -158,6 +159,7 @@ class DetectorAnswerer:
         self.namer = namer
         self.name = name or f"detector:{detector.method}"
         self._cache: dict[str, tuple[np.ndarray, Any]] = {}
+        self._types: dict[str, str | None] = {}
 
     def _predict(self, question: Question) -> tuple[np.ndarray, Any]:
         key = str(question.path)
@@ -180,8 +182,11 @@ class DetectorAnswerer:
     def type_name(self, question: Question) -> str | None:
         if self.namer is None:
             return None
-        image, pred = self._predict(question)
-        return self.namer.name_type(image, pred, str(question.path))
+        key = str(question.path)
+        if key not in self._types:
+            image, pred = self._predict(question)
+            self._types = {key: self.namer.name_type(image, pred, key)}
+        return self._types[key]
 
     def answer(self, question: Question) -> str:
         if question.type == ANOMALY_DETECTION:

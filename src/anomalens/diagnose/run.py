@@ -31,7 +31,7 @@ from anomalens.diagnose.questions import (
     questions_from_mmad,
 )
 from anomalens.diagnose.scoring import MMAD_REFERENCE, MMAD_SOURCE, Record, mmad_table, seed_tests
-from anomalens.errors import DatasetError
+from anomalens.errors import DatasetError, ModelNotAvailableError
 
 __all__ = ["answer_all", "run_diagnose", "sample_split"]
 
@@ -71,13 +71,6 @@ def answer_all(
         "seconds_per_question": seconds / max(1, len(questions)),
         "records": [r.to_dict() for r in records],
     }
-
-
-def _dataset_samples(dataset, root, category, split, skip_bad, progress):
-    from anomalens.data.datasets import build_dataset
-
-    ds = build_dataset(dataset, root, category, split, skip_bad=skip_bad)
-    return ds
 
 
 def _encoder_sources(backbones, checkpoint, layers, image_size, precision):
@@ -170,8 +163,10 @@ def run_diagnose(
         from anomalens.cli import _resolve_one_category
 
         category = _resolve_one_category(dataset, Path(root), category)
-        test_ds = _dataset_samples(dataset, root, category, "test", skip_bad, progress)
-        train_ds = _dataset_samples(dataset, root, category, "train", skip_bad, progress)
+        from anomalens.data.datasets import build_dataset
+
+        test_ds = build_dataset(dataset, root, category, "test", skip_bad=skip_bad)
+        train_ds = build_dataset(dataset, root, category, "train", skip_bad=skip_bad)
         all_test = test_ds.load_all(progress=progress)
         test_samples = sample_split(all_test, max_images, seed)
         if not any(s.label for s in test_samples):
@@ -290,8 +285,6 @@ def _detector_answerer(method, options, dataset, root, category, train_ds, test_
             [s.defect_type for s in bad],
             [s.path for s in bad],
         )
-    except Exception as exc:  # the explain package is optional: answer types with "A"
-        logger.warning(
-            "defect types unavailable (%s); the detector answers type questions with A", exc
-        )
+    except ModelNotAvailableError as exc:  # the explain package is optional
+        logger.warning("%s; the detector answers type questions with A", exc)
     return DetectorAnswerer(det, namer, name=f"detector:{method}")
