@@ -457,11 +457,14 @@ def test_cli_generated_questions(demo_root, tmp_path, capsys):
     args = ["diagnose", "--dataset", "mvtec", "--root", str(demo_root), "--output", str(out)]
     r = run_cli(capsys, [*args, "--answerer", "always-yes", "--answerer", "always-no"])
     assert r.code == 0, r.err
-    assert r.out.splitlines()[:2] == [
+    paper = "GPT-4o 74.3, Qwen2-VL-72B 78.6, LLaVA-OneVision-7B 63.3"
+    assert r.out.splitlines()[:4] == [
         "always-yes: 1/5 tests passed: detect with AA-CLIP / the detectors and use the VLM only "
         "to describe",
+        f"  MMAD average 25.0 (MMAD paper, all of MMAD, not measured here: {paper})",
         "always-no: 1/5 tests passed: detect with AA-CLIP / the detectors and use the VLM only "
         "to describe",
+        f"  MMAD average 25.0 (MMAD paper, all of MMAD, not measured here: {paper})",
     ]
     doc = json.loads((out / "diagnostic_results.json").read_text())
     yes = doc["questions"]["always-yes"]

@@ -320,7 +320,7 @@ def _add_diagnose_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
     from anomalens.diagnose import run_diagnose
-    from anomalens.diagnose.write import RESULTS_JSON, SUMMARY_MD
+    from anomalens.diagnose.write import RESULTS_JSON, SUMMARY_MD, summary_lines
 
     if (args.dataset is None) != (args.root is None):
         raise ValueError("--dataset and --root go together")
@@ -345,10 +345,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         figures=not args.no_figures,
         progress=_progress(args),
     )
-    for name, q in results["questions"].items():
-        print(
-            f"{name}: {q['decision']['passed']}/5 tests passed: {q['decision']['recommendation']}"
-        )
+    print("\n".join(summary_lines(results)))
     print(f"wrote {args.output / RESULTS_JSON} and {args.output / SUMMARY_MD}")
     return EXIT_OK
 

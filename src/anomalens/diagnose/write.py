@@ -17,7 +17,7 @@ import numpy as np
 from anomalens.diagnose.scoring import COLUMNS, PASS_MARKS
 from anomalens.report import jsonable
 
-__all__ = ["RESULTS_JSON", "SUMMARY_MD", "format_markdown", "write_outputs"]
+__all__ = ["RESULTS_JSON", "SUMMARY_MD", "format_markdown", "summary_lines", "write_outputs"]
 
 RESULTS_JSON = "diagnostic_results.json"
 SUMMARY_MD = "diagnostics.md"
@@ -218,6 +218,31 @@ def format_markdown(results: dict[str, Any]) -> str:
         lines += _table(header, rows)
         lines += ["", f"Reference rows: {results['reference']['source']}.", ""]
     return "\n".join(lines) + "\n"
+
+
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    """Short lines for the terminal: per answerer the decision and the MMAD average beside the
+    paper's reference points; per encoder its best patch kNN AUROC."""
+    ref = results["reference"]["models"]
+    paper = ", ".join(f"{m} {v['Average']:.1f}" for m, v in ref.items())
+    lines = []
+    for name, q in results["questions"].items():
+        d = q["decision"]
+        lines.append(f"{name}: {d['passed']}/{d['total']} tests passed: {d['recommendation']}")
+        lines.append(
+            f"  MMAD average {_fmt(q['mmad']['average'].get('Average'), digits=1)} "
+            f"(MMAD paper, all of MMAD, not measured here: {paper})"
+        )
+    for name, enc in results["encoders"].items():
+        knn = [
+            (r["patch"]["knn_auroc"], s)
+            for s, r in enc["sets"].items()
+            if r.get("patch") and r["patch"]["knn_auroc"] is not None
+        ]
+        if knn:
+            best, where = max(knn)
+            lines.append(f"{name}: best patch kNN AUROC {best:.3f} ({where})")
+    return lines
 
 
 def _scatter(path: Path, name: str, fig_data: dict[str, Any]) -> Path:
