@@ -82,3 +82,46 @@ def test_tiny_vlms_run_the_command(demo_root, tmp_path, capsys):
         assert all(isinstance(r["reply"], str) for r in q["records"])
         assert q["decision"]["total"] == 5
         assert f"{spec}: {q['decision']['passed']}/5 tests passed" in stdout
+
+
+def test_openai_vlm_through_a_local_server(demo_root, tmp_path, capsys):
+    """``--vlm openai:URL#model`` against a local OpenAI-compatible stub: every question is one
+    chat request with the template and the query image; "Yes" to every defect question."""
+    import http.server
+    import threading
+
+    pytest.importorskip("anomalens.explain.vlm_openai", reason="needs the OpenAI explainer")
+    bodies = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            bodies.append(body)
+            reply = json.dumps({"choices": [{"message": {"content": "A."}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        spec = f"openai:http://127.0.0.1:{server.server_port}/v1#stub"
+        out = tmp_path / "o"
+        argv = ["diagnose", "--dataset", "mvtec", "--root", demo_root, "--vlm", spec]
+        code = main([str(a) for a in [*argv, "--output", out, "--no-figures"]])
+    finally:
+        server.shutdown()
+    assert code == 0, capsys.readouterr().err
+    doc = json.loads((out / "diagnostic_results.json").read_text())
+    q = doc["questions"][spec]
+    assert len(bodies) == doc["data"]["n_questions"] == len(q["records"])
+    parts = bodies[0]["messages"][0]["content"]
+    assert [p["type"] for p in parts] == ["text", "image_url", "image_url"]
+    assert bodies[0]["max_tokens"] == 16
+    assert q["tests"]["hallucination_rate"]["value"] == 1.0  # "A" = Yes on every good image
+    assert q["tests"]["miss_rate"]["value"] == 0.0
