@@ -259,7 +259,8 @@ def _scatter(path: Path, name: str, fig_data: dict[str, Any]) -> Path:
         sel = types == kind
         if sel.any():
             color = "#9e9e9e" if kind == "good" else f"C{k % 10}"
-            ax.scatter(xy[sel, 0], xy[sel, 1], s=6, alpha=0.6, color=color, label=kind)
+            label = "normal" if kind == "good" else kind
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=6, alpha=0.6, color=color, label=label)
     ax.set_title(f"{name}: {fig_data['set']} (PCA of patches)", fontsize=9)
     ax.legend(fontsize=7, markerscale=2)
     fig.tight_layout()
