@@ -392,6 +392,15 @@ def test_run_diagnose_text_models(demo_root, tiny_text_models, tmp_path):
     assert Image.open(png).size == (550, 450)
 
 
+def test_logit_bias_contract(tiny_text_models):
+    from anomalens.backbones.registry import load_backbone
+
+    clip, siglip = tiny_text_models
+    assert load_backbone(f"clip:{clip}").logit_bias() is None  # softmax-trained
+    sig = load_backbone(f"siglip:{siglip}")
+    assert sig.logit_bias() == float(sig.model.logit_bias)
+
+
 def test_encoder_tests_lite0_demo(demo_root, tmp_path):
     from anomalens.diagnose import run_diagnose
 
