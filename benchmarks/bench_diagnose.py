@@ -41,12 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--speed", action="store_true", help="label the JSON as a timing run")
+    p.add_argument("--normal-patches", choices=("all", "foreground"), default="all")
+    p.add_argument("--encoders-only", action="store_true", help="no question tests")
     a = p.parse_args(argv)
     backbones = a.backbone or ["efficientnet-lite0", "efficientnet-lite2"]
     answerers = a.answerer if a.answerer is not None else ["always-yes", "always-no", "random-0"]
     options = {} if a.detector_shots is None else {"shots": a.detector_shots, "seed": a.seed}
+    if a.encoders_only:
+        a.detector, answerers = "", []
     res = run_diagnose(
         a.output,
+        normal_patches=a.normal_patches,
         backbones=backbones,
         detector=a.detector or None,
         detector_options=options,

@@ -370,7 +370,7 @@ def render_diagnose_encoders(results: Path) -> str:
             for set_name, r in enc["sets"].items():
                 p, i = r.get("patch") or {}, r.get("image") or {}
                 rows.append(
-                    [_data_label(doc), name, set_name]
+                    [_data_label(doc), doc["data"].get("normal_patches", "all"), name, set_name]
                     + [num(p.get(k), 3) for k in ("silhouette", "probe_auroc", "knn_auroc")]
                     + [num(i.get(k), 3) for k in ("silhouette", "probe_auroc", "knn_auroc")]
                 )
@@ -379,7 +379,8 @@ def render_diagnose_encoders(results: Path) -> str:
         f"Test split of each category (masks); good memory: {', '.join(mem)} train images; "
         f"{machines(docs)}.{note(docs)}"
     )
-    header = ["category", "backbone", "features", "patch silhouette", "patch probe AUROC"]
+    header = ["category", "normal patches", "backbone", "features", "patch silhouette"]
+    header.append("patch probe AUROC")
     header += ["patch kNN AUROC", "image silhouette", "image probe AUROC", "image kNN AUROC"]
     return head + "\n\n" + table(header, rows)
 
@@ -410,10 +411,15 @@ def render_diagnose_answerers(results: Path) -> str:
                     if q["localization"]["value"] is not None
                     else "-",
                     f"{q['decision']['passed']}/{q['decision']['total']}",
+                    num((q.get("mmad_average") or {}).get("Average"), 1),
                 ]
             )
-    head = f"Questions generated from the test split (MMAD format, 1-shot); {machines(docs)}."
+    head = (
+        "Questions generated from the test split (MMAD format, 1-shot; percent); MMAD average: "
+        f"its macro mean over the subtasks asked here; {machines(docs)}."
+    )
     header = ["category", "answerer", *(h for _, h in DIAGNOSE_TESTS), "location", "passed"]
+    header.append("MMAD average")
     return head + note(docs) + "\n\n" + table(header, rows)
 
 

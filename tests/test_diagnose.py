@@ -392,6 +392,26 @@ def test_run_diagnose_text_models(demo_root, tiny_text_models, tmp_path):
     assert Image.open(png).size == (550, 450)
 
 
+def test_patch_labels_defect_normal_and_foreground():
+    from anomalens.diagnose.encoder import patch_labels
+
+    mask = np.zeros((40, 40), np.uint8)
+    mask[0:10, 0:5] = 1  # half of patch (0, 0) of a 4 x 4 grid
+    mask[30:40, 30:40] = 1  # all of patch (3, 3)
+    lab = patch_labels(mask, (4, 4), 0.25)
+    assert lab[0, 0] == 1
+    assert lab[3, 3] == 1
+    assert (lab == 0).sum() == 14
+    lab = patch_labels(mask, (4, 4), 0.75)
+    assert lab[0, 0] == -1  # partly covered: left out
+    fg = np.zeros((40, 40), bool)
+    fg[:, 20:] = True  # the object is the right half
+    lab = patch_labels(mask, (4, 4), 0.25, fg)
+    assert lab[3, 3] == 1  # defects count wherever they are
+    assert np.array_equal(np.argwhere(lab == 0)[:, 1] >= 2, np.ones((lab == 0).sum(), bool))
+    assert (lab == 0).sum() == 7
+
+
 def test_logit_bias_contract(tiny_text_models):
     from anomalens.backbones.registry import load_backbone
 

@@ -312,6 +312,12 @@ def _add_diagnose_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "--state-words", type=_name_list, default=(), metavar="A,B", help="extra anomalous words"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--normal-patches",
+        choices=("all", "foreground"),
+        default="all",
+        help="normal patches anywhere, or only on the object (%(default)s)",
+    )
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
     p.add_argument("--output", required=True, type=Path)
@@ -341,6 +347,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         max_images=args.max_images,
         state_words=args.state_words,
         seed=args.seed,
+        normal_patches=args.normal_patches,
         skip_bad=args.skip_bad,
         figures=not args.no_figures,
         progress=_progress(args),

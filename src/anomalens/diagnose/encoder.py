@@ -46,6 +46,7 @@ from anomalens.diagnose.stats import (
 )
 from anomalens.methods.common import pool_patches
 from anomalens.metrics import image_auroc
+from anomalens.postprocess import foreground_mask
 from anomalens.prompts import ENSEMBLES, object_name, state_pattern
 
 __all__ = [
@@ -65,6 +66,8 @@ __all__ = [
 
 #: Name of the joint image-text feature set (text models and AA-CLIP).
 JOINT = "joint space"
+#: Where normal patches may come from.
+NORMAL_PATCHES = ("all", "foreground")
 
 
 @dataclass(frozen=True)
@@ -115,13 +118,17 @@ def parse_layer_sets(text: str, backbone: Backbone) -> list[LayerSet]:
 class EncoderConfig:
     """Sampling and test settings (validated here).
 
-    defect_fraction: share of a patch the mask must cover for a defect patch; patches_per_image:
+    defect_fraction: share of a patch the mask must cover for a defect patch; normal_patches:
+    ``all`` (anywhere) or ``foreground`` (normal patches only on the object, by the OpenCV
+    foreground mask: otherwise an object's defect patches are also told from the background,
+    which inflates the probe; textures are all foreground); patches_per_image:
     at most this many defect and this many normal patches per test image; memory_images: good
     training images of the kNN memory; memory_rows: cap on memory patches; silhouette_per_class:
     patches per class in the silhouette subsample; folds: probe folds; batch_size; seed.
     """
 
     defect_fraction: float = 0.25
+    normal_patches: str = "all"
     patches_per_image: int = 48
     memory_images: int = 16
     memory_rows: int = 20000
@@ -137,6 +144,8 @@ class EncoderConfig:
         for name in ("patches_per_image", "memory_images", "memory_rows", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.normal_patches not in NORMAL_PATCHES:
+            raise ValueError(f"normal_patches must be one of {NORMAL_PATCHES}")
         if self.folds < 2 or self.silhouette_per_class < 2:
             raise ValueError("folds and silhouette_per_class must be >= 2")
 
@@ -273,15 +282,25 @@ class Collected:
     memory_glob: np.ndarray | None = None
 
 
-def patch_labels(mask: np.ndarray, grid: tuple[int, int], fraction: float) -> np.ndarray:
-    """Per patch: 1 (defect, covered >= ``fraction``), 0 (untouched), -1 (in between)."""
+def patch_labels(
+    mask: np.ndarray,
+    grid: tuple[int, int],
+    fraction: float,
+    foreground: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per patch: 1 (defect, covered >= ``fraction``), 0 (untouched, and at least half on the
+    ``foreground`` when given), -1 (left out)."""
     h, w = grid
     cover = cv2.resize(
         (np.asarray(mask) > 0).astype(np.float32), (w, h), interpolation=cv2.INTER_AREA
     )
     out = np.full((h, w), -1, dtype=np.int8)
+    normal = cover <= 0
+    if foreground is not None:
+        fg = cv2.resize(np.asarray(foreground, np.float32), (w, h), interpolation=cv2.INTER_AREA)
+        normal &= fg >= 0.5
     out[cover >= fraction] = 1
-    out[cover <= 0] = 0
+    out[normal] = 0
     return out
 
 
@@ -318,13 +337,18 @@ def collect(
         maps = dict(enc.sets)
         if enc.joint is not None:
             maps[JOINT] = enc.joint
+        fgs = [
+            foreground_mask(s.image) if config.normal_patches == "foreground" else None
+            for s in chunk
+        ]
         for name, m in maps.items():
             if name not in rows:
                 continue
             arr = m.float().numpy()
             images[name].append(arr.mean((1, 2)))
             for k, s in enumerate(chunk):
-                lab = patch_labels(s.mask, arr.shape[1:3], config.defect_fraction).reshape(-1)
+                lab = patch_labels(s.mask, arr.shape[1:3], config.defect_fraction, fgs[k])
+                lab = lab.reshape(-1)
                 pick = _sample(lab, config.patches_per_image, rng)
                 r = rows[name]
                 r.x.append(arr[k].reshape(-1, arr.shape[-1])[pick])

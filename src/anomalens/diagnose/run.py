@@ -117,6 +117,7 @@ def run_diagnose(
     state_words: Sequence[str] = (),
     prompts: Sequence[str] = ("winclip",),
     seed: int = 0,
+    normal_patches: str = "all",
     skip_bad: bool = False,
     figures: bool = True,
     progress: bool = True,
@@ -129,7 +130,8 @@ def run_diagnose(
     Encoder tests (``backbones``, ``checkpoint``) need a dataset with masks; question tests
     (``vlms``, scripted ``answerers``, ``detector``) run on questions generated from the
     dataset, or on ``mmad`` (an ``mmad.json`` with images under ``mmad_root``). ``max_images``
-    subsamples the test split with ``seed`` (good / defective proportions kept).
+    subsamples the test split with ``seed`` (good / defective proportions kept);
+    ``normal_patches``: ``all`` or ``foreground`` (see :class:`EncoderConfig`).
     ``generators`` maps VLM specs to ready :class:`TextGenerator` objects (tests; otherwise
     they are loaded through :mod:`anomalens.explain`).
     """
@@ -137,7 +139,7 @@ def run_diagnose(
     from anomalens.evaluate import environment
 
     start = time.perf_counter()
-    cfg = encoder_config or EncoderConfig(seed=seed)
+    cfg = encoder_config or EncoderConfig(seed=seed, normal_patches=normal_patches)
     asks = bool(vlms or answerers or detector)
     if not (backbones or checkpoint or asks):
         raise ValueError(
@@ -193,6 +195,7 @@ def run_diagnose(
         )
         memory = [train_ds[int(i)].image for i in mem_idx]
         results["data"]["memory_images"] = len(memory)
+        results["data"]["normal_patches"] = cfg.normal_patches
         for source in sources:
             t0 = time.perf_counter()
             data = collect(source, test_samples, memory, cfg, progress)
