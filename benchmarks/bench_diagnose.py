@@ -5,9 +5,10 @@ answerer and the scripted answerers, writes the full report to ``--output`` and 
 (encoder metrics, question tests, seconds, machine) to ``--json``::
 
     python benchmarks/bench_diagnose.py --dataset mvtec --root ../shared/data/mvtec_ad \\
-        --category screw --json benchmarks/results/diagnose/screw.json --output runs/diag/screw
+        --category screw --normal-patches all \\
+        --json benchmarks/results/diagnose/screw.json --output runs/diag/screw
     python benchmarks/bench_diagnose.py --dataset mvtec --root ../shared/data/magnetic_tile \\
-        --category magnetic_tile --max-images 200 --detector-shots 200 \\
+        --category magnetic_tile --max-images 200 --detector-shots 200 --normal-patches all \\
         --json benchmarks/results/diagnose/magnetic_tile.json --output runs/diag/magnetic_tile
 
 Speed (``--speed``): the same call on a small setting, meant to run alone under the exclusive
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--speed", action="store_true", help="label the JSON as a timing run")
-    p.add_argument("--normal-patches", choices=("all", "foreground"), default="all")
+    p.add_argument("--normal-patches", choices=("foreground", "all"), default="foreground")
     p.add_argument("--encoders-only", action="store_true", help="no question tests")
     a = p.parse_args(argv)
     backbones = a.backbone or ["efficientnet-lite0", "efficientnet-lite2"]

@@ -550,6 +550,7 @@ def test_screw_patchcore_features_separate_defects(tmp_path):
         root=MVTEC,
         category="screw",
         max_images=24,
+        normal_patches="all",
         progress=False,
         figures=False,
     )

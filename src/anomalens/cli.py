@@ -314,8 +314,8 @@ def _add_diagnose_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--normal-patches",
-        choices=("all", "foreground"),
-        default="all",
+        choices=("foreground", "all"),
+        default="foreground",
         help="normal patches anywhere, or only on the object (%(default)s)",
     )
     p.add_argument("--no-figures", action="store_true")

@@ -119,16 +119,16 @@ class EncoderConfig:
     """Sampling and test settings (validated here).
 
     defect_fraction: share of a patch the mask must cover for a defect patch; normal_patches:
-    ``all`` (anywhere) or ``foreground`` (normal patches only on the object, by the OpenCV
+    ``foreground`` (the default: normal patches only on the object, by the OpenCV
     foreground mask: otherwise an object's defect patches are also told from the background,
-    which inflates the probe; textures are all foreground); patches_per_image:
+    which inflates every score; textures are all foreground) or ``all``; patches_per_image:
     at most this many defect and this many normal patches per test image; memory_images: good
     training images of the kNN memory; memory_rows: cap on memory patches; silhouette_per_class:
     patches per class in the silhouette subsample; folds: probe folds; batch_size; seed.
     """
 
     defect_fraction: float = 0.25
-    normal_patches: str = "all"
+    normal_patches: str = "foreground"
     patches_per_image: int = 48
     memory_images: int = 16
     memory_rows: int = 20000

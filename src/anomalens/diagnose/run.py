@@ -117,7 +117,7 @@ def run_diagnose(
     state_words: Sequence[str] = (),
     prompts: Sequence[str] = ("winclip",),
     seed: int = 0,
-    normal_patches: str = "all",
+    normal_patches: str = "foreground",
     skip_bad: bool = False,
     figures: bool = True,
     progress: bool = True,
@@ -131,7 +131,7 @@ def run_diagnose(
     (``vlms``, scripted ``answerers``, ``detector``) run on questions generated from the
     dataset, or on ``mmad`` (an ``mmad.json`` with images under ``mmad_root``). ``max_images``
     subsamples the test split with ``seed`` (good / defective proportions kept);
-    ``normal_patches``: ``all`` or ``foreground`` (see :class:`EncoderConfig`).
+    ``normal_patches``: ``foreground`` or ``all`` (see :class:`EncoderConfig`).
     ``generators`` maps VLM specs to ready :class:`TextGenerator` objects (tests; otherwise
     they are loaded through :mod:`anomalens.explain`).
     """
