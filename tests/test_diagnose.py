@@ -560,3 +560,16 @@ def test_screw_patchcore_features_separate_defects(tmp_path):
     assert patch["n_groups"] == 24
     assert patch["knn_auroc"] > 0.85
     assert patch["probe_auroc"] > 0.7
+
+
+def test_vlm_without_explain_package_is_a_clear_error(demo_root, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "anomalens.explain", None)  # import fails
+    argv = ["diagnose", "--dataset", "mvtec", "--root", demo_root, "--vlm", "hf:some/model"]
+    r = run_cli(capsys, [*argv, "--output", tmp_path / "o"])
+    assert r.code == 2
+    assert r.err.strip() == (
+        "anomalens: error: --vlm hf:some/model needs anomalens.explain (the explainers: grounded "
+        "defect types and VLM backends), which this installation lacks"
+    )

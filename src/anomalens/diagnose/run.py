@@ -151,6 +151,12 @@ def run_diagnose(
         mmad_root = Path(mmad).parent
     if asks and dataset is None and mmad is None:
         raise ValueError("question tests need --dataset/--root or --mmad")
+    gens = dict(generators or {})
+    for spec in vlms:  # fail fast, before any data is read
+        if spec not in gens:
+            from anomalens.diagnose.adapters import load_generator
+
+            gens[spec] = load_generator(spec)
     results: dict[str, Any] = {
         "data": {},
         "encoders": {},
@@ -244,12 +250,7 @@ def run_diagnose(
                 )
             )
         for spec in vlms:
-            gen = (generators or {}).get(spec)
-            if gen is None:
-                from anomalens.diagnose.adapters import load_generator
-
-                gen = load_generator(spec)
-            runners.append(VLMAnswerer(gen, spec))
+            runners.append(VLMAnswerer(gens[spec], spec))
         for runner in runners:
             results["questions"][runner.name] = answer_all(runner, questions, progress)
     results["seconds"] = time.perf_counter() - start
