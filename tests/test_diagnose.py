@@ -501,6 +501,12 @@ def test_cli_generated_questions(demo_root, tmp_path, capsys):
     assert yes["mmad"]["average"]["Overkill"] == 100.0
     assert doc["data"]["n_questions"] == N_TEST_GOOD + 4 * N_TEST_BAD
     assert (out / "figures/question_tests.png").is_file()
+    md = (out / "diagnostics.md").read_text().splitlines()
+    page = (out / "diagnostics.html").read_text()
+    table_lines = [x for x in md if x.startswith("|") and not x.startswith("| ---")]
+    assert page.count("<tr>") == len(table_lines)
+    assert '<img src="figures/question_tests.png"' in page
+    assert "<td>always-yes</td>" in page
 
 
 def test_checkpoint_before_and_after_aaclip(demo_root, tiny_text_models, tmp_path, capsys):

@@ -279,7 +279,8 @@ def _add_diagnose_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="how anomaly-aware is a model? encoder tests and MMAD-style VLM question tests",
         description="Encoder tests (--backbone, --checkpoint) on a dataset with masks and "
         "question tests (--vlm, --answerer, --detector) on questions generated from it or on "
-        "MMAD's mmad.json; writes OUT/diagnostic_results.json, OUT/diagnostics.md, OUT/figures/.",
+        "MMAD's mmad.json; writes OUT/diagnostic_results.json, OUT/diagnostics.md (.html), "
+        "OUT/figures/.",
     )
     p.add_argument("--backbone", action="append", default=[], metavar="SPEC", help="repeatable")
     p.add_argument("--checkpoint", type=Path, metavar="DIR", help="AA-CLIP: before vs after")

@@ -1,4 +1,5 @@
-"""Writers: ``diagnostic_results.json``, ``diagnostics.md`` and figures (PCA scatters, test bars).
+"""Writers: ``diagnostic_results.json``, ``diagnostics.md`` (and the same as a standalone
+``diagnostics.html`` page with the figures) and figures (PCA scatters, test bars).
 
 Every file is written to a temporary name and moved into place (``os.replace``), so a reader
 never sees half a file.
@@ -6,8 +7,10 @@ never sees half a file.
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,10 +20,19 @@ import numpy as np
 from anomalens.diagnose.scoring import COLUMNS, PASS_MARKS
 from anomalens.report import jsonable
 
-__all__ = ["RESULTS_JSON", "SUMMARY_MD", "format_markdown", "summary_lines", "write_outputs"]
+__all__ = [
+    "RESULTS_JSON",
+    "SUMMARY_HTML",
+    "SUMMARY_MD",
+    "format_html",
+    "format_markdown",
+    "summary_lines",
+    "write_outputs",
+]
 
 RESULTS_JSON = "diagnostic_results.json"
 SUMMARY_MD = "diagnostics.md"
+SUMMARY_HTML = "diagnostics.html"
 FIGURES = "figures"
 
 
@@ -245,6 +257,57 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _inline(text: str) -> str:
+    """Escaped text with ``code`` and **bold** spans of the generated Markdown."""
+    out = html.escape(text)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", out)
+
+
+def format_html(markdown: str, figures: dict[str, str]) -> str:
+    """A standalone page of the generated Markdown (headings, paragraphs, lists, tables) with
+    the figures (paths relative to the output folder)."""
+    body: list[str] = []
+    lines = markdown.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append([c.strip() for c in lines[i].strip("|").split("|")])
+                i += 1
+            head, data = rows[0], rows[2:]
+            body.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>")
+            body += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in data]
+            body.append("</table>")
+            continue
+        level = len(line) - len(line.lstrip("#"))
+        if level and line[level : level + 1] == " ":
+            body.append(f"<h{level}>{_inline(line[level + 1 :])}</h{level}>")
+        elif line.startswith("- "):
+            body.append(f"<ul><li>{_inline(line[2:])}</li></ul>")
+        elif line.strip():
+            body.append(f"<p>{_inline(line)}</p>")
+        i += 1
+    body += [
+        f'<figure><img src="{html.escape(path)}" alt="{html.escape(name)}">'
+        f"<figcaption>{html.escape(name)}</figcaption></figure>"
+        for name, path in figures.items()
+    ]
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:"
+        "collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:2px 6px;font-size:13px}"
+        "th{background:#eee}img{max-width:100%}"
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>anomalens diagnostics</title><style>{style}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+
+
 def _scatter(path: Path, name: str, fig_data: dict[str, Any]) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -333,5 +396,7 @@ def write_outputs(output: Path, results: dict[str, Any], figures: bool = True) -
             output / RESULTS_JSON, json.dumps(jsonable(doc), indent=2, allow_nan=False) + "\n"
         )
     )
-    written.append(_atomic_write(output / SUMMARY_MD, format_markdown(results)))
+    markdown = format_markdown(results)
+    written.append(_atomic_write(output / SUMMARY_MD, markdown))
+    written.append(_atomic_write(output / SUMMARY_HTML, format_html(markdown, fig_paths)))
     return written
