@@ -29,7 +29,8 @@ Tables (name: folder under ``benchmarks/results`` and files):
 * ``vfm-speed``: ``vfm-speed/*.json`` of ``bench_vfm.py --json``;
 * ``batch-speed``: ``batch-speed/screw.json`` of ``bench_batch.py run ... --json``;
 * ``explain-accuracy``: ``explain-accuracy/<category>.json`` of ``bench_explain_accuracy.py``;
-* ``explain-speed``: ``explain-speed/main.json`` of ``bench_explain_speed.py --json``.
+* ``explain-speed``: ``explain-speed/main.json`` of ``bench_explain_speed.py --json``;
+* ``diagnose-encoders`` / ``diagnose-answerers``: ``diagnose/<category>.json`` of.
 """
 
 from __future__ import annotations
@@ -576,6 +577,106 @@ def render_explain_speed(results: Path) -> str:
     return text
 
 
+def _diagnose_docs(results: Path, table: str) -> list[dict[str, Any]]:
+    return [load(p) for p in files(results, table)]
+
+
+def _data_label(doc: dict[str, Any]) -> str:
+    d = doc["data"]
+    sub = (
+        f" ({d['n_test']} of {d['n_test_available']}, seed {d['seed']})"
+        if d.get("subsampled")
+        else ""
+    )
+    return f"{d['category']}{sub}"
+
+
+def render_diagnose_encoders(results: Path) -> str:
+    docs = _diagnose_docs(results, "diagnose")
+    rows = []
+    for doc in docs:
+        for name, enc in doc["encoders"].items():
+            for set_name, r in enc["sets"].items():
+                p, i = r.get("patch") or {}, r.get("image") or {}
+                rows.append(
+                    [_data_label(doc), doc["data"].get("normal_patches", "all"), name, set_name]
+                    + [num(p.get(k), 3) for k in ("silhouette", "probe_auroc", "knn_auroc")]
+                    + [num(i.get(k), 3) for k in ("silhouette", "probe_auroc", "knn_auroc")]
+                )
+    mem = sorted({str(d["data"].get("memory_images")) for d in docs})
+    head = (
+        f"Test split of each category (masks); good memory: {', '.join(mem)} train images; "
+        f"{machines(docs)}.{note(docs)}"
+    )
+    header = ["category", "normal patches", "backbone", "features", "patch silhouette"]
+    header.append("patch probe AUROC")
+    header += ["patch kNN AUROC", "image silhouette", "image probe AUROC", "image kNN AUROC"]
+    return head + "\n\n" + table(header, rows)
+
+
+DIAGNOSE_TESTS = (
+    ("binary_discrimination", "binary (> 80%)"),
+    ("hallucination_rate", "hallucination (< 10%)"),
+    ("miss_rate", "miss (< 15%)"),
+    ("defect_type", "type (> 70%)"),
+    ("description_consistency", "description (> 70%)"),
+)
+
+
+def render_diagnose_answerers(results: Path) -> str:
+    docs = _diagnose_docs(results, "diagnose")
+    rows = []
+    for doc in docs:
+        for name, q in doc["questions"].items():
+            t = q["tests"]
+            rows.append(
+                [_data_label(doc), name]
+                + [
+                    num(100 * t[k]["value"], 1) if t[k]["value"] is not None else "-"
+                    for k, _ in DIAGNOSE_TESTS
+                ]
+                + [
+                    num(100 * q["localization"]["value"], 1)
+                    if q["localization"]["value"] is not None
+                    else "-",
+                    f"{q['decision']['passed']}/{q['decision']['total']}",
+                    num((q.get("mmad_average") or {}).get("Average"), 1),
+                ]
+            )
+    head = (
+        "Questions generated from the test split (MMAD format, 1-shot; percent); MMAD average: "
+        f"its macro mean over the subtasks asked here; {machines(docs)}."
+    )
+    header = ["category", "answerer", *(h for _, h in DIAGNOSE_TESTS), "location", "passed"]
+    header.append("MMAD average")
+    return head + note(docs) + "\n\n" + table(header, rows)
+
+
+def render_diagnose_speed(results: Path) -> str:
+    docs = _diagnose_docs(results, "diagnose-speed")
+    rows = []
+    for doc in docs:
+        run = doc["run"]
+        enc = "; ".join(f"{n} {num(e['seconds'], 1)} s" for n, e in doc["encoders"].items())
+        ans = "; ".join(
+            f"{n} {num(q['seconds_per_question'], 3)} s/question"
+            for n, q in doc["questions"].items()
+        )
+        shots = (run.get("detector_options") or {}).get("shots")
+        rows.append(
+            [
+                _data_label(doc),
+                f"{run['detector']}" + (f" ({shots} shots)" if shots else ""),
+                num(doc["seconds"], 0),
+                enc or "-",
+                ans or "-",
+            ]
+        )
+    head = f"One `run_diagnose` call alone on the machine; {machines(docs)}.{note(docs)}"
+    header = ["data", "detector", "total s", "encoder tests", "questions"]
+    return head + "\n\n" + table(header, rows)
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "patchcore-screw": render_patchcore_screw,
     "patchcore-speed": render_patchcore_speed,
@@ -589,6 +690,9 @@ RENDERERS: dict[str, Callable[[Path], str]] = {
     "batch-speed": render_batch_speed,
     "explain-accuracy": render_explain_accuracy,
     "explain-speed": render_explain_speed,
+    "diagnose-encoders": render_diagnose_encoders,
+    "diagnose-answerers": render_diagnose_answerers,
+    "diagnose-speed": render_diagnose_speed,
 }
 
 

@@ -113,6 +113,7 @@ def assert_no_text_tower(bb, width: int) -> None:
         lambda: bb.encode_text(["a cat"]),
         lambda: bb.project_tokens(torch.zeros(1, 4, width)),
         bb.logit_scale,
+        bb.logit_bias,
         bb.text_dims,
         lambda: bb.text_layer_module(1),
     ]

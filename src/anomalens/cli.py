@@ -1,4 +1,4 @@
-"""Command line: ``anomalens {benchmark,fit,predict,report,train,mvtec-ad2,demo}``.
+"""Command line: ``anomalens {benchmark,fit,predict,report,train,mvtec-ad2,demo,diagnose}``.
 
 The CLI only parses arguments, calls the Python API (:mod:`anomalens.evaluate`,
 :mod:`anomalens.inference`, :mod:`anomalens.demo`) and prints results.
@@ -376,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="use only K good training images (0: zero-shot, for methods that support it)",
     )
     p.set_defaults(handler=_cmd_demo)
+    _add_diagnose_parser(sub, common)
     return parser
 
 
@@ -426,6 +427,93 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from anomalens.report_html import report_from_run
 
     print(f"wrote {report_from_run(args.run_dir, progress=_progress(args))}")
+    return EXIT_OK
+
+
+# -- diagnose (issue 12): encoder and MMAD-style question tests; logic in anomalens.diagnose --
+def _add_diagnose_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "diagnose",
+        parents=[common],
+        help="how anomaly-aware is a model? encoder tests and MMAD-style VLM question tests",
+        description="Encoder tests (--backbone, --checkpoint) on a dataset with masks and "
+        "question tests (--vlm, --answerer, --detector) on questions generated from it or on "
+        "MMAD's mmad.json; writes OUT/diagnostic_results.json, OUT/diagnostics.md (.html), "
+        "OUT/figures/.",
+    )
+    p.add_argument("--backbone", action="append", default=[], metavar="SPEC", help="repeatable")
+    p.add_argument("--checkpoint", type=Path, metavar="DIR", help="AA-CLIP: before vs after")
+    p.add_argument(
+        "--vlm", action="append", default=[], metavar="SPEC", help="hf:... or openai:URL#MODEL"
+    )
+    p.add_argument(
+        "--answerer",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="scripted: always-yes, always-no, oracle, random-SEED (repeatable)",
+    )
+    p.add_argument(
+        "--detector", metavar="METHOD", help="a method fitted on the train split answers"
+    )
+    p.add_argument("--dataset", choices=DATASET_NAMES, help="dataset layout (with masks)")
+    p.add_argument("--root", type=Path, help="dataset root folder")
+    p.add_argument("--category", help="category (optional when --root holds only one)")
+    p.add_argument("--mmad", type=Path, metavar="JSON", help="MMAD's mmad.json")
+    p.add_argument(
+        "--mmad-root", type=Path, metavar="DIR", help="MMAD image root (default: its folder)"
+    )
+    p.add_argument("--layers", metavar="2+3,5", help="feature sets (taps joined by +; patchcore)")
+    p.add_argument("--image-size", type=_int_at_least(32), help="backbone input side")
+    p.add_argument(
+        "--max-images", type=_int_at_least(2), metavar="N", help="subsample the test split"
+    )
+    p.add_argument(
+        "--state-words", type=_name_list, default=(), metavar="A,B", help="extra anomalous words"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--normal-patches",
+        choices=("foreground", "all"),
+        default="foreground",
+        help="normal patches anywhere, or only on the object (%(default)s)",
+    )
+    p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
+    p.add_argument("--output", required=True, type=Path)
+    p.set_defaults(handler=_cmd_diagnose)
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from anomalens.diagnose import run_diagnose
+    from anomalens.diagnose.write import RESULTS_JSON, SUMMARY_MD, summary_lines
+
+    if (args.dataset is None) != (args.root is None):
+        raise ValueError("--dataset and --root go together")
+    results = run_diagnose(
+        args.output,
+        backbones=args.backbone,
+        checkpoint=args.checkpoint,
+        vlms=args.vlm,
+        answerers=args.answerer,
+        detector=args.detector,
+        dataset=args.dataset,
+        root=args.root,
+        category=args.category,
+        mmad=args.mmad,
+        mmad_root=args.mmad_root,
+        layers=args.layers,
+        image_size=args.image_size,
+        max_images=args.max_images,
+        state_words=args.state_words,
+        seed=args.seed,
+        normal_patches=args.normal_patches,
+        skip_bad=args.skip_bad,
+        figures=not args.no_figures,
+        progress=_progress(args),
+    )
+    print("\n".join(summary_lines(results)))
+    print(f"wrote {args.output / RESULTS_JSON} and {args.output / SUMMARY_MD}")
     return EXIT_OK
 
 

@@ -210,6 +210,14 @@ class Backbone(nn.Module):
         """The model's learned image-text logit scale (``exp(logit_scale)``)."""
         raise self._no_text()
 
+    def logit_bias(self) -> float | None:
+        """The learned bias of a sigmoid image-text loss (SigLIP: ``sigmoid(scale * cos + bias)``
+        is the probability that an image and a text match); None for softmax-trained models
+        (CLIP), whose logits are only read against each other."""
+        if not self.has_text:
+            raise self._no_text()
+        return None
+
     def text_dims(self) -> tuple[int, int]:
         """``(hidden width, number of blocks)`` of the text tower."""
         raise self._no_text()

@@ -40,6 +40,11 @@ class SigLIPBackbone(HFTextViT):
         normal and anomalous logits are compared (softmax over the two, or their difference)."""
         return super().logit_scale()
 
+    def logit_bias(self) -> float | None:
+        """``model.logit_bias``: with it, ``sigmoid(logit_scale * cos + logit_bias)`` is the
+        model's probability that an image and a prompt match (its training objective)."""
+        return float(self.model.logit_bias.detach())
+
     def _global_embedding(self, out: Any) -> torch.Tensor:
         pooled = out.pooler_output
         if pooled is None:  # vision_use_head=False

@@ -274,6 +274,16 @@ class AdaptedModel(nn.Module):
             pair = torch.stack([emb[: len(normal)].mean(0), emb[len(normal) :].mean(0)])
             return F.normalize(pair, dim=-1)
 
+    def encode_prompts(self, prompts: Sequence[str]) -> Tensor:
+        """Unit-norm embeddings ``[P, D]`` of prompts through the adapted text tower and the
+        text projection (``text`` anchors; used by the diagnostics' per-word table)."""
+        if self.anchor_source != "text":
+            raise ValueError("only text anchors encode prompts")
+        with self._text_hooks():
+            emb = self.backbone.encode_text(list(prompts))
+        with torch.no_grad():
+            return F.normalize(self.text_proj(emb.float()), dim=-1)
+
     def fixed_anchor_pair(self) -> Tensor:
         """``[2, D]`` anchors of ``learned`` / ``centroid`` sources (differentiable)."""
         if self.anchor_source == "learned":
