@@ -24,6 +24,7 @@ from tqdm import tqdm
 from anomalens.backbones.base import check_precision
 from anomalens.backbones.registry import DEFAULT_BACKBONE
 from anomalens.errors import CheckpointError, NotFittedError
+from anomalens.prediction import Prediction  # noqa: F401  (re-exported: the predict contract)
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -76,29 +77,6 @@ def check_at_least(config: Any, minimum: int, *names: str) -> None:
         value = getattr(config, name)
         if value is not None and value < minimum:
             raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
-@dataclass
-class Prediction:
-    """Detector output for a batch of images.
-
-    scores: ``[B]`` float32 image anomaly scores (higher = more anomalous).
-    maps: one float32 ``H x W`` anomaly map per image, at that image's own resolution.
-    threshold: calibrated image-score threshold (None when the detector is not calibrated).
-    pixel_threshold: calibrated threshold on map values, used for hotspots and boxes.
-    """
-
-    scores: np.ndarray
-    maps: list[np.ndarray]
-    threshold: float | None = None
-    pixel_threshold: float | None = None
-
-    @property
-    def is_defective(self) -> np.ndarray | None:
-        """``[B]`` booleans ``score >= threshold``, or None when there is no threshold."""
-        if self.threshold is None:
-            return None
-        return self.scores >= self.threshold
 
 
 @dataclass

@@ -1,0 +1,77 @@
+"""INT8: static QDQ quantisation of an exported graph with onnxruntime.quantization.
+
+Weights are quantised per channel (int8), activations per tensor (uint8) with ranges from the
+graph inputs of good images only (MinMax calibration). Only convolutions and matrix products are
+quantised (the backbone and the memory product); the nearest-neighbour re-rank, blur and scores
+stay float32, so the INT8 product only picks the candidates whose exact distance is computed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anomalens.export.runtime import graph_inputs
+
+#: Operators quantised (the rest of the graph stays float32).
+QUANTIZED_OPS = ("Conv", "MatMul")
+#: Calibration images fed per batch.
+CALIBRATION_BATCH = 4
+
+
+class _Reader:
+    """onnxruntime ``CalibrationDataReader`` over graph inputs of good images."""
+
+    def __init__(self, config: dict[str, Any], images: Sequence[np.ndarray]) -> None:
+        self.config, self.images = config, list(images)
+        self._it: Iterator[dict[str, np.ndarray]] | None = None
+
+    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, len(self.images), CALIBRATION_BATCH):
+            yield graph_inputs(self.config, self.images[start : start + CALIBRATION_BATCH])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._it is None:
+            self._it = self._batches()
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = None
+
+
+def quantize_int8(
+    model_path: str | Path, config: dict[str, Any], calibration: Sequence[np.ndarray]
+) -> Path:
+    """Replace the float32 graph at ``model_path`` by its INT8 QDQ version calibrated on
+    ``calibration`` (good RGB uint8 images)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if not calibration:
+        raise ValueError("INT8 quantisation needs calibration images")
+    reader = type("Reader", (_Reader, CalibrationDataReader), {})(config, calibration)
+    model_path = Path(model_path)
+    with tempfile.TemporaryDirectory(dir=model_path.parent) as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(model_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(model_path),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=list(QUANTIZED_OPS),
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+    return model_path
