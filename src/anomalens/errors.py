@@ -39,3 +39,7 @@ class UntrainedError(AnomalensError):
 
 class ResumeError(AnomalensError):
     """The resume state of a training run does not belong to this run."""
+
+
+class ServiceError(AnomalensError):
+    """The REST service cannot start as configured (e.g. no token on a public address)."""

@@ -104,6 +104,17 @@ def trace_to_onnx(spec: Any, feeds: dict[str, np.ndarray], path: Path, exporter:
             program.save(str(path))
 
 
+def read_calibration_images(folder: str | os.PathLike, n: int = 32) -> list[np.ndarray]:
+    """Up to ``n`` images spread evenly over the image files of ``folder`` (good images only:
+    INT8 ranges must not be learned from defects)."""
+    from anomalens.data.io import load_image
+    from anomalens.data.transforms import spread_indices
+    from anomalens.inference import collect_images
+
+    paths = collect_images([folder])
+    return [load_image(paths[i]) for i in spread_indices(len(paths), n)]
+
+
 def _replace_folder(tmp: Path, output: Path) -> None:
     """Move the finished folder ``tmp`` to ``output`` atomically (the old one is removed)."""
     old = None

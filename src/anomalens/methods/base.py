@@ -356,8 +356,13 @@ def checkpoint_method(folder: str | Path) -> str | None:
 
 
 def load_detector(folder: str | Path) -> Detector:
-    """Load any saved detector, dispatching on the ``method`` in its ``config.json``."""
+    """Load any saved detector, dispatching on the ``method`` in its ``config.json``; an ONNX
+    export (``anomalens export``) loads as an :class:`~anomalens.export.OnnxDetector`."""
+    from anomalens.export.runtime import OnnxDetector, is_exported
     from anomalens.methods import METHODS
+
+    if is_exported(folder):
+        return OnnxDetector.load(folder)  # type: ignore[return-value]  (same predict contract)
 
     method = checkpoint_method(folder)
     if method not in METHODS:
