@@ -4,6 +4,9 @@ Weights are quantised per channel (int8), activations per tensor (uint8) with ra
 graph inputs of good images only (MinMax calibration). Only convolutions and matrix products are
 quantised (the backbone and the memory product); the nearest-neighbour re-rank, blur and scores
 stay float32, so the INT8 product only picks the candidates whose exact distance is computed.
+The first convolution (stem / patch embedding) and depthwise convolutions stay float32: with
+them quantised, EfficientNet-Lite PatchCore scored good synthetic test images 58 instead of 17
+(torch); without, 21 (docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -43,6 +46,18 @@ class _Reader:
         self._it = None
 
 
+def float_nodes(model_path: str | Path) -> list[str]:
+    """Names of the convolutions kept float32: the first one and the depthwise ones."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    depthwise = [
+        n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)
+    ]
+    return [convs[0].name, *depthwise] if convs else []
+
+
 def quantize_int8(
     model_path: str | Path, config: dict[str, Any], calibration: Sequence[np.ndarray]
 ) -> Path:
@@ -63,6 +78,7 @@ def quantize_int8(
     with tempfile.TemporaryDirectory(dir=model_path.parent) as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(model_path), str(prepared), skip_symbolic_shape=True)
+        excluded = float_nodes(prepared)
         quantize_static(
             str(prepared),
             str(model_path),
@@ -72,6 +88,7 @@ def quantize_int8(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             op_types_to_quantize=list(QUANTIZED_OPS),
+            nodes_to_exclude=excluded,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
     return model_path
