@@ -86,7 +86,7 @@ def test_predict_multipart_and_json_give_exact_results():
         assert spot["boxes"][0] | {"score": 0} == {
             "x0": 30, "y0": 20, "x1": 40, "y1": 28, "score": 0, "area": 80
         }
-        assert spot["findings"][0].startswith("region 10x8 px at (30, 20)")
+        assert spot["findings"][0].startswith("10x8 px at (30, 20), 2.6% of the image")
         assert dark["boxes"] == [] and dark["explanation"] is None
         assert spot["timings"]["batch_size"] == 2 and model.calls == [2]
         assert "overlay" not in spot

@@ -195,7 +195,7 @@ def _findings(boxes: list[Any], pixel_threshold: float, shape: tuple[int, int]) 
         ratio = b.score / pixel_threshold if pixel_threshold > 0 else float("nan")
         share = 100.0 * b.area / (shape[0] * shape[1])
         out.append(
-            f"region {b.width}x{b.height} px at ({b.x0}, {b.y0}), {share:.1f}% of the image, "
+            f"{b.width}x{b.height} px at ({b.x0}, {b.y0}), {share:.1f}% of the image, "
             f"peak {b.score:.3g} = {ratio:.2f}x the pixel threshold"
         )
     return out

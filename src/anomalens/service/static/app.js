@@ -203,8 +203,9 @@ async function upload(files) {
   setupSlider();
   state.records.forEach(updateCard);
   renderHistory();
-  const ms = body.results.map((r) => r.timings.total_ms);
-  $("#status").textContent = "scored " + body.results.length + " image(s) in " + fmt(Math.max(...ms)) + " ms";
+  const ms = Math.max(...body.results.map((r) => r.timings.total_ms));
+  const n = body.results.length;
+  $("#status").textContent = "scored " + n + " image" + (n > 1 ? "s" : "") + " in " + Math.round(ms) + " ms";
 }
 
 function init() {
