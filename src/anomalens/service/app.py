@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -289,6 +290,13 @@ def create_app(
     returning objects with ``to_dict()`` (``anomalens.explain``), or None.
     """
     config = config or ServiceConfig()
+    # decoding and post-processing are CPU work: one thread per core, not starlette's 40 (which
+    # multiplied allocator arenas and oversubscribed the cores under load)
+    workers = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="http-work")
+
+    async def in_workers(fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(workers, fn, *args)
+
     if isinstance(model, str | os.PathLike):
         model_folder, model = model, load_model(model)
     slot = _slot(model, None if model_folder is None else str(model_folder))
@@ -307,6 +315,7 @@ def create_app(
         finally:
             state["ready"] = False
             await batcher.stop()
+            workers.shutdown(wait=True)
 
     app = FastAPI(
         title="anomalens",
@@ -397,7 +406,7 @@ def create_app(
         files = await _uploads(request, body, config.limits)
         request.state.images = len(files)
         try:
-            images = await run_in_threadpool(
+            images = await in_workers(
                 lambda: [decode_image(data, name, config.limits) for name, data in files]
             )
         except UploadError as exc:
@@ -414,7 +423,7 @@ def create_app(
                 {"Retry-After": str(RETRY_AFTER)},
             ) from exc
         names = [name for name, _ in files]
-        results = await run_in_threadpool(
+        results = await in_workers(
             _results, names, images, scored, overlay, explainer, config.top_k
         )
         total = (time.perf_counter() - t0) * 1000
