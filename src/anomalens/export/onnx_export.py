@@ -91,7 +91,8 @@ def trace_to_onnx(spec: Any, feeds: dict[str, np.ndarray], path: Path, exporter:
             )
         else:
             batch = torch.export.Dim("batch", min=1, max=1024)
-            shapes = tuple({0: batch} for _ in spec.inputs)
+            # forward(pixels, *extra): the extra inputs are one varargs entry
+            shapes = ({0: batch}, tuple({0: batch} for _ in spec.inputs[1:]))
             program = torch.onnx.export(
                 spec.module,
                 args,
