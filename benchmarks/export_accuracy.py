@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from anomalens.data.transforms import spread_indices
 from anomalens.evaluate import environment, load_samples

@@ -1,8 +1,9 @@
 """Load and fault test of ``anomalens serve`` on loopback: 50 concurrent clients, good and bad
 requests mixed, bounded in requests and time.
 
-    python benchmarks/load_service.py --model runs/bench_export/screw/fp32 \
-        --images ../shared/data/mvtec_ad/screw/test/good --json benchmarks/results/service-load/main.json
+    python benchmarks/load_service.py --model runs/export_accuracy/screw/fp32 \
+        --images ../shared/data/mvtec_ad/screw/test/good \
+        --json benchmarks/results/service-load/screw_onnx.json
 
 Starts the service in a subprocess on 127.0.0.1 with a token, waits for ``/readyz``, then
 ``--clients`` clients send ``--requests`` requests in all (or stop after ``--seconds``), each
@@ -10,7 +11,8 @@ drawn from the mix: good images (expect 200), corrupt PNG data (400), an upload 
 limit (413), a wrong content type (415) and a missing token (401). Prints throughput, latency
 percentiles, counts by status and by kind, connection errors, and the server's RSS before and
 after (from /proc: idle after warm-up, after the first half of the requests at full
-concurrency, after the second half; "flat" compares the last two). Target: no 5xx, no dropped connection, every bad request a 4xx, flat RSS.
+concurrency, after the second half; "flat" compares the last two). Target: no 5xx, no dropped
+connection, every bad request a 4xx, flat RSS.
 """
 
 from __future__ import annotations
@@ -36,8 +38,13 @@ from export_accuracy import cpu_flags
 from anomalens.evaluate import environment
 from anomalens.runtime import cpu_isa
 
-MIX = (("good", 0.6, 200), ("corrupt", 0.1, 400), ("oversized", 0.1, 413),
-       ("content_type", 0.1, 415), ("no_token", 0.1, 401))
+MIX = (
+    ("good", 0.6, 200),
+    ("corrupt", 0.1, 400),
+    ("oversized", 0.1, 413),
+    ("content_type", 0.1, 415),
+    ("no_token", 0.1, 401),
+)
 
 
 def rss_mb(pid: int) -> float:
@@ -136,8 +143,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         token_file = Path(tmp) / "token"
         token_file.write_text(token)
-        cmd = [sys.executable, "-m", "anomalens", "serve", "--model", str(args.model),
-               "--port", str(port), "--token-file", str(token_file)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "anomalens",
+            "serve",
+            "--model",
+            str(args.model),
+            "--port",
+            str(port),
+            "--token-file",
+            str(token_file),
+        ]
         log = open(Path(tmp) / "server.log", "w")  # noqa: SIM115
         server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -153,8 +170,12 @@ def main() -> None:
             goods = good_payloads(args.images)
             # warm-up (first predict, overlay imports), then the baseline RSS
             for name, data in goods[:2]:
-                httpx.post(f"{url}/v1/predict", files={"files": (name, data)},
-                           headers={"Authorization": f"Bearer {token}"}, timeout=60)
+                httpx.post(
+                    f"{url}/v1/predict",
+                    files={"files": (name, data)},
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=60,
+                )
             rss_idle = rss_mb(server.pid)
             # two halves: RSS after the first (warm, at full concurrency) vs after the second
             half = args.requests // 2
@@ -172,7 +193,8 @@ def main() -> None:
             server.wait(timeout=60)
             log.close()
         access_lines = sum(
-            1 for line in (Path(tmp) / "server.log").read_text().splitlines()
+            1
+            for line in (Path(tmp) / "server.log").read_text().splitlines()
             if line.startswith('{"time"')
         )
     expected = {k: s for k, _, s in MIX}
@@ -209,8 +231,11 @@ def main() -> None:
         "cpu_flags": cpu_flags(),
         "environment": environment() | {"cpu_isa": cpu_isa()},
     }
-    print(json.dumps({k: v for k, v in out.items() if k not in ("environment", "cpu_flags")},
-                     indent=1))
+    print(
+        json.dumps(
+            {k: v for k, v in out.items() if k not in ("environment", "cpu_flags")}, indent=1
+        )
+    )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")

@@ -389,8 +389,12 @@ def render_export_speed(results: Path) -> str:
     for d in docs:
         for name, r in d["rows"].items():
             rows.append(
-                [d["category"], name, num(r["batch1_ms_per_image"], 1),
-                 num(r["batch4_ms_per_image"], 1)]
+                [
+                    d["category"],
+                    name,
+                    num(r["batch1_ms_per_image"], 1),
+                    num(r["batch4_ms_per_image"], 1),
+                ]
             )
     d = docs[0]
     head = (
@@ -426,8 +430,16 @@ def render_service_load(results: Path) -> str:
         "mix: 60% good images, 10% each corrupt, over 20 MB, wrong content type, no token; "
         f"{machines(docs)}."
     )
-    header = ["load", "requests/s", "images/s", "good p50 / p95 / p99 ms", "status counts",
-              "5xx", "dropped", "RSS MB idle / half / end"]
+    header = [
+        "load",
+        "requests/s",
+        "images/s",
+        "good p50 / p95 / p99 ms",
+        "status counts",
+        "5xx",
+        "dropped",
+        "RSS MB idle / half / end",
+    ]
     return head + "\n\n" + table(header, rows)
 
 

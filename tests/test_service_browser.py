@@ -63,7 +63,8 @@ def test_page_upload_verdict_boxes_slider_history(browser, exported, tmp_path):
             box = boxes[0].bounding_box()
             cx = (box["x"] + box["width"] / 2 - fig["x"]) / fig["width"] * 256
             cy = (box["y"] + box["height"] / 2 - fig["y"]) / fig["height"] * 256
-            assert 90 < cx < 146 and 96 < cy < 152, (cx, cy)
+            assert 90 < cx < 146, cx
+            assert 96 < cy < 152, cy
             page.set_input_files("#files", [str(tmp_path / "part_018.png")])
             page.wait_for_selector(".card[data-name='part_018.png']", timeout=30_000)
             verdicts = page.eval_on_selector_all(
@@ -82,7 +83,8 @@ def test_page_upload_verdict_boxes_slider_history(browser, exported, tmp_path):
                 page.click("#csv")
             csv = Path(download.value.path()).read_text()
             assert csv.splitlines()[0] == '"time","image","score","threshold","verdict","regions"'
-            assert '"part_017.png"' in csv and '"OK"' in csv
+            assert '"part_017.png"' in csv
+            assert '"OK"' in csv
             page.fill("#filter", "")
             page.click("#threshold-reset")
             assert card.query_selector(".verdict").text_content() == "DEFECTIVE"

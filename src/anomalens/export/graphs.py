@@ -157,7 +157,7 @@ class PatchCoreGraph(nn.Module):
             self.normalize(pixels), self.layers, with_global=False, grad=True
         )
         pf = pool_patches(feats, self.neighbourhood, self.grid_index)
-        b, h, w, dim = pf.shape
+        _, h, w, dim = pf.shape
         dist = self.search(pf.reshape(-1, dim)).sqrt()
         if self.use_foreground:
             wt = weights[0]
@@ -209,7 +209,7 @@ class AnomalyDINOGraph(nn.Module):
         if self.final_norm:
             feats = Features([self.norm(t).float() for t in feats.tokens], feats.grids)
         pf = pool_patches(feats, self.neighbourhood, normalize=True)
-        b, h, w, dim = pf.shape
+        _, h, w, dim = pf.shape
         dist = self.search(pf.reshape(-1, dim)).sqrt()
         dist = dist.square().mul(0.5).clamp(0.0, 2.0).view(-1, h * w)
         if self.use_foreground:
@@ -292,7 +292,7 @@ class WinCLIPGraph(nn.Module):
         if self.use_memory:
             mf = Features([by_layer[k] for k in self.m_layers], [grids[k] for k in self.m_layers])
             pf = pool_patches(mf, self.neighbourhood, normalize=True)
-            b, h, w, dim = pf.shape
+            _, h, w, dim = pf.shape
             dist = self.search(pf.reshape(-1, dim)).sqrt()
             dist = dist.square().mul(0.5).clamp(0.0, 2.0)
             mem_s = upsample_smooth(dist.view(-1, h, w) / 2, self.size, self.sigma)

@@ -52,9 +52,7 @@ def float_nodes(model_path: str | Path) -> list[str]:
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
     convs = [n for n in graph.node if n.op_type == "Conv"]
-    depthwise = [
-        n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)
-    ]
+    depthwise = [n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
     return [convs[0].name, *depthwise] if convs else []
 
 

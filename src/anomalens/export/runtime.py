@@ -113,7 +113,9 @@ class OnnxDetector:
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from exc
         if config.get("format") != EXPORT_FORMAT:
-            raise CheckpointError(f"{cfg_path}: not an ONNX export (format {config.get('format')!r})")
+            raise CheckpointError(
+                f"{cfg_path}: not an ONNX export (format {config.get('format')!r})"
+            )
         if int(config.get("export_version", -1)) > EXPORT_VERSION:
             raise CheckpointError(f"{cfg_path}: written by a newer anomalens")
         self.config = config

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from anomalens.backbones.base import check_precision
 from anomalens.backbones.registry import DEFAULT_BACKBONE
 from anomalens.errors import CheckpointError, NotFittedError
-from anomalens.prediction import Prediction  # noqa: F401  (re-exported: the predict contract)
+from anomalens.prediction import Prediction  # re-exported: the predict contract
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"

@@ -181,7 +181,7 @@ async def _uploads(request: Request, body: bytes, limits: Limits) -> list[tuple[
         raise APIError(
             415,
             f"unsupported content type {ctype or '(none)'!r}: send multipart/form-data "
-            "(field 'files') or application/json ({\"images\": [{\"name\", \"data\"}]})",
+            '(field \'files\') or application/json ({"images": [{"name", "data"}]})',
         )
     if not files:
         raise APIError(400, "no images in the request (multipart field 'files' or JSON 'images')")
@@ -246,7 +246,9 @@ def _results(
     for name, img, s, expl in zip(names, images, scored, explanations, strict=True):
         pt = s.pixel_threshold
         boxes = hotspots(s.map, pt, top_k=top_k) if pt is not None else []
-        verdict = "unknown" if s.threshold is None else "defective" if s.score >= s.threshold else "ok"
+        verdict = (
+            "unknown" if s.threshold is None else "defective" if s.score >= s.threshold else "ok"
+        )
         item: dict[str, Any] = {
             "name": name,
             "width": int(img.shape[1]),
@@ -329,7 +331,9 @@ def create_app(
     async def authorized(request: Request) -> None:
         if token is not None and not token_matches(request.headers.get("authorization"), token):
             raise APIError(
-                401, "missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="anomalens"'}
+                401,
+                "missing or wrong bearer token",
+                {"WWW-Authenticate": 'Bearer realm="anomalens"'},
             )
 
     @app.exception_handler(APIError)
@@ -428,7 +432,10 @@ def create_app(
         )
         total = (time.perf_counter() - t0) * 1000
         for item in results:
-            item["timings"] |= {"decode_ms": round((t1 - t0) * 1000, 2), "total_ms": round(total, 2)}
+            item["timings"] |= {
+                "decode_ms": round((t1 - t0) * 1000, 2),
+                "total_ms": round(total, 2),
+            }
         return {"model": scored[0].model.info, "results": results}
 
     @app.post(

@@ -68,8 +68,9 @@ def decode_image(data: bytes, name: str, limits: Limits) -> np.ndarray:
     fmt = sniff_format(data)
     if fmt is None:
         raise UploadError(
-            415, f"{name}: not an image in a supported format ({', '.join(FORMATS)}; "
-            "the format is read from the bytes, not the file name)"
+            415,
+            f"{name}: not an image in a supported format ({', '.join(FORMATS)}; "
+            "the format is read from the bytes, not the file name)",
         )
     try:
         with warnings.catch_warnings():
@@ -89,4 +90,6 @@ def decode_image(data: bytes, name: str, limits: Limits) -> np.ndarray:
     except Image.DecompressionBombError as exc:
         raise UploadError(413, f"{name}: image too large ({exc})") from exc
     except (*_DECODE_ERRORS, Image.UnidentifiedImageError) as exc:
-        raise UploadError(400, f"{name}: cannot decode the {fmt} data (corrupt or truncated)") from exc
+        raise UploadError(
+            400, f"{name}: cannot decode the {fmt} data (corrupt or truncated)"
+        ) from exc
