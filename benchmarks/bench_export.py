@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 import torch
-from export_accuracy import cpu_flags
 
 from anomalens.data.transforms import spread_indices
 from anomalens.evaluate import environment, load_samples
 from anomalens.export import OnnxDetector, export_model
+from anomalens.export.quantize import int8_instruction_sets
 from anomalens.methods.base import load_detector
 from anomalens.runtime import cpu_isa
 
@@ -102,7 +102,7 @@ def main() -> None:
         "repeats": args.repeats,
         "rows": rows,
         "onnxruntime_threads": "default (all cores)",
-        "cpu_flags": cpu_flags(),
+        "cpu_flags": int8_instruction_sets(),
         "environment": environment()
         | {"cpu_isa": cpu_isa(), "torch_threads": torch.get_num_threads(), "pid": os.getpid()},
     }

@@ -22,29 +22,10 @@ import numpy as np
 from anomalens.data.transforms import spread_indices
 from anomalens.evaluate import environment, load_samples
 from anomalens.export import OnnxDetector, export_model
+from anomalens.export.quantize import int8_instruction_sets
 from anomalens.methods.base import load_detector
 from anomalens.metrics import compute_all
 from anomalens.runtime import cpu_isa
-
-
-def cpu_flags() -> dict[str, bool]:
-    """Instruction sets that matter for INT8 (from /proc/cpuinfo)."""
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    return {
-        "avx2": "avx2" in flags,
-        "avx512f": "avx512f" in flags,
-        "avx512_vnni": "avx512_vnni" in flags,
-        "avx_vnni": "avx_vnni" in flags,
-        "amx_int8": "amx_int8" in flags,
-    }
 
 
 def _metrics(pred, labels, masks) -> dict[str, float]:
@@ -125,7 +106,7 @@ def main() -> None:
         "int8_image_auroc_drop": round(drop, 4),
         "export_seconds": {"fp32": round(fp32_s, 1), "int8": round(int8_s, 1)},
         "predict_seconds": seconds,
-        "cpu_flags": cpu_flags(),
+        "cpu_flags": int8_instruction_sets(),
         "environment": environment() | {"cpu_isa": cpu_isa()},
     }
     print(json.dumps(diffs))

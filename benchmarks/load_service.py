@@ -33,9 +33,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from export_accuracy import cpu_flags
 
 from anomalens.evaluate import environment
+from anomalens.export.quantize import int8_instruction_sets
 from anomalens.runtime import cpu_isa
 
 MIX = (
@@ -228,7 +228,7 @@ def main() -> None:
         "rss_mb_before": round(rss_before, 1),
         "rss_mb_after": round(rss_after, 1),
         "access_log_lines": access_lines,
-        "cpu_flags": cpu_flags(),
+        "cpu_flags": int8_instruction_sets(),
         "environment": environment() | {"cpu_isa": cpu_isa()},
     }
     print(

@@ -26,7 +26,10 @@ SCORE_RTOL, MAP_TOL = 1e-4, 1e-3
 
 
 #: torch.onnx's tracer warns about every Python branch on shapes (expected: shapes are fixed)
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
+]
 
 
 @pytest.fixture(scope="module")

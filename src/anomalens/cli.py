@@ -315,6 +315,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         images = read_calibration_images(args.calibration, args.calibration_images)
     out = export_model(args.model, args.output, int8=args.int8, calibration=images)
     print(f"wrote {out / 'model.onnx'} and {out / 'config.json'}")
+    if args.int8:
+        from anomalens.export.quantize import describe_int8_support
+
+        print(f"{describe_int8_support()} (measure with benchmarks/bench_export.py)")
     return EXIT_OK
 
 

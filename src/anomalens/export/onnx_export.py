@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,11 @@ def trace_to_onnx(spec: Any, feeds: dict[str, np.ndarray], path: Path, exporter:
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     args = tuple(torch.from_numpy(feeds[name]) for name in spec.inputs)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the tracer's notes on Python branches over fixed shapes, and the legacy exporter's
+        # deprecation notice (docs/deploy.md: why it is still the default)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         if exporter == "legacy":
             axes = {name: {0: "batch"} for name in [*spec.inputs, *spec.outputs]}
             torch.onnx.export(

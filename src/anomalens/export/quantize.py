@@ -26,6 +26,30 @@ QUANTIZED_OPS = ("Conv", "MatMul")
 CALIBRATION_BATCH = 4
 
 
+def int8_instruction_sets() -> dict[str, bool]:
+    """Which instruction sets with fast int8 dot products the CPU has (``/proc/cpuinfo``; all
+    False elsewhere): AVX512-VNNI, AVX-VNNI, AMX-INT8; plus AVX2 and AVX512F."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    names = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    return {name: name in flags for name in names}
+
+
+def describe_int8_support() -> str:
+    """One line for users: ``INT8 speed depends on ...; this CPU has: ...``."""
+    isa = int8_instruction_sets()
+    fast = [n for n in ("avx512_vnni", "avx_vnni", "amx_int8") if isa[n]]
+    has = ", ".join(n.upper().replace("_", "-") for n in fast) or "none of them"
+    return f"INT8 speed depends on AVX512-VNNI, AVX-VNNI or AMX-INT8; this CPU has {has}"
+
+
 class _Reader:
     """onnxruntime ``CalibrationDataReader`` over graph inputs of good images."""
 
