@@ -92,7 +92,7 @@ def load_model(folder: str | os.PathLike) -> Any:
 
 def describe_model(model: Any, folder: str | None) -> dict[str, Any]:
     """Method, backbone, thresholds, runtime and version of a loaded model."""
-    if hasattr(model, "describe") and not hasattr(model, "config_class"):
+    if hasattr(model, "describe"):  # OnnxDetector (torch detectors describe their config)
         info = dict(model.describe())
     else:
         c = model.config
