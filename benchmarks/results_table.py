@@ -30,7 +30,10 @@ Tables (name: folder under ``benchmarks/results`` and files):
 * ``batch-speed``: ``batch-speed/screw.json`` of ``bench_batch.py run ... --json``;
 * ``explain-accuracy``: ``explain-accuracy/<category>.json`` of ``bench_explain_accuracy.py``;
 * ``explain-speed``: ``explain-speed/main.json`` of ``bench_explain_speed.py --json``;
-* ``diagnose-encoders`` / ``diagnose-answerers``: ``diagnose/<category>.json`` of.
+* ``diagnose-encoders`` / ``diagnose-answerers``: ``diagnose/<category>.json`` of;
+* ``export-accuracy``: ``export-accuracy/<category>.json`` of ``export_accuracy.py --json``;
+* ``export-speed``: ``export-speed/*.json`` of ``bench_export.py --json``;
+* ``service-load``: ``service-load/*.json`` of ``load_service.py --json``.
 """
 
 from __future__ import annotations
@@ -677,6 +680,100 @@ def render_diagnose_speed(results: Path) -> str:
     return head + "\n\n" + table(header, rows)
 
 
+def _flags(d: dict[str, Any]) -> str:
+    """``AVX512-VNNI no, AVX-VNNI no, AMX no`` from a ``cpu_flags`` dict."""
+    f = d.get("cpu_flags", {})
+    names = (("AVX512-VNNI", "avx512_vnni"), ("AVX-VNNI", "avx_vnni"), ("AMX", "amx_int8"))
+    return ", ".join(f"{label} {'yes' if f.get(key) else 'no'}" for label, key in names)
+
+
+def render_export_accuracy(results: Path) -> str:
+    docs = [load(p) for p in files(results, "export-accuracy")]
+    rows = []
+    for d in docs:
+        subset = "" if d["n_test"] == d["n_test_available"] else f" ({d['n_test']} of "
+        subset += f"{d['n_test_available']} test images)" if subset else ""
+        for name, m in d["rows"].items():
+            diff = d["differences_to_torch"].get(name, {})
+            rows.append(
+                [f"{d['category']}{subset}", name]
+                + [num(m[key], 3) for _, key in METRICS]
+                + [f"{diff['score_rel_max']:.1e}" if diff else "-"]
+                + [f"{diff['map_rel_range_max']:.1e}" if diff else "-"]
+            )
+    head = (
+        f"PatchCore ({docs[0]['backbone']}, defaults) saved by `anomalens fit`, exported by "
+        f"`benchmarks/export_accuracy.py`; INT8 calibrated on {docs[0]['calibration_images']} good "
+        f"train images; {machines(docs)}."
+    )
+    header = ["category", "runtime", *(m for m, _ in METRICS), "max score diff", "max map diff"]
+    tail = (
+        "Score diff: largest |ONNX - torch| / |torch| over the test images; map diff: largest "
+        "|ONNX - torch| over each map's range."
+    )
+    return head + "\n\n" + table(header, rows) + "\n\n" + tail
+
+
+def render_export_speed(results: Path) -> str:
+    docs = [load(p) for p in files(results, "export-speed")]
+    rows = []
+    for d in docs:
+        for name, r in d["rows"].items():
+            rows.append(
+                [
+                    d["category"],
+                    name,
+                    num(r["batch1_ms_per_image"], 1),
+                    num(r["batch4_ms_per_image"], 1),
+                ]
+            )
+    d = docs[0]
+    head = (
+        f"ms/image of the whole `predict` ({d['method']}, {d['backbone']} at {d['image_size']} px) "
+        f"on {d['n_images']} test images in memory, variants taking turns, best of "
+        f"{d['repeats']}; onnxruntime threads: {d['onnxruntime_threads']}; {machines(docs)}; "
+        f"{_flags(d)}."
+    )
+    return head + "\n\n" + table(["category", "runtime", "batch 1", "batch 4"], rows)
+
+
+def render_service_load(results: Path) -> str:
+    docs = [load(p) for p in files(results, "service-load")]
+    rows = []
+    for d in docs:
+        lat = d["latency_ms_good"]
+        codes = ", ".join(f"{k}: {v}" for k, v in sorted(d["by_status"].items()))
+        rows.append(
+            [
+                f"{d['clients']} clients, {d['requests_sent']} requests",
+                num(d["throughput_rps"], 1),
+                num(d["good_images_per_s"], 1),
+                f"{num(lat.get('p50'), 0)} / {num(lat.get('p95'), 0)} / {num(lat.get('p99'), 0)}",
+                codes,
+                str(d["server_5xx"]),
+                str(d["connection_errors"]),
+                f"{num(d['rss_mb_idle'], 0)} / {num(d['rss_mb_before'], 0)} / "
+                f"{num(d['rss_mb_after'], 0)}",
+            ]
+        )
+    head = (
+        f"`benchmarks/load_service.py` against `anomalens serve` on loopback ({docs[0]['model']}); "
+        "mix: 60% good images, 10% each corrupt, over 20 MB, wrong content type, no token; "
+        f"{machines(docs)}."
+    )
+    header = [
+        "load",
+        "requests/s",
+        "images/s",
+        "good p50 / p95 / p99 ms",
+        "status counts",
+        "5xx",
+        "dropped",
+        "RSS MB idle / half / end",
+    ]
+    return head + "\n\n" + table(header, rows)
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "patchcore-screw": render_patchcore_screw,
     "patchcore-speed": render_patchcore_speed,
@@ -693,6 +790,9 @@ RENDERERS: dict[str, Callable[[Path], str]] = {
     "diagnose-encoders": render_diagnose_encoders,
     "diagnose-answerers": render_diagnose_answerers,
     "diagnose-speed": render_diagnose_speed,
+    "export-accuracy": render_export_accuracy,
+    "export-speed": render_export_speed,
+    "service-load": render_service_load,
 }
 
 

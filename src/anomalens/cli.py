@@ -377,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_cmd_demo)
     _add_diagnose_parser(sub, common)
+    _add_deploy_commands(sub, common)
     return parser
 
 
@@ -514,6 +515,70 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     )
     print("\n".join(summary_lines(results)))
     print(f"wrote {args.output / RESULTS_JSON} and {args.output / SUMMARY_MD}")
+    return EXIT_OK
+
+
+# -- deployment (issue 13): export and serve; the logic is in anomalens.export / .service --
+def _add_deploy_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "export",
+        parents=[common],
+        help="export a saved model to ONNX (optionally INT8) for the torch-free runtime",
+        description="Write OUT/model.onnx and OUT/config.json: the whole predict path from uint8 "
+        "pixels in one graph, run by onnxruntime alone (anomalens predict/serve accept OUT).",
+    )
+    p.add_argument("--model", required=True, type=Path, metavar="MODEL_DIR")
+    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument("--output", required=True, type=Path, metavar="OUT")
+    p.add_argument("--int8", action="store_true", help="static INT8 QDQ, per-channel weights")
+    p.add_argument("--calibration", type=Path, metavar="DIR", help="good images for --int8")
+    p.add_argument(
+        "--calibration-images", type=_int_at_least(1), default=32, metavar="N", help="(32)"
+    )
+    p.set_defaults(handler=_cmd_export)
+    p = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="REST service and inspection page for a saved or exported model",
+        description="Serve MODEL_DIR over HTTP: POST /v1/predict, GET /v1/model, /healthz, "
+        "/readyz, the inspection page at / and the API docs at /docs. A token (--token-file "
+        "or $ANOMALENS_TOKEN) is required on any address but loopback.",
+    )
+    p.add_argument("--model", required=True, type=Path, metavar="MODEL_DIR")
+    p.add_argument("--explain", metavar="SPEC", help="explainer spec (anomalens.explain)")
+    p.add_argument("--host", default="127.0.0.1", help="%(default)s")
+    p.add_argument("--port", type=_int_at_least(1), default=8000, help="%(default)s")
+    p.add_argument("--token-file", type=Path, metavar="F")
+    p.set_defaults(handler=_cmd_serve)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from anomalens.export.onnx_export import export_model, read_calibration_images
+
+    if args.int8 and args.calibration is None:
+        raise ValueError("--int8 needs --calibration DIR (a folder of good images)")
+    images = None
+    if args.int8:
+        images = read_calibration_images(args.calibration, args.calibration_images)
+    out = export_model(args.model, args.output, int8=args.int8, calibration=images)
+    print(f"wrote {out / 'model.onnx'} and {out / 'config.json'}")
+    if args.int8:
+        from anomalens.export.quantize import describe_int8_support
+
+        print(f"{describe_int8_support()} (measure with benchmarks/bench_export.py)")
+    return EXIT_OK
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from anomalens.service import serve
+
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        token_file=args.token_file,
+        explain=args.explain,
+    )
     return EXIT_OK
 
 

@@ -66,3 +66,7 @@ class EngineError(AnomalensError):
 
 class ExplainerError(AnomalensError):
     """An explainer (VLM server or model) failed: unreachable, missing model, bad reply."""
+
+
+class ServiceError(AnomalensError):
+    """The REST service cannot start as configured (e.g. no token on a public address)."""

@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from anomalens.data.transforms import spread_indices
+
+if TYPE_CHECKING:  # torch is imported by the functions that need it (the ONNX runtime has none)
+    import torch
 
 __all__ = [
     "FOREGROUND_MODES",
@@ -37,6 +39,8 @@ MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard
 
 def _gaussian_kernel(sigma: float) -> list[float]:
     """Normalised 1-D Gaussian weights with radius ``int(4 * sigma + 0.5)`` (as scipy's default)."""
+    import torch
+
     radius = int(4.0 * sigma + 0.5)
     x = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
@@ -45,6 +49,8 @@ def _gaussian_kernel(sigma: float) -> list[float]:
 
 def _pad(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
     """Reflect-pad ``x [B, 1, H, W]`` along ``dim`` (-1 or -2); replicate if the map is tiny."""
+    import torch.nn.functional as F
+
     size = x.shape[dim]
     mode = "reflect" if radius < size else "replicate"  # reflect needs padding < size
     pad = (radius, radius, 0, 0) if dim == -1 else (0, 0, radius, radius)
@@ -253,6 +259,8 @@ def use_foreground(setting: str, images: Sequence[np.ndarray]) -> bool:
 
 def patch_masks(images: Sequence[np.ndarray], grid: tuple[int, int]) -> torch.Tensor:
     """``[B, h, w]`` bool: patches overlapping each image's :func:`foreground_mask`."""
+    import torch
+
     masks = []
     for img in images:
         fg = foreground_mask(img).astype(np.float32)

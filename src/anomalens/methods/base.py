@@ -26,6 +26,7 @@ from anomalens.atomic import atomic_write_json, atomic_write_with, check_output_
 from anomalens.backbones.base import check_precision
 from anomalens.backbones.registry import DEFAULT_BACKBONE
 from anomalens.errors import CheckpointError, NotFittedError, WriteError
+from anomalens.prediction import Prediction  # re-exported: the predict contract
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -90,29 +91,6 @@ def check_at_least(config: Any, minimum: int, *names: str) -> None:
         value = getattr(config, name)
         if value is not None and value < minimum:
             raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
-@dataclass
-class Prediction:
-    """Detector output for a batch of images.
-
-    scores: ``[B]`` float32 image anomaly scores (higher = more anomalous).
-    maps: one float32 ``H x W`` anomaly map per image, at that image's own resolution.
-    threshold: calibrated image-score threshold (None when the detector is not calibrated).
-    pixel_threshold: calibrated threshold on map values, used for hotspots and boxes.
-    """
-
-    scores: np.ndarray
-    maps: list[np.ndarray]
-    threshold: float | None = None
-    pixel_threshold: float | None = None
-
-    @property
-    def is_defective(self) -> np.ndarray | None:
-        """``[B]`` booleans ``score >= threshold``, or None when there is no threshold."""
-        if self.threshold is None:
-            return None
-        return self.scores >= self.threshold
 
 
 @dataclass
@@ -594,8 +572,13 @@ def checkpoint_method(folder: str | Path) -> str | None:
 
 
 def load_detector(folder: str | Path) -> Detector:
-    """Load any saved detector, dispatching on the ``method`` in its ``config.json``."""
+    """Load any saved detector, dispatching on the ``method`` in its ``config.json``; an ONNX
+    export (``anomalens export``) loads as an :class:`~anomalens.export.OnnxDetector`."""
+    from anomalens.export.runtime import OnnxDetector, is_exported
     from anomalens.methods import METHODS
+
+    if is_exported(folder):
+        return OnnxDetector.load(folder)  # type: ignore[return-value]  (same predict contract)
 
     method = checkpoint_method(folder)
     if method not in METHODS:
