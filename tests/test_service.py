@@ -229,6 +229,24 @@ def test_explanations_come_from_the_injected_explainer():
     assert exp.seen == [(1, [pytest.approx(250 / 255)], ["s.png"])]
 
 
+def test_grounded_explanations_through_the_service():
+    from anomalens.explain import build_explainer
+
+    with TestClient(create_app(BrightModel(), explainer=build_explainer("grounded"))) as c:
+        r = c.post("/v1/predict", files=files(("s.png", png(spot_image())), ("d.png", png(DARK))))
+    spot, dark = r.json()["results"]
+    assert spot["explanation"]["verdict"] == "defective"
+    assert spot["explanation"]["explainer"] == "grounded"
+    (finding,) = spot["explanation"]["findings"]
+    # the map is above the pixel threshold 0.6 exactly on the bright square (rows 20:28, 30:40)
+    assert finding["box"] == [30, 20, 40, 28]
+    assert finding["area_px"] == 80
+    assert finding["peak"] == pytest.approx(250 / 255, rel=1e-6)
+    assert dark["explanation"]["verdict"] == "good"
+    assert dark["explanation"]["findings"] == []
+    assert dark["explanation"]["summary"] == "No anomaly found: highest score 0.118, threshold 0.5."
+
+
 def test_reload_swaps_atomically_and_a_failed_reload_keeps_serving(monkeypatch):
     new = BrightModel(name="B")
 

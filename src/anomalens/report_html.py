@@ -173,6 +173,7 @@ def write_html_report(
         "histogram": _embed_png(folder / files["histogram"]) if files.get("histogram") else None,
         "page_size": PAGE_SIZE,
     }
+    from anomalens.atomic import atomic_write_text
     from anomalens.report import jsonable
 
     data = json.dumps(jsonable({"header": header, "rows": rows}), allow_nan=False)
@@ -180,9 +181,7 @@ def write_html_report(
     template = resources.files("anomalens").joinpath(TEMPLATE).read_text(encoding="utf-8")
     page = template.replace("__TITLE__", html.escape(header["title"])).replace("__DATA__", data)
     path = folder / REPORT_HTML
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, page)
     logger.debug("wrote %s (%d images)", path, len(rows))
     return path
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from anomalens.atomic import atomic_write_text, atomic_write_with
 from anomalens.diagnose.scoring import COLUMNS, PASS_MARKS
 from anomalens.report import jsonable
 
@@ -37,16 +36,7 @@ FIGURES = "figures"
 
 
 def _atomic_write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, text)
 
 
 def _fmt(value: Any, pct: bool = False, digits: int = 3) -> str:
@@ -327,10 +317,7 @@ def _scatter(path: Path, name: str, fig_data: dict[str, Any]) -> Path:
     ax.set_title(f"{name}: {fig_data['set']} (PCA of patches)", fontsize=9)
     ax.legend(fontsize=7, markerscale=2)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     return path
 
 
@@ -362,10 +349,7 @@ def _bars(path: Path, questions: dict[str, Any]) -> Path:
     ax.legend(fontsize=7)
     ax.set_title("Seed tests (dashed: pass marks)", fontsize=9)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     return path
 
 

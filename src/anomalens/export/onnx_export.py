@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 
 from anomalens import __version__
+from anomalens.atomic import atomic_write_json, check_output_path, staged_folder
 from anomalens.export.graphs import build_graph, fp32_backbone
 from anomalens.export.runtime import (
     CONFIG_FILE,
@@ -121,17 +120,6 @@ def read_calibration_images(folder: str | os.PathLike, n: int = 32) -> list[np.n
     return [load_image(paths[i]) for i in spread_indices(len(paths), n)]
 
 
-def _replace_folder(tmp: Path, output: Path) -> None:
-    """Move the finished folder ``tmp`` to ``output`` atomically (the old one is removed)."""
-    old = None
-    if output.exists():
-        old = output.with_name(f".{output.name}.old-{os.getpid()}")
-        os.replace(output, old)
-    os.replace(tmp, output)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def export_model(
     model: Detector | str | os.PathLike,
     output: str | os.PathLike,
@@ -144,16 +132,17 @@ def export_model(
     ``config.json`` (method, input size, normalisation, thresholds, versions).
 
     ``int8`` quantises the graph (static QDQ, per-channel weights) with ``calibration``, good
-    images only (RGB uint8). The folder is written next to ``output`` and moved into place when
-    complete. Returns ``output``.
+    images only (RGB uint8). The folder is written next to ``output`` and swapped in when complete
+    (:func:`anomalens.atomic.staged_folder`). Returns ``output``.
     """
     detector = load_detector(model) if not isinstance(model, Detector) else model
     if int8 and not calibration:
         raise ValueError("INT8 export needs calibration images (good images only)")
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    output = check_output_path(output)
+    # written beside ``output`` and swapped in complete: the folder is the old export or the new
+    with staged_folder(
+        output, replaceable=lambda p: (p / CONFIG_FILE).is_file(), what="exported model folder"
+    ) as tmp:
         with fp32_backbone(detector):
             spec = build_graph(detector)
             config = export_config(detector, spec)
@@ -166,10 +155,6 @@ def export_model(
             quantize_int8(tmp / MODEL_FILE, config, calibration)
             config["precision"] = "int8"
             config["calibration_images"] = len(calibration)
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        _replace_folder(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        atomic_write_json(tmp / CONFIG_FILE, config)
     logger.info("exported %s to %s", detector.method, output)
     return output

@@ -55,8 +55,8 @@ def serve(
 
     token = load_token(token_file)
     require_token_for(host, token)
-    explainer = build_explainer(explain) if explain else None
     detector = load_model(model)
+    explainer = build_explainer(explain, detector=detector) if explain else None
     app = create_app(detector, token=token, explainer=explainer, config=config, model_folder=model)
     access_log_to_stderr()
     uvicorn.run(
