@@ -93,3 +93,40 @@ def test_page_upload_verdict_boxes_slider_history(browser, exported, tmp_path):
             assert shot.stat().st_size > 10_000
         finally:
             page.close()
+
+
+MVTEC_SCREW = Path(__file__).resolve().parents[2] / "shared/data/mvtec_ad/screw"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MVTEC_SCREW.is_dir(), reason="MVTec AD screw not found in ../shared/data")
+def test_page_on_a_real_screw(browser, tmp_path):
+    """fit on good screws -> export -> serve -> upload a defective screw in the page: the page
+    shows the verdict and the boxes the exported model's own predict gives for that image."""
+    from anomalens.data.io import load_image, load_mask
+    from anomalens.methods import load_detector
+    from anomalens.postprocess import hotspots
+
+    good = sorted((MVTEC_SCREW / "train/good").glob("*.png"))
+    det = PatchCore(image_size=256, memory_size=2000)
+    det.fit([load_image(p) for p in good], progress=False)
+    export_model(det, tmp_path / "onnx")
+    onnx = load_detector(tmp_path / "onnx")
+    bad = sorted((MVTEC_SCREW / "test/scratch_head").glob("*.png"))[:8]
+    pred = onnx.predict([load_image(p) for p in bad])
+    i = int(np.argmax(pred.scores))  # the clearest defect of these: the page must show it
+    assert pred.scores[i] >= pred.threshold
+    boxes = hotspots(pred.maps[i], pred.pixel_threshold)
+    mask = load_mask(MVTEC_SCREW / "ground_truth/scratch_head" / f"{bad[i].stem}_mask.png")
+    assert any(mask[b.y0 : b.y1, b.x0 : b.x1].any() for b in boxes), "no box on the scratch"
+    with running(create_app(tmp_path / "onnx")) as (url, _):
+        page = browser.new_page(viewport={"width": 1000, "height": 900})
+        try:
+            page.goto(url + "/")
+            page.set_input_files("#files", [str(bad[i])])
+            card = page.wait_for_selector(f".card[data-name='{bad[i].name}']", timeout=60_000)
+            assert card.query_selector(".verdict").text_content() == "DEFECTIVE"
+            assert len(card.query_selector_all(".box")) >= 1
+            page.screenshot(path=str(tmp_path / "screw.png"), full_page=True)
+        finally:
+            page.close()
