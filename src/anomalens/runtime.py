@@ -52,18 +52,23 @@ def keep_freed_memory() -> bool:
 
 
 @functools.cache
-def cpu_isa() -> str:
-    """The CPU's fastest bf16 path: ``AMX``, ``AVX512-BF16``, else torch's CPU capability
-    (e.g. ``AVX2``, which has no native bf16: bf16 work is emulated and many times slower)."""
-    flags: set[str] = set()
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where there is none)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 if line.lower().startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
+    return frozenset()
+
+
+@functools.cache
+def cpu_isa() -> str:
+    """The CPU's fastest bf16 path: ``AMX``, ``AVX512-BF16``, else torch's CPU capability
+    (e.g. ``AVX2``, which has no native bf16: bf16 work is emulated and many times slower)."""
+    flags = cpu_flags()
     if "amx_bf16" in flags:
         return "AMX"
     if "avx512_bf16" in flags:

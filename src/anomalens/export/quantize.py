@@ -29,15 +29,9 @@ CALIBRATION_BATCH = 4
 def int8_instruction_sets() -> dict[str, bool]:
     """Which instruction sets with fast int8 dot products the CPU has (``/proc/cpuinfo``; all
     False elsewhere): AVX512-VNNI, AVX-VNNI, AMX-INT8; plus AVX2 and AVX512F."""
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
+    from anomalens.runtime import cpu_flags
+
+    flags = cpu_flags()
     names = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
     return {name: name in flags for name in names}
 
