@@ -673,6 +673,8 @@ def test_ctrl_c_during_imports_exits_130() -> None:
     script = textwrap.dedent(
         """
         import builtins, os, signal, sys
+        # a terminal's Ctrl-C: jobs started in the background (CI) inherit SIGINT ignored
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         import anomalens.__main__ as entry
         real = builtins.__import__
         def hooked(name, *a, **k):
