@@ -4,8 +4,8 @@
     python benchmarks/bench_batch.py run local:1 process:2 ray:2 ray:1 \\
         --json benchmarks/results/batch-speed/screw.json
 
-(The committed results: 1,000 images, the 4 settings in one call of 3 minutes under the
-exclusive CPU lock; 2,000 would take about 6 minutes on the 2-core machine.)
+(The committed results: 2,000 images, the 4 settings in one call of 7.5 minutes alone on the
+2-core machine.)
 
 ``prepare`` (not timed) fits PatchCore (defaults) on MVTec AD screw's good training images and
 saves it to ``runs/bench_batch/model``, and makes ``runs/bench_batch/images/`` with
