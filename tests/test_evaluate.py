@@ -19,18 +19,20 @@ from anomalens.data.transforms import spread_indices
 from anomalens.demo import format_summary, run_demo
 from anomalens.errors import DatasetError, ImageLoadError, ModelNotAvailableError
 from anomalens.evaluate import (
-    MEAN_KEYS,
-    METRIC_KEYS,
-    RESULT_KEYS,
     build_detector,
-    environment,
     evaluate_category,
-    format_table,
-    mean_row,
     resolve_categories,
     run_benchmark,
 )
 from anomalens.metrics import compute_all
+from anomalens.results import (
+    MEAN_KEYS,
+    METRIC_KEYS,
+    RESULT_KEYS,
+    environment,
+    format_table,
+    mean_row,
+)
 
 N_TEST = N_TEST_GOOD + N_TEST_BAD
 

@@ -505,6 +505,19 @@ def list_categories(dataset_name: str, root: PathLike) -> list[str]:
     return cats
 
 
+def resolve_one_category(dataset: str, root: str | os.PathLike, category: str | None) -> str:
+    """``category``, or the only category under ``root``; DatasetError naming the choices
+    when there are several."""
+    if category:
+        return category
+    found = list_categories(dataset, root)
+    if len(found) == 1:
+        return found[0]
+    raise DatasetError(
+        f"{root}: holds {len(found)} categories ({', '.join(found)}); choose one with --category"
+    )
+
+
 def resolve_categories(
     dataset_name: str, root: PathLike, categories: Sequence[str] | None
 ) -> list[str]:

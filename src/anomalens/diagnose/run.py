@@ -168,9 +168,9 @@ def run_diagnose(
     test_samples: list[Any] = []
     train_ds = None
     if dataset is not None:
-        from anomalens.cli import _resolve_one_category
+        from anomalens.data.datasets import resolve_one_category
 
-        category = _resolve_one_category(dataset, Path(root), category)
+        category = resolve_one_category(dataset, Path(root), category)
         from anomalens.data.datasets import build_dataset
 
         test_ds = build_dataset(dataset, root, category, "test", skip_bad=skip_bad)

@@ -38,17 +38,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from anomalens import distributed
-from anomalens.atomic import atomic_write_json, atomic_write_with
+from anomalens.atomic import atomic_write_json
 from anomalens.errors import ResumeError
 from anomalens.methods.aaclip.data import TrainingData, TrainItem
 from anomalens.methods.aaclip.detector import AACLIP
 from anomalens.methods.aaclip.model import ImageFeatures, image_scores
 from anomalens.methods.aaclip.parts import disentangle_loss, segmentation_loss
 from anomalens.metrics import image_auroc, pixel_auroc
+from anomalens.training_state import load_optimizer_tensors, optimizer_tensors, save_tensors
 
 LAST_DIR = "last"
 STATE_FILE = "state.json"
@@ -131,36 +132,6 @@ def seg_probs(logits: Sequence[torch.Tensor], size: tuple[int, int]) -> list[tor
         F.interpolate(lg.float(), size=size, mode="bilinear", align_corners=True).softmax(dim=1)
         for lg in logits
     ]
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write_with(path, lambda tmp: save_file(flat, str(tmp)))
-
-
-def _atomic_json(data: dict[str, Any], path: Path) -> None:
-    atomic_write_json(path, data, allow_nan=True)
-
-
-def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """Adam state as flat tensors (``{i}.exp_avg`` ... per parameter index)."""
-    out: dict[str, torch.Tensor] = {}
-    state = opt.state_dict()["state"]
-    for index, entry in state.items():
-        for key, value in entry.items():
-            out[f"{index}.{key}"] = torch.as_tensor(value).clone()
-    return out
-
-
-def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    """Inverse of :func:`optimizer_tensors` (learning rates come from the scheduler)."""
-    sd = opt.state_dict()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
-    sd["state"] = state
-    opt.load_state_dict(sd)
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,8 +337,8 @@ class Trainer:
             return
         folder = self.out / LAST_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_save(dict(self.net.state_dict()), folder / WEIGHTS_FILE)
-        _atomic_save({} if opt is None else optimizer_tensors(opt), folder / OPTIMIZER_FILE)
+        save_tensors(dict(self.net.state_dict()), folder / WEIGHTS_FILE)
+        save_tensors({} if opt is None else optimizer_tensors(opt), folder / OPTIMIZER_FILE)
         state = {
             "position": position,
             "scheduler_last_epoch": 0 if sched is None else sched.last_epoch,
@@ -375,7 +346,7 @@ class Trainer:
             "history": self.result.history,
             "fingerprint": self._fingerprint(),
         }
-        _atomic_json(state, folder / STATE_FILE)
+        atomic_write_json(folder / STATE_FILE, state, allow_nan=True)
 
     def _fingerprint(self) -> dict[str, Any]:
         c = self.detector.config
@@ -537,7 +508,7 @@ class Trainer:
             folder = self.out / LAST_DIR
             folder.mkdir(parents=True, exist_ok=True)
             text = {k: v for k, v in self.net.state_dict().items() if k.startswith("text_")}
-            _atomic_save(text, folder / BEST_TEXT_FILE)
+            save_tensors(text, folder / BEST_TEXT_FILE)
 
     def _best_text_metric(self) -> float | None:
         kept = [

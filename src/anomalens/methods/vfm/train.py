@@ -28,14 +28,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
-from anomalens.atomic import atomic_write_json, atomic_write_with
+from anomalens.atomic import atomic_write_json
 from anomalens.errors import ResumeError
-from anomalens.methods.aaclip.train import load_optimizer_tensors, optimizer_tensors
 from anomalens.methods.vfm.data import SyntheticAnomalies
 from anomalens.methods.vfm.model import VFMNetwork, confidence_loss, patch_targets
+from anomalens.training_state import load_optimizer_tensors, optimizer_tensors, save_tensors
 
 LAST_DIR = "last"
 STATE_FILE = "state.json"
@@ -70,17 +70,6 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     resumed_from: dict[str, int] | None = None
-
-
-def atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """safetensors file replaced atomically (:func:`anomalens.atomic.atomic_write_with`)."""
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write_with(path, lambda tmp: save_file(tensors, str(tmp)))
-
-
-def atomic_json(data: dict[str, Any], path: Path) -> None:
-    """JSON file replaced atomically (:func:`anomalens.atomic.atomic_write_json`)."""
-    atomic_write_json(path, data)
 
 
 class VFMTrainer:
@@ -122,14 +111,14 @@ class VFMTrainer:
             return
         folder = self.out / LAST_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_save(self.net.state_dict(), folder / WEIGHTS_FILE)
-        atomic_save(optimizer_tensors(opt), folder / OPTIMIZER_FILE)
+        save_tensors(self.net.state_dict(), folder / WEIGHTS_FILE)
+        save_tensors(optimizer_tensors(opt), folder / OPTIMIZER_FILE)
         state = {
             "position": {"epoch": epoch, "batch": batch},
             "history": self.result.history,
             "fingerprint": self._fingerprint(),
         }
-        atomic_json(state, folder / STATE_FILE)
+        atomic_write_json(folder / STATE_FILE, state)
 
     def _load_state(self, opt: torch.optim.Optimizer) -> dict[str, Any] | None:
         if self.out is None or not (self.out / LAST_DIR / STATE_FILE).is_file():
@@ -234,4 +223,4 @@ class VFMTrainer:
         self._save_state(epoch + 1, 0, opt)
 
 
-__all__ = ["TrainResult", "VFMTrainer", "atomic_json", "atomic_save"]
+__all__ = ["TrainResult", "VFMTrainer"]
