@@ -39,8 +39,9 @@ class BlurredMaskWarning(UserWarning):
     """A mask holds values other than 0 and 255; every nonzero pixel is taken as defect."""
 
 
-# Errors PIL and its decoders raise on corrupt or truncated data.
-_DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError, struct.error, zlib.error)
+#: Errors PIL and its decoders raise on corrupt or truncated data (shared with the service's
+#: upload decoding, like :func:`to_rgb_array` and :func:`exif_transpose`).
+DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError, struct.error, zlib.error)
 
 
 def _check_file(path: Path) -> None:
@@ -75,7 +76,7 @@ def _open(path: str | os.PathLike) -> Image.Image:
             with Image.open(fh) as img:
                 _check_pixels(path, img.size)
                 img.load()  # force a full decode so truncated files fail here
-                return _exif_transpose(img)
+                return exif_transpose(img)
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as e:
@@ -84,13 +85,13 @@ def _open(path: str | os.PathLike) -> Image.Image:
         ) from e
     except UnidentifiedImageError as e:
         raise ImageLoadError(f"{path}: not an image or corrupt (format not recognised)") from e
-    except _DECODE_ERRORS as e:
+    except DECODE_ERRORS as e:
         if isinstance(e, OSError) and "truncated" in str(e).lower():
             raise ImageLoadError(f"{path}: image file is truncated ({e})") from e
         raise ImageLoadError(f"{path}: cannot decode image, file is corrupt ({e})") from e
 
 
-def _exif_transpose(img: Image.Image) -> Image.Image:
+def exif_transpose(img: Image.Image) -> Image.Image:
     """Apply EXIF orientation; a broken EXIF block leaves the image as stored."""
     try:
         return ImageOps.exif_transpose(img)
@@ -119,7 +120,7 @@ def _float_to_uint8(a: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(a), 0, 255).astype(np.uint8)
 
 
-def _to_rgb_array(img: Image.Image) -> np.ndarray:
+def to_rgb_array(img: Image.Image) -> np.ndarray:
     """Convert any PIL mode to ``uint8 H x W x 3``."""
     mode = img.mode
     if mode.startswith("I;16") or mode == "I":
@@ -141,8 +142,8 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     """Load an image file as ``uint8 H x W x 3`` RGB; raise ImageLoadError if unusable."""
     img = _open(path)
     try:
-        return _to_rgb_array(img)
-    except _DECODE_ERRORS as e:
+        return to_rgb_array(img)
+    except DECODE_ERRORS as e:
         raise ImageLoadError(f"{path}: cannot convert image mode {img.mode!r} to RGB ({e})") from e
 
 
@@ -170,7 +171,7 @@ def load_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
     img = _open(path)
     try:
         values = _mask_array(img)
-    except _DECODE_ERRORS as e:
+    except DECODE_ERRORS as e:
         raise ImageLoadError(f"{path}: cannot read mask of mode {img.mode!r} ({e})") from e
     mask = (values != 0).astype(np.uint8)
     if values.dtype == np.uint8:

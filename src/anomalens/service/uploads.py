@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from anomalens.data.io import _DECODE_ERRORS, _exif_transpose, _to_rgb_array
+from anomalens.data.io import DECODE_ERRORS, exif_transpose, to_rgb_array
 
 #: Magic bytes of the accepted formats.
 SIGNATURES: tuple[tuple[bytes, str], ...] = (
@@ -84,12 +84,12 @@ def decode_image(data: bytes, name: str, limits: Limits) -> np.ndarray:
                         f"of {limits.max_pixels} (possible decompression bomb)",
                     )
                 img.load()
-                return _to_rgb_array(_exif_transpose(img))
+                return to_rgb_array(exif_transpose(img))
     except UploadError:
         raise
     except Image.DecompressionBombError as exc:
         raise UploadError(413, f"{name}: image too large ({exc})") from exc
-    except (*_DECODE_ERRORS, Image.UnidentifiedImageError) as exc:
+    except (*DECODE_ERRORS, Image.UnidentifiedImageError) as exc:
         raise UploadError(
             400, f"{name}: cannot decode the {fmt} data (corrupt or truncated)"
         ) from exc
