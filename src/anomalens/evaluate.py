@@ -27,11 +27,12 @@ command shows INFO by default, ``-q`` hides it and ``-v`` adds DEBUG.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -339,6 +340,28 @@ def evaluate_category(
     return result
 
 
+@contextlib.contextmanager
+def _benchmark_folder(output: str | os.PathLike | None) -> Iterator[Path | None]:
+    """The staging folder a benchmark writes into (None without ``output``), swapped in for
+    ``output`` when the block ends; on failure ``output`` is unchanged and the finished
+    categories are kept in ``output.partial``."""
+    if output is None:
+        yield None
+        return
+    partial = Path(f"{os.fspath(output)}{PARTIAL_SUFFIX}")
+    try:
+        with staged_folder(
+            output, replaceable=is_benchmark_folder, keep_on_error=partial, what="benchmark folder"
+        ) as folder:
+            yield folder
+    except BaseException:
+        if partial.is_dir():
+            logger.warning(
+                "%s is unchanged; the categories this run finished are in %s", output, partial
+            )
+        raise
+
+
 def run_benchmark(
     dataset: str,
     root: str | os.PathLike,
@@ -367,54 +390,8 @@ def run_benchmark(
     and categories are checked), and per category one line when it starts and one with its
     image AUROC and timings when it ends.
     """
-    args = (dataset, root, categories, method, options)
-    kwargs: dict[str, Any] = dict(
-        skip_bad=skip_bad,
-        save_maps=save_maps,
-        spread_maps=spread_maps,
-        progress=progress,
-        allow_overlap=allow_overlap,
-        explain=explain,
-    )
-    if output is None:
-        return _run_benchmark(*args, output=None, **kwargs)
-    check_output_path(output)
-    partial = Path(f"{os.fspath(output)}{PARTIAL_SUFFIX}")
-    try:
-        with staged_folder(
-            output, replaceable=is_benchmark_folder, keep_on_error=partial, what="benchmark folder"
-        ) as folder:
-            return _run_benchmark(*args, output=folder, **kwargs)
-    except BaseException:
-        if partial.is_dir():
-            logger.warning(
-                "%s is unchanged; the categories this run finished are in %s", output, partial
-            )
-        raise
-
-
-def _run_benchmark(
-    dataset: str,
-    root: str | os.PathLike,
-    categories: Sequence[str] | None = None,
-    method: str = "patchcore",
-    options: Mapping[str, Any] | None = None,
-    *,
-    output: str | os.PathLike | None = None,
-    skip_bad: bool = False,
-    save_maps: int = 0,
-    spread_maps: bool = False,
-    progress: bool = True,
-    allow_overlap: bool = False,
-    explain: str | None = None,
-) -> BenchmarkResult:
-    """:func:`run_benchmark` writing straight into ``output`` (a staging folder).
-
-    With ``output``, ``results.json`` and ``predictions.csv`` are rewritten after each
-    category. Logs INFO lines: what runs on which data (once the options and categories are
-    checked), and per category one line when it starts and one with its image AUROC and timings
-    when it ends.
-    """
+    if output is not None:
+        check_output_path(output)
     given = {k: v for k, v in dict(options or {}).items() if v is not None}
     check_options(method, given)
     cats = resolve_categories(dataset, root, categories)
@@ -430,35 +407,36 @@ def _run_benchmark(
         environment=environment(),
     )
     start = time.perf_counter()
-    for i, category in enumerate(cats, 1):
-        logger.info("[%d/%d] %s", i, len(cats), category)
-        cat = evaluate_category(
-            dataset,
-            root,
-            category,
-            method,
-            given,
-            skip_bad=skip_bad,
-            output=output,
-            save_maps=save_maps,
-            spread_maps=spread_maps,
-            progress=progress,
-            explain=explain,
-        )
-        cat.overlap = overlaps.get(category)
-        result.categories.append(cat)
-        result.seconds = time.perf_counter() - start
-        if output is not None:
-            json_path, csv_path = write_results(output, result)
-            logger.debug("updated %s and %s", json_path, csv_path)
-        logger.info(
-            "[%d/%d] %s: image AUROC %.3f, fit %.1f s, %.1f ms/image%s",
-            i,
-            len(cats),
-            category,
-            cat.image_auroc,
-            cat.fit_seconds,
-            cat.ms_per_image,
-            f", skipped {len(cat.skipped)} unreadable" if cat.skipped else "",
-        )
+    with _benchmark_folder(output) as folder:
+        for i, category in enumerate(cats, 1):
+            logger.info("[%d/%d] %s", i, len(cats), category)
+            cat = evaluate_category(
+                dataset,
+                root,
+                category,
+                method,
+                given,
+                skip_bad=skip_bad,
+                output=folder,
+                save_maps=save_maps,
+                spread_maps=spread_maps,
+                progress=progress,
+                explain=explain,
+            )
+            cat.overlap = overlaps.get(category)
+            result.categories.append(cat)
+            result.seconds = time.perf_counter() - start
+            if folder is not None:
+                json_path, csv_path = write_results(folder, result)
+                logger.debug("updated %s and %s", json_path, csv_path)
+            logger.info(
+                "[%d/%d] %s: image AUROC %.3f, fit %.1f s, %.1f ms/image%s",
+                i,
+                len(cats),
+                category,
+                cat.image_auroc,
+                cat.fit_seconds,
+                cat.ms_per_image,
+                f", skipped {len(cat.skipped)} unreadable" if cat.skipped else "",
+            )
     return result
