@@ -66,9 +66,11 @@ def assert_parity(det, folder: Path, images: list[np.ndarray]) -> None:
     [
         (PatchCore, {"foreground": "on"}),
         (PatchCore, {"foreground": "off", "neighbourhood": 1}),
+        (PatchCore, {"foreground": "on", "resize": "letterbox", "border": 0.0625}),
+        (PatchCore, {"foreground": "off", "resize": "letterbox", "border": 0.0625}),
         (AnomalyDINO, {"foreground": "on", "top_fraction": 0.05}),
     ],
-    ids=["patchcore-fg", "patchcore", "anomalydino-fg"],
+    ids=["patchcore-fg", "patchcore", "letterbox-fg", "letterbox", "anomalydino-fg"],
 )
 def test_efficientnet_methods_match_torch(cls, options, objects, tmp_path):
     good, test = objects

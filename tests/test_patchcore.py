@@ -238,3 +238,81 @@ def test_hotspot_boxes_cover_the_defect(fitted, texture_set):
     assert boxes[0].score == pytest.approx(pred.scores[worst])
     top = boxes[0]
     assert masks[worst][top.y0 : top.y1, top.x0 : top.x1].any()
+
+
+# --- image geometry: letterbox, reflected border, image score, fit notes --------------------
+
+
+def _wide_views(rng: np.random.Generator, n: int, shape=(64, 160)) -> list[np.ndarray]:
+    tex = _load_texture("brick")
+    out = []
+    for _ in range(n):
+        y = rng.integers(0, tex.shape[0] - shape[0])
+        x = rng.integers(0, tex.shape[1] - shape[1])
+        out.append(np.ascontiguousarray(tex[y : y + shape[0], x : x + shape[1]]))
+    return out
+
+
+def test_letterbox_keeps_padding_out_of_memory_and_maps():
+    rng = np.random.default_rng(3)
+    train = _wide_views(rng, 8)
+    opts = SMALL | {"resize": "letterbox", "border": 0.0625, "memory_size": None}
+    model = PatchCore(**opts).fit(train, progress=False)
+    # every memory row is a content patch: rows of an image's padded cells were replaced
+    # by copies of its content rows, so no row is unique to the padding
+    frame = model.frames(train[:1])[0]
+    content = frame.content_grid(model.grid) > 0
+    assert 0.3 < content.mean() < 0.6  # a 64 x 160 image fills less than half the square
+    rows = model.memory.view(len(train), *model.grid, -1)
+    inside = rows[:, torch.from_numpy(content)]
+    outside = rows[:, torch.from_numpy(~content)]
+    for i in range(len(train)):
+        same = (outside[i][:, None, :] == inside[i][None, :, :]).all(-1)
+        assert bool(same.any(1).all())
+    # a defect at the far right end of a wide image is found there; maps have its shape
+    good = _wide_views(rng, 2)
+    bad = good[1].copy()
+    bad[20:36, 140:156] = 0
+    pred = model.predict([good[0], bad])
+    assert [m.shape for m in pred.maps] == [(64, 160), (64, 160)]
+    y, x = np.unravel_index(pred.maps[1].argmax(), pred.maps[1].shape)
+    assert 16 <= y <= 40 and 132 <= x <= 159
+    assert pred.scores[1] > 1.5 * pred.scores[0]
+
+
+def test_reflected_border_lowers_scores_along_the_image_edge(texture_set):
+    train, test = texture_set[0], texture_set[1][:6]  # good test views only
+
+    def edge_to_centre(border: float) -> float:
+        model = PatchCore(**(SMALL | {"border": border})).fit(train, progress=False)
+        maps = np.stack(model.predict(test).maps)
+        band = np.ones(maps.shape[1:], bool)
+        band[12:-12, 12:-12] = False
+        return float(maps[:, band].mean() / maps[:, ~band].mean())
+
+    plain, reflected = edge_to_centre(0.0), edge_to_centre(0.0625)
+    assert plain > 1.2  # without the border, the edge band scores 25 % above the centre
+    assert reflected < plain - 0.05
+
+
+def test_top_fraction_score_is_the_mean_of_the_largest_pixels(fitted, texture_set):
+    from anomalens.methods.patchcore import image_score
+
+    m = np.random.default_rng(0).random((30, 40)).astype(np.float32)
+    assert image_score(m, 0.0) == pytest.approx(float(m.max()))
+    top = np.sort(m.ravel())[-12:]  # 1 % of 1200 pixels
+    assert image_score(m, 0.01) == pytest.approx(float(top.mean()), rel=1e-6)
+    model = PatchCore(**(SMALL | {"top_fraction": 0.05})).fit(texture_set[0], progress=False)
+    pred = model.predict(texture_set[1][:3])
+    for s, mp in zip(pred.scores, pred.maps, strict=True):
+        assert s == pytest.approx(float(np.sort(mp.ravel())[-int(mp.size * 0.05) :].mean()))
+
+
+def test_fit_notes_say_what_was_decided_and_why(fitted):
+    fg, inputs = fitted.fit_report.notes
+    # brick: Otsu splits bright and dark bricks, and the "object" touches 39 % of the border
+    assert fg == (
+        "foreground weighting off (auto): the object in good image 1 touches 39% of the image "
+        "border (at most 20% for an object on a plain background)"
+    )
+    assert "128 px square" in inputs and "128-128 x 128-128 px" in inputs

@@ -198,3 +198,25 @@ def test_hotspots_match_an_ndimage_reference() -> None:
     got = [(b.x0, b.y0, b.x1, b.y1, b.score) for b in hotspots(m, thr, min_area, top_k=None)]
     assert n > 3
     assert got == want
+
+
+def test_masked_blur_ignores_the_cells_outside_the_mask() -> None:
+    from anomalens.postprocess import gaussian_blur, masked_blur
+
+    rng = np.random.default_rng(0)
+    maps = torch.from_numpy(rng.random((2, 12, 16)).astype(np.float32))
+    mask = torch.zeros(2, 12, 16)
+    mask[:, 3:9, 2:14] = 1
+    inside = maps.clone()
+    inside[:, 3:9, 2:14] = 0.7  # constant inside: the blur over the mask keeps it exactly
+    out = masked_blur(inside, mask, 1.5)
+    np.testing.assert_allclose(out[:, 3:9, 2:14].numpy(), 0.7, rtol=1e-5)
+    # whatever lies outside the mask does not change the inside
+    other = inside.clone()
+    other[:, :3] = 100.0
+    torch.testing.assert_close(masked_blur(other, mask, 1.5)[:, 3:9], out[:, 3:9])
+    # an all-ones mask is the plain blur; None too
+    torch.testing.assert_close(
+        masked_blur(maps, torch.ones_like(maps), 1.5), gaussian_blur(maps, 1.5)
+    )
+    torch.testing.assert_close(masked_blur(maps, None, 1.5), gaussian_blur(maps, 1.5))

@@ -7,7 +7,13 @@ import cv2
 import numpy as np
 import pytest
 
-from anomalens.data.transforms import AUGMENTATIONS, augmented_views, resize_square, spread_indices
+from anomalens.data.transforms import (
+    AUGMENTATIONS,
+    Frame,
+    augmented_views,
+    resize_square,
+    spread_indices,
+)
 
 
 def test_augmentations_are_the_five_flips_and_turns() -> None:
@@ -104,3 +110,62 @@ def test_resize_square_of_the_same_size_is_the_image() -> None:
 def test_spread_indices_by_hand(n: int, count: int, expected: list[int]) -> None:
     assert spread_indices(n, count) == expected
     assert all(type(i) is int for i in spread_indices(n, count))
+
+
+# --- Frame: where an image sits in the square model input -----------------------------------
+
+
+def test_letterbox_frame_keeps_the_aspect_ratio_and_centres_the_content() -> None:
+    f = Frame.fit((100, 300, 3), 320, "letterbox", border=20)
+    # the longer side fills the inner square (320 - 2 * 20), the shorter one scales with it
+    assert (f.height, f.width) == (93, 280)
+    assert (f.top, f.left) == ((320 - 93) // 2, 20)
+    assert not f.is_full
+
+
+def test_square_frame_without_border_is_the_old_stretch() -> None:
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (90, 170, 3), dtype=np.uint8)
+    f = Frame.fit(img.shape, 64, "square")
+    assert f.is_full
+    np.testing.assert_array_equal(f.place(img), resize_square(img, 64))
+
+
+def test_place_reflects_the_content_into_the_padding() -> None:
+    img = np.arange(4 * 8, dtype=np.uint8).reshape(4, 8)
+    f = Frame.fit(img.shape, 8, "letterbox")  # 4 x 8 content, 2 rows above and below
+    placed = f.place(img)
+    assert placed.shape == (8, 8)
+    np.testing.assert_array_equal(placed[2:6], img)
+    np.testing.assert_array_equal(placed[1], img[0])  # symmetric: the edge row repeats
+    np.testing.assert_array_equal(placed[0], img[1])
+    np.testing.assert_array_equal(placed[6], img[3])
+    np.testing.assert_array_equal(placed[7], img[2])
+
+
+def test_content_grid_marks_the_cells_whose_centre_is_in_the_content() -> None:
+    f = Frame.fit((50, 100), 80, "letterbox")  # content rows 20..60 of 80
+    grid = f.content_grid((8, 8))  # cell centres at 5, 15, ..., 75
+    np.testing.assert_array_equal(grid[:, 0], [0, 0, 1, 1, 1, 1, 0, 0])
+    assert grid[2:6].all()
+    sliver = Frame.fit((1, 400), 80, "letterbox")  # 1 row of content: its centre cell stays
+    assert sliver.content_grid((8, 8)).sum() == 8
+
+
+def test_to_image_cuts_the_content_out_of_an_input_map() -> None:
+    f = Frame.fit((40, 80), 80, "letterbox")  # content rows 20..60
+    full = np.zeros((80, 80), dtype=np.float32)
+    full[20:60, :40] = 1.0  # left half of the content
+    back = f.to_image(full, (40, 80))
+    assert back.shape == (40, 80)
+    np.testing.assert_allclose(back[:, :38], 1.0)
+    np.testing.assert_allclose(back[:, 42:], 0.0)
+    # and into the input frame again: the content box holds it, the padding is 0
+    again = f.to_input(back, (80, 80))
+    np.testing.assert_allclose(again[:18], 0.0)
+    np.testing.assert_allclose(again[22:58, :38], 1.0)
+
+
+def test_frame_rejects_unknown_resize_modes() -> None:
+    with pytest.raises(ValueError, match="resize must be one of square, letterbox"):
+        Frame.fit((10, 10), 32, "crop")

@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # torch is imported by the functions that need it (the ONNX r
 __all__ = [
     "FOREGROUND_MODES",
     "Box",
+    "foreground_decision",
     "foreground_mask",
     "gaussian_blur",
     "has_plain_background",
@@ -87,6 +88,16 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     x = _convolve(_pad(x, radius, -1), kernel, -1)
     x = _convolve(_pad(x, radius, -2), kernel, -2)
     return x.reshape(shape)
+
+
+def masked_blur(maps: torch.Tensor, mask: torch.Tensor | None, sigma: float) -> torch.Tensor:
+    """:func:`gaussian_blur` of ``[B, H, W]`` maps counting only the cells where ``mask`` (same
+    shape, 0/1) is 1 (normalised convolution: blur(map * mask) / blur(mask)); the other cells
+    take the blurred values of their neighbours. ``mask`` None is a plain blur."""
+    if mask is None:
+        return gaussian_blur(maps, sigma)
+    mask = mask.to(maps.dtype)
+    return gaussian_blur(maps * mask, sigma) / gaussian_blur(mask, sigma).clamp_min(1e-6)
 
 
 def resize_map(anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -231,30 +242,59 @@ def soft_foreground(image: np.ndarray, size: int, margin: float) -> np.ndarray:
     return cv2.GaussianBlur(mask, (0, 0), max(0.4 * margin * size, 0.5))
 
 
-def has_plain_background(
+def plain_background_reason(
     images: Sequence[np.ndarray], size: int = FOREGROUND_SIZE, n: int = 16
-) -> bool:
-    """True when every one of (up to ``n``, evenly spread) images shows an object on a plain
-    background.
+) -> str | None:
+    """None when every one of (up to ``n``, evenly spread) images shows an object on a plain
+    background, else why not (which image, what it showed).
 
     An image qualifies when its foreground mask is a plausible split (not the all-image
     fallback of :func:`foreground_mask`) and the object covers at most ``MAX_BORDER_TOUCH`` of
-    the image border; textures and frame-filling objects do not.
+    the image border; textures, surfaces and frame-filling objects do not.
     """
-    for i in spread_indices(len(images), n):
+    chosen = spread_indices(len(images), n)
+    for i in chosen:
         small = cv2.resize(images[i], (size, size), interpolation=cv2.INTER_AREA)
         mask = foreground_mask(small, margin=0.0)
         border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
-        if mask.all() or border.mean() > MAX_BORDER_TOUCH:
-            return False
-    return True
+        if mask.all():
+            return f"good image {i + 1} has no object/background split (a texture or surface)"
+        if border.mean() > MAX_BORDER_TOUCH:
+            return (
+                f"the object in good image {i + 1} touches {border.mean():.0%} of the image "
+                f"border (at most {MAX_BORDER_TOUCH:.0%} for an object on a plain background)"
+            )
+    return None
+
+
+def has_plain_background(
+    images: Sequence[np.ndarray], size: int = FOREGROUND_SIZE, n: int = 16
+) -> bool:
+    """True when every one of (up to ``n``) images shows an object on a plain background
+    (:func:`plain_background_reason` gives why not)."""
+    return plain_background_reason(images, size, n) is None
+
+
+def foreground_decision(setting: str, images: Sequence[np.ndarray]) -> tuple[bool, str]:
+    """Whether a ``foreground`` setting weights maps by the object mask for these good images,
+    and why, in words (``auto``: on for objects on a plain background)."""
+    check_foreground(setting)
+    if setting != "auto":
+        return setting == "on", f"foreground weighting {setting} (set by the user)"
+    reason = plain_background_reason(images)
+    if reason is None:
+        n = len(spread_indices(len(images), 16))
+        return True, (
+            f"foreground weighting on (auto): the {n} sampled good images show an object on a "
+            "plain background"
+        )
+    return False, f"foreground weighting off (auto): {reason}"
 
 
 def use_foreground(setting: str, images: Sequence[np.ndarray]) -> bool:
     """The decision a ``foreground`` setting gives for these good images (``auto``: on for
     objects on a plain background, see :func:`has_plain_background`)."""
-    check_foreground(setting)
-    return setting == "on" or (setting == "auto" and has_plain_background(images))
+    return foreground_decision(setting, images)[0]
 
 
 def patch_masks(images: Sequence[np.ndarray], grid: tuple[int, int]) -> torch.Tensor:

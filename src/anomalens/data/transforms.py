@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -23,6 +24,107 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     """``image`` resized to ``size x size`` (area averaging when shrinking, else bilinear)."""
     interp = cv2.INTER_AREA if min(image.shape[:2]) > size else cv2.INTER_LINEAR
     return cv2.resize(image, (size, size), interpolation=interp)
+
+
+#: How an image becomes the square model input (``resize`` of PatchCore): ``square`` stretches
+#: it to the square; ``letterbox`` keeps its aspect ratio and fills the rest by reflection.
+RESIZE_MODES = ("square", "letterbox")
+
+
+def check_resize(mode: str) -> str:
+    """Return ``mode`` if it is one of :data:`RESIZE_MODES`, else raise ValueError."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
+    return mode
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Where an image sits in the square model input of side ``size``: its content box
+    (``top, left, height, width`` in input pixels); the rest is reflected padding that no
+    score or memory row may come from."""
+
+    size: int
+    top: int
+    left: int
+    height: int
+    width: int
+
+    @classmethod
+    def fit(cls, shape: Sequence[int], size: int, mode: str, border: int = 0) -> Frame:
+        """The frame of an image of ``shape`` (H, W, ...): ``square`` stretches it to the
+        square inside a ``border`` of reflected pixels; ``letterbox`` scales its longer side to
+        that square and centres it."""
+        check_resize(mode)
+        inner = size - 2 * border
+        h, w = int(shape[0]), int(shape[1])
+        if mode == "square":
+            ch = cw = inner
+        else:
+            scale = inner / max(h, w)
+            ch, cw = max(1, round(h * scale)), max(1, round(w * scale))
+        return cls(size, (size - ch) // 2, (size - cw) // 2, ch, cw)
+
+    @property
+    def is_full(self) -> bool:
+        """The content fills the whole input (no padding)."""
+        return self.height == self.size and self.width == self.size
+
+    def place(self, image: np.ndarray) -> np.ndarray:
+        """``image`` resized into the content box, the padding filled by reflection."""
+        box = resize_to(image, self.height, self.width)
+        if self.is_full:
+            return box
+        pads = [
+            (self.top, self.size - self.top - self.height),
+            (self.left, self.size - self.left - self.width),
+        ] + [(0, 0)] * (image.ndim - 2)
+        return np.pad(box, pads, mode="symmetric")
+
+    def to_input(self, image_map: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+        """A map in the image's frame (any size) on the input ``grid``: resized into the
+        content box, 0 on the padding, then area-averaged to the grid."""
+        if self.is_full:
+            return cv2.resize(image_map, grid[::-1], interpolation=cv2.INTER_AREA)
+        canvas = np.zeros((self.size, self.size), dtype=np.float32)
+        canvas[self.top : self.top + self.height, self.left : self.left + self.width] = resize_to(
+            image_map.astype(np.float32), self.height, self.width
+        )
+        return cv2.resize(canvas, grid[::-1], interpolation=cv2.INTER_AREA)
+
+    def content_grid(self, grid: tuple[int, int]) -> np.ndarray:
+        """``grid`` float32 map: 1 for the cells whose centre lies in the content box, else 0
+        (at least the cell at the content's centre, for a sliver thinner than a cell)."""
+        gh, gw = grid
+        ys = (np.arange(gh) + 0.5) * self.size / gh
+        xs = (np.arange(gw) + 0.5) * self.size / gw
+        rows = (ys >= self.top) & (ys < self.top + self.height)
+        cols = (xs >= self.left) & (xs < self.left + self.width)
+        if not rows.any():
+            rows[min(int((self.top + self.height / 2) * gh / self.size), gh - 1)] = True
+        if not cols.any():
+            cols[min(int((self.left + self.width / 2) * gw / self.size), gw - 1)] = True
+        return (rows[:, None] & cols[None, :]).astype(np.float32)
+
+    def to_image(self, grid_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """A map on the input grid back to the image's own ``shape`` (H, W): the content box
+        cut out and resized (bilinear)."""
+        from anomalens.postprocess import resize_map
+
+        if self.is_full:
+            return resize_map(grid_map, shape)
+        full = resize_map(grid_map, (self.size, self.size))
+        box = full[self.top : self.top + self.height, self.left : self.left + self.width]
+        return resize_map(box, shape)
+
+
+def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``image`` resized to ``height x width`` (area averaging when shrinking, else bilinear)."""
+    if image.shape[:2] == (height, width):
+        return image
+    shrink = image.shape[0] > height and image.shape[1] > width
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interp)
 
 
 def check_augment(augment: Sequence[str] | str) -> tuple[str, ...]:

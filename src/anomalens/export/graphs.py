@@ -33,7 +33,7 @@ from torch import nn
 from anomalens.backbones.base import Features
 from anomalens.methods.base import Detector
 from anomalens.methods.common import pool_patches, top_fraction_mean, upsample_smooth
-from anomalens.postprocess import FOREGROUND_SIZE, gaussian_blur
+from anomalens.postprocess import FOREGROUND_SIZE, masked_blur
 
 #: Candidates re-ranked by their exact float32 distance (as ``MemoryBank``'s default).
 RERANK = 4
@@ -128,10 +128,12 @@ def area_matrix(src: int, dst: int) -> torch.Tensor:
 
 
 class PatchCoreGraph(nn.Module):
-    """PatchCore ``_score``: nearest-neighbour distance grid, blurred; with foreground weighting
-    the patches whose downscaled weight is at most ``MIN_WEIGHT`` get 0, the grid is upsampled
-    to the mask (128 px) and multiplied by it. Output: ``maps`` (grid, or 128 px when weighted);
-    the runtime resizes each to its image and takes the maximum as the score (as ``_score``)."""
+    """PatchCore ``_score``: nearest-neighbour distance grid, blurred (over the ``content``
+    cells only when the images are letterboxed or bordered); with foreground weighting the
+    patches whose downscaled weight is at most ``MIN_WEIGHT`` get 0, the grid is upsampled to
+    the mask (128 px) and multiplied by it. Output: ``maps`` (grid, or 128 px when weighted, in
+    the input frame); the runtime cuts each image's content out, resizes it to the image and
+    takes the maximum as the score (as ``_score``)."""
 
     def __init__(self, detector: Any) -> None:
         super().__init__()
@@ -147,12 +149,13 @@ class PatchCoreGraph(nn.Module):
         h, w = detector.grid
         self.sigma = c.sigma * h / bb.image_size
         self.use_foreground = bool(detector.use_foreground)
+        self.framed = c.resize != "square" or c.border > 0
         self.min_weight = MIN_WEIGHT
         if self.use_foreground:
             self.register_buffer("area_h", area_matrix(FOREGROUND_SIZE, h))
             self.register_buffer("area_w", area_matrix(FOREGROUND_SIZE, w))
 
-    def forward(self, pixels: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
         feats = self.backbone.encode_image(
             self.normalize(pixels), self.layers, with_global=False, grad=True
         )
@@ -160,10 +163,11 @@ class PatchCoreGraph(nn.Module):
         _, h, w, dim = pf.shape
         dist = self.search(pf.reshape(-1, dim)).sqrt()
         if self.use_foreground:
-            wt = weights[0]
+            wt = extra[0]
             near = torch.matmul(torch.matmul(self.area_h, wt), self.area_w.T)  # [B, h, w]
             dist = torch.where(near.reshape(-1) > self.min_weight, dist, torch.zeros_like(dist))
-        grid = gaussian_blur(dist.view(-1, h, w), self.sigma)
+        content = extra[-1] if self.framed else None
+        grid = masked_blur(dist.view(-1, h, w), content, self.sigma)
         if not self.use_foreground:
             return grid
         up = F.interpolate(grid[:, None], size=wt.shape[-2:], mode="bilinear", align_corners=False)
@@ -173,8 +177,17 @@ class PatchCoreGraph(nn.Module):
 def patchcore_graph(detector: Any) -> GraphSpec:
     g = PatchCoreGraph(detector)
     inputs = ["pixels", "foreground"] if g.use_foreground else ["pixels"]
+    if g.framed:
+        inputs.append("content")
     fg = "soft" if g.use_foreground else None
-    extra = {"foreground_size": FOREGROUND_SIZE, "margin": detector.config.foreground_margin}
+    c = detector.config
+    extra = {
+        "foreground_size": FOREGROUND_SIZE,
+        "margin": c.foreground_margin,
+        "grid": list(detector.grid),
+        "resize": c.resize,
+        "border": round(c.border * detector.backbone.image_size),
+    }
     return GraphSpec(g, inputs, ["maps"], foreground=fg, score="map_max", extra=extra)
 
 

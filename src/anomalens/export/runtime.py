@@ -25,7 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from anomalens.data.transforms import resize_square
+from anomalens.data.transforms import Frame, resize_square
 from anomalens.errors import CheckpointError
 from anomalens.postprocess import (
     Box,
@@ -70,15 +70,35 @@ def patch_foreground(image: np.ndarray, size: int, grid: tuple[int, int]) -> np.
     return (small > 0).astype(np.float32)
 
 
+def image_frames(config: dict[str, Any], images: Sequence[np.ndarray]) -> list[Frame] | None:
+    """Where each image sits in the model input (PatchCore's ``resize`` and ``border``; None
+    for graphs that stretch every image to the square)."""
+    extra = config.get("extra", {})
+    if "resize" not in extra:
+        return None
+    size = int(config["image_size"])
+    return [Frame.fit(img.shape, size, extra["resize"], int(extra["border"])) for img in images]
+
+
 def graph_inputs(config: dict[str, Any], images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     """The graph's inputs for RGB uint8 images: ``pixels`` (each image resized to the square
     input) and, when the graph weights by the foreground, the OpenCV masks it expects."""
     check_images(images)
     size = int(config["image_size"])
-    feeds = {"pixels": np.stack([resize_square(img, size) for img in images])}
     kind, extra = config.get("foreground"), config.get("extra", {})
+    frames = image_frames(config, images)
+    if frames is None:
+        feeds = {"pixels": np.stack([resize_square(img, size) for img in images])}
+    else:
+        feeds = {"pixels": np.stack([f.place(img) for f, img in zip(frames, images, strict=True)])}
+    if "content" in config.get("inputs", []):
+        grid = tuple(extra["grid"])
+        feeds["content"] = np.stack([f.content_grid(grid) for f in frames or []])
     if kind == "soft":
-        masks = [soft_foreground(img, extra["foreground_size"], extra["margin"]) for img in images]
+        fg_size = extra["foreground_size"]
+        masks = [soft_foreground(img, fg_size, extra["margin"]) for img in images]
+        if frames is not None:
+            masks = [f.to_input(m, m.shape) for f, m in zip(frames, masks, strict=True)]
     elif kind == "patch":
         masks = [patch_foreground(img, size, tuple(extra["grid"])) for img in images]
     elif kind == "image":
@@ -166,12 +186,15 @@ class OnnxDetector:
         outputs = dict(zip(self.output_names, self.session.run(None, feeds), strict=True))
         work = outputs["maps"]
         fg = feeds.get("foreground")
+        frames = image_frames(self.config, images)
         scores, maps = [], []
         for i, img in enumerate(images):
             m = np.asarray(work[i], dtype=np.float32)
             if self.config.get("normalize"):
                 m = robust_normalize(m, None if fg is None else fg[i] > 0.5)
-            if m.shape != img.shape[:2]:
+            if frames is not None:
+                m = frames[i].to_image(m, img.shape[:2])
+            elif m.shape != img.shape[:2]:
                 m = resize_map(m, img.shape[:2])
             if self.config.get("score") == "map_max":
                 scores.append(float(m.max()))

@@ -139,6 +139,8 @@ class FitReport:
     #: (FIFOs, dangling links, ``.webp`` ...), filled in by the caller that read the data
     n_skipped: int = 0
     n_ignored: int = 0
+    #: decisions ``fit`` took from the data, in words (foreground rule, input geometry)
+    notes: list[str] = field(default_factory=list)
 
     @classmethod
     def timed(

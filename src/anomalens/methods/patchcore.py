@@ -20,6 +20,7 @@ Pipeline (Roth et al., "Towards Total Recall in Industrial Anomaly Detection"):
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from anomalens.data.transforms import augmented_views
+from anomalens.data.transforms import Frame, augmented_views, check_resize
 from anomalens.methods.base import Calibration, FitReport, Prediction, batches, select_shots
 from anomalens.methods.common import (
     MemoryConfig,
@@ -40,11 +41,13 @@ from anomalens.methods.common import (
 )
 from anomalens.postprocess import (
     FOREGROUND_SIZE,
-    gaussian_blur,
+    foreground_decision,
+    masked_blur,
     resize_map,
     soft_foreground,
-    use_foreground,
 )
+
+logger = logging.getLogger(__name__)
 
 #: Patches whose foreground weight is below this are not searched (their distance is 0).
 MIN_WEIGHT = 0.05
@@ -71,9 +74,17 @@ class PatchCoreConfig(MemoryConfig):
     memory_size: int | None = 10240
     proj_dim: int = 128
     foreground_margin: float = 0.04
+    resize: str = "square"
+    border: float = 0.0
+    top_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_resize(self.resize)
+        if not 0.0 <= self.top_fraction < 1.0:
+            raise ValueError(f"top_fraction must be in [0, 1), got {self.top_fraction}")
+        if not 0.0 <= self.border < 0.25:
+            raise ValueError(f"border must be in [0, 0.25), got {self.border}")
         if (
             self.grid_layer is not None
             and self.layers is not None
@@ -82,18 +93,48 @@ class PatchCoreConfig(MemoryConfig):
             raise ValueError(f"grid_layer {self.grid_layer} is not one of layers {self.layers}")
 
 
+def _fill_padding(feats: torch.Tensor, frames: Sequence[Frame]) -> None:
+    """Replace, in place, the patches of padded cells by copies of the same image's content
+    patches, so the memory (and its coreset, which works per image) never holds padding."""
+    _, h, w, _ = feats.shape
+    for i, frame in enumerate(frames):
+        if frame.is_full:
+            continue
+        inside = torch.from_numpy(frame.content_grid((h, w)) > 0)
+        content = feats[i][inside]
+        outside = (~inside).nonzero(as_tuple=True)
+        feats[i][outside] = content[torch.arange(outside[0].numel()) % content.shape[0]]
+
+
+def image_score(anomaly_map: np.ndarray, top_fraction: float) -> float:
+    """The map's maximum (``top_fraction`` 0) or the mean of its largest ``top_fraction`` of
+    pixels (at least one)."""
+    if top_fraction <= 0:
+        return float(anomaly_map.max())
+    flat = anomaly_map.reshape(-1)
+    k = max(1, int(flat.size * top_fraction))
+    return float(np.partition(flat, flat.size - k)[-k:].mean())
+
+
 class PatchCore(MemoryDetector):
     """Memory-bank detector; see the module docstring. ``PatchCore(**config_fields)``."""
 
     method = "patchcore"
     config_class = PatchCoreConfig
 
+    def frames(self, images: Sequence[np.ndarray]) -> list[Frame]:
+        """Where each image sits in the square backbone input (``resize``, ``border``)."""
+        size = self.backbone.image_size
+        border = round(self.config.border * size)
+        return [Frame.fit(img.shape, size, self.config.resize, border) for img in images]
+
     def embed_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Patch embeddings ``[B, h, w, D]`` of RGB uint8 images."""
+        """Patch embeddings ``[B, h, w, D]`` of RGB uint8 images (placed by :meth:`frames`)."""
         bb = self.backbone
         c = self.config
         layers = list(c.layers or bb.default_layers)
-        feats = bb.encode_image(bb.preprocess(images), layers)
+        placed = [f.place(img) for f, img in zip(self.frames(images), images, strict=True)]
+        feats = bb.encode_image(bb.preprocess(placed), layers)
         grid_index = layers.index(c.grid_layer) if c.grid_layer is not None else None
         return pool_patches(feats, c.neighbourhood, grid_index)
 
@@ -117,28 +158,37 @@ class PatchCore(MemoryDetector):
         image, 4x less search.
         """
         b, h, w, dim = feats.shape
+        frames = self.frames(images)
         weights = self.foreground_weights(images)
+        if weights is not None:  # into the input frame (padding 0)
+            weights = [f.to_input(wt, wt.shape) for f, wt in zip(frames, weights, strict=True)]
         flat = feats.reshape(-1, dim)
         bank = self._memory_bank()
-        if weights is None:
+        full = all(f.is_full for f in frames)
+        content = np.stack([f.content_grid((h, w)) for f in frames])
+        if weights is None and full:
             dist = bank.search(flat, exclude=exclude)[0]
         else:
-            near = np.stack(
-                [cv2.resize(wt, (w, h), interpolation=cv2.INTER_AREA) for wt in weights]
-            )
-            rows = torch.from_numpy(near.reshape(-1) > MIN_WEIGHT)
+            keep = content > 0
+            if weights is not None:
+                near = np.stack(
+                    [cv2.resize(wt, (w, h), interpolation=cv2.INTER_AREA) for wt in weights]
+                )
+                keep &= near > MIN_WEIGHT
+            rows = torch.from_numpy(keep.reshape(-1))
             dist = torch.zeros(b * h * w)
             if bool(rows.any()):
                 dist[rows] = bank.search(flat[rows], exclude=exclude)[0]
         # sigma is given in pixels at image_size; the grid is image_size / h times coarser
-        grid = gaussian_blur(dist.view(b, h, w), self.config.sigma * h / self.backbone.image_size)
+        sigma = self.config.sigma * h / self.backbone.image_size
+        grid = masked_blur(dist.view(b, h, w), None if full else torch.from_numpy(content), sigma)
         scores, maps = [], []
         for i, img in enumerate(images):
             m = grid[i].numpy()
             if weights is not None:  # weighted at the mask's resolution: one resize to the image
                 m = resize_map(m, weights[i].shape) * weights[i]
-            m = resize_map(m, img.shape[:2])
-            scores.append(float(m.max()))
+            m = frames[i].to_image(m, img.shape[:2])
+            scores.append(image_score(m, self.config.top_fraction))
             maps.append(m)
         return scores, maps
 
@@ -152,7 +202,7 @@ class PatchCore(MemoryDetector):
             raise ValueError("fit needs at least one good image")
         keep = select_shots(len(images), c.shots, c.seed)
         images = [images[i] for i in keep]
-        self.use_foreground = use_foreground(c.foreground, images)
+        self.use_foreground, fg_note = foreground_decision(c.foreground, images)
         n_views = 1 + len(c.augment)
         views = (v for img in images for v in augmented_views(img, c.augment))
         chunks = []
@@ -167,8 +217,10 @@ class PatchCore(MemoryDetector):
                 bar.update(len(batch))
         feats = torch.cat(chunks)  # [G * n_views, h, w, D], views of one image adjacent
         del chunks
-        t1 = time.perf_counter()
         _, h, w, _ = feats.shape
+        all_views = [v for img in images for v in augmented_views(img, c.augment)]
+        _fill_padding(feats, self.frames(all_views))
+        t1 = time.perf_counter()
         self.memory, sources = build_memory(
             feats, n_views, c.memory_size, c.seed, progress, proj_dim=c.proj_dim
         )
@@ -187,7 +239,32 @@ class PatchCore(MemoryDetector):
             coreset=t2,
             calibration=t3,
         )
+        self.fit_report.notes = [fg_note, self.input_note(images)]
+        for note in self.fit_report.notes:
+            logger.info("%s", note)
         return self
+
+    def input_note(self, images: Sequence[np.ndarray]) -> str:
+        """What the model does with an image's size and aspect ratio, and the range it was
+        fitted on (in words, for the fit report)."""
+        c, size = self.config, self.backbone.image_size
+        heights = [img.shape[0] for img in images]
+        widths = [img.shape[1] for img in images]
+        aspects = [max(h, w) / min(h, w) for h, w in zip(heights, widths, strict=True)]
+        border = round(c.border * size)
+        how = (
+            f"stretched to a {size} px square (an image of another aspect ratio is distorted)"
+            if c.resize == "square"
+            else f"scaled to fit a {size} px square with its aspect ratio kept, the rest "
+            "filled by reflection and left out of the scores"
+        )
+        if border:
+            how += f", inside a {border} px reflected border"
+        return (
+            f"inputs: each image is {how}; maps come back at each image's own size. Fitted on "
+            f"{min(heights)}-{max(heights)} x {min(widths)}-{max(widths)} px images "
+            f"(aspect ratio {min(aspects):.2f}-{max(aspects):.2f})"
+        )
 
     def _calibrate(
         self,
