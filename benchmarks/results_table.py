@@ -33,7 +33,9 @@ Tables (name: folder under ``benchmarks/results`` and files):
 * ``diagnose-encoders`` / ``diagnose-answerers``: ``diagnose/<category>.json`` of;
 * ``export-accuracy``: ``export-accuracy/<category>.json`` of ``export_accuracy.py --json``;
 * ``export-speed``: ``export-speed/*.json`` of ``bench_export.py --json``;
-* ``service-load``: ``service-load/*.json`` of ``load_service.py --json``.
+* ``service-load``: ``service-load/*.json`` of ``load_service.py --json``;
+* ``defaults-categories`` / ``defaults-mean``: ``defaults/<setting>.json`` of
+  ``sweep_defaults.py --out benchmarks/results/defaults``.
 """
 
 from __future__ import annotations
@@ -774,7 +776,93 @@ def render_service_load(results: Path) -> str:
     return head + "\n\n" + table(header, rows)
 
 
+DEFAULTS_ORDER = ("plain", "previous", "defaults")
+DEFAULTS_LABELS = {
+    "plain": "plain PatchCore (reference)",
+    "previous": "previous defaults (stretched square, no border)",
+    "defaults": "**defaults**",
+}
+DEFAULTS_CATEGORIES = {
+    "screw": "screw",
+    "magnetic_tile": "magnetic tile",
+    "brick": "brick",
+    "grass": "grass",
+    "gravel": "gravel",
+}
+
+
+def _defaults_docs(results: Path, ablations: bool) -> list[tuple[str, dict[str, Any]]]:
+    def key(path: Path) -> tuple[int, str]:
+        stem = path.stem
+        order = DEFAULTS_ORDER.index(stem) if stem in DEFAULTS_ORDER else len(DEFAULTS_ORDER)
+        return order, stem
+
+    paths = sorted(files(results, "defaults"), key=key)
+    out = [(p.stem, load(p)) for p in paths]
+    return out if ablations else [(n, d) for n, d in out if n in DEFAULTS_ORDER]
+
+
+def _defaults_label(name: str, doc: dict[str, Any]) -> str:
+    if name in DEFAULTS_LABELS:
+        return DEFAULTS_LABELS[name]
+    opts = ", ".join(f"{k}={v}" for k, v in (doc.get("options") or {}).items())
+    return f"defaults + `{opts}`" if opts else name
+
+
+def _defaults_head(docs: Sequence[dict[str, Any]]) -> str:
+    limits = docs[0].get("limits") or {}
+    limited = ", ".join(f"{DEFAULTS_CATEGORIES.get(k, k)} {v}" for k, v in limits.items())
+    return (
+        "MVTec AD screw, Magnetic Tile Defects and the demo textures (20 train, 30 + 30 test "
+        "images each), seed 0, fp32"
+        + (f"; training images limited to: {limited}" if limited else "")
+        + f". {machines(docs)}.{note(docs)}"
+    )
+
+
+def render_defaults_categories(results: Path) -> str:
+    named = _defaults_docs(results, ablations=True)
+    docs = [d for _, d in named]
+    cats = [c for c in DEFAULTS_CATEGORIES if all(c in d["categories"] for d in docs)]
+    rows = []
+    for name, doc in named:
+        cells = [
+            "{} / {} / {}".format(
+                *(num(doc["categories"][c][k], 3) for k in ("image_auroc", "pixel_auroc", "aupro"))
+            )
+            for c in cats
+        ]
+        mean_i = sum(doc["categories"][c]["image_auroc"] for c in cats) / len(cats)
+        mean_p = sum(doc["categories"][c]["pixel_auroc"] for c in cats) / len(cats)
+        rows.append([_defaults_label(name, doc), *cells, num(mean_i, 3), num(mean_p, 3)])
+    header = ["setting", *(DEFAULTS_CATEGORIES[c] for c in cats), "mean I-AUROC", "mean P-AUROC"]
+    head = _defaults_head(docs) + " Cells: image AUROC / pixel AUROC / AUPRO."
+    return head + "\n\n" + table(header, rows)
+
+
+def render_defaults_mean(results: Path) -> str:
+    named = _defaults_docs(results, ablations=False)
+    docs = [d for _, d in named]
+    cats = [c for c in DEFAULTS_CATEGORIES if all(c in d["categories"] for d in docs)]
+    rows = []
+    for name, doc in named:
+        cs = [doc["categories"][c] for c in cats]
+        rows.append(
+            [
+                _defaults_label(name, doc),
+                num(sum(c["image_auroc"] for c in cs) / len(cs), 3),
+                num(sum(c["pixel_auroc"] for c in cs) / len(cs), 3),
+                num(min(c["image_auroc"] for c in cs), 3),
+            ]
+        )
+    header = ["PatchCore", "mean image AUROC", "mean pixel AUROC", "worst image AUROC"]
+    head = _defaults_head(docs) + " Per category: docs/benchmarks.md."
+    return head + "\n\n" + table(header, rows)
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
+    "defaults-categories": render_defaults_categories,
+    "defaults-mean": render_defaults_mean,
     "patchcore-screw": render_patchcore_screw,
     "patchcore-speed": render_patchcore_speed,
     "fewshot-screw": render_fewshot_screw,

@@ -23,6 +23,7 @@ __all__ = [
     "gaussian_blur",
     "has_plain_background",
     "hotspots",
+    "image_score",
     "patch_masks",
     "resize_map",
     "robust_normalize",
@@ -111,6 +112,26 @@ def resize_map(anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if m.shape == (height, width):
         return m.copy()
     return cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+#: Longer side of the copy of a map that :func:`image_score` ranks (cheap and size-independent).
+SCORE_SIZE = 128
+
+
+def image_score(anomaly_map: np.ndarray, top_fraction: float) -> float:
+    """An image's anomaly score from its map: the maximum (``top_fraction`` 0), or the mean of
+    the largest ``top_fraction`` of the pixels (at least one) of the map area-averaged to
+    :data:`SCORE_SIZE` px on its longer side (the full map when smaller)."""
+    if top_fraction <= 0:
+        return float(anomaly_map.max())
+    m = np.asarray(anomaly_map, dtype=np.float32)
+    scale = SCORE_SIZE / max(m.shape)
+    if scale < 1:
+        size = (max(1, round(m.shape[1] * scale)), max(1, round(m.shape[0] * scale)))
+        m = cv2.resize(m, size, interpolation=cv2.INTER_AREA)
+    flat = m.reshape(-1)
+    k = max(1, int(flat.size * top_fraction))
+    return float(np.partition(flat, flat.size - k)[-k:].mean())
 
 
 # --------------------------------------------------------------------------------------------

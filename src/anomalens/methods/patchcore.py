@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from anomalens.data.transforms import Frame, augmented_views, check_resize
+from anomalens.data.transforms import Frame, augmented_views, check_resize, stretch_levels
 from anomalens.methods.base import Calibration, FitReport, Prediction, batches, select_shots
 from anomalens.methods.common import (
     MemoryConfig,
@@ -42,6 +42,7 @@ from anomalens.methods.common import (
 from anomalens.postprocess import (
     FOREGROUND_SIZE,
     foreground_decision,
+    image_score,
     masked_blur,
     resize_map,
     soft_foreground,
@@ -77,6 +78,7 @@ class PatchCoreConfig(MemoryConfig):
     resize: str = "square"
     border: float = 0.0
     top_fraction: float = 0.0
+    levels: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -106,16 +108,6 @@ def _fill_padding(feats: torch.Tensor, frames: Sequence[Frame]) -> None:
         feats[i][outside] = content[torch.arange(outside[0].numel()) % content.shape[0]]
 
 
-def image_score(anomaly_map: np.ndarray, top_fraction: float) -> float:
-    """The map's maximum (``top_fraction`` 0) or the mean of its largest ``top_fraction`` of
-    pixels (at least one)."""
-    if top_fraction <= 0:
-        return float(anomaly_map.max())
-    flat = anomaly_map.reshape(-1)
-    k = max(1, int(flat.size * top_fraction))
-    return float(np.partition(flat, flat.size - k)[-k:].mean())
-
-
 class PatchCore(MemoryDetector):
     """Memory-bank detector; see the module docstring. ``PatchCore(**config_fields)``."""
 
@@ -133,6 +125,8 @@ class PatchCore(MemoryDetector):
         bb = self.backbone
         c = self.config
         layers = list(c.layers or bb.default_layers)
+        if c.levels:
+            images = [stretch_levels(img) for img in images]
         placed = [f.place(img) for f, img in zip(self.frames(images), images, strict=True)]
         feats = bb.encode_image(bb.preprocess(placed), layers)
         grid_index = layers.index(c.grid_layer) if c.grid_layer is not None else None
