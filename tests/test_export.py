@@ -67,7 +67,7 @@ def assert_parity(det, folder: Path, images: list[np.ndarray]) -> None:
         (PatchCore, {"foreground": "on"}),
         (PatchCore, {"foreground": "off", "neighbourhood": 1}),
         (PatchCore, {"foreground": "on", "resize": "letterbox", "border": 0.0625}),
-        (PatchCore, {"foreground": "off", "resize": "letterbox", "border": 0.0625}),
+        (PatchCore, {"foreground": "off", "resize": "letterbox", "top_fraction": 0.01}),
         (AnomalyDINO, {"foreground": "on", "top_fraction": 0.05}),
     ],
     ids=["patchcore-fg", "patchcore", "letterbox-fg", "letterbox", "anomalydino-fg"],

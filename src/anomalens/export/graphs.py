@@ -46,7 +46,8 @@ class GraphSpec:
     foreground: the extra input the runtime computes (``None``; ``soft``: PatchCore's soft
     object masks ``[B, 128, 128]``; ``patch``: AnomalyDINO's foreground patches ``[B, h, w]``;
     ``image``: WinCLIP's foreground masks ``[B, S, S]``); score: ``graph`` (an output) or
-    ``map_max`` (the maximum of the map resized to the image); normalize: apply
+    ``map_max`` (``image_score`` of the map resized to the image: its maximum or the mean of
+    its ``extra["top_fraction"]`` largest pixels); normalize: apply
     ``robust_normalize`` over the foreground to each map (WinCLIP).
     """
 
@@ -187,6 +188,7 @@ def patchcore_graph(detector: Any) -> GraphSpec:
         "grid": list(detector.grid),
         "resize": c.resize,
         "border": round(c.border * detector.backbone.image_size),
+        "top_fraction": c.top_fraction,
     }
     return GraphSpec(g, inputs, ["maps"], foreground=fg, score="map_max", extra=extra)
 

@@ -31,6 +31,7 @@ from anomalens.postprocess import (
     Box,
     foreground_mask,
     hotspots,
+    image_score,
     resize_map,
     robust_normalize,
     soft_foreground,
@@ -197,7 +198,8 @@ class OnnxDetector:
             elif m.shape != img.shape[:2]:
                 m = resize_map(m, img.shape[:2])
             if self.config.get("score") == "map_max":
-                scores.append(float(m.max()))
+                top = float(self.config.get("extra", {}).get("top_fraction", 0.0))
+                scores.append(image_score(m, top))
             else:
                 scores.append(float(outputs["scores"][i]))
             maps.append(m)
