@@ -198,6 +198,7 @@ class AnomalyDINOGraph(nn.Module):
         self.neighbourhood = c.neighbourhood
         self.search = NearestNeighbours(detector.memory)
         self.top_fraction = c.top_fraction
+        self.score_max = getattr(c, "image_score", "top_fraction") == "max"
         self.sigma = c.sigma
         self.size = bb.image_size
         self.use_foreground = bool(detector.use_foreground)
@@ -214,12 +215,19 @@ class AnomalyDINOGraph(nn.Module):
         dist = dist.square().mul(0.5).clamp(0.0, 2.0).view(-1, h * w)
         if self.use_foreground:
             dist = dist * masks[0].reshape(-1, h * w)
-        scores = top_fraction_mean(dist, self.top_fraction)
         maps = upsample_smooth(dist.view(-1, h, w), self.size, self.sigma)
+        if self.score_max:
+            return maps.amax((1, 2)), maps
+        scores = top_fraction_mean(dist, self.top_fraction)
         return scores, maps
 
 
 def anomalydino_graph(detector: Any) -> GraphSpec:
+    if getattr(detector, "use_pose", False):
+        raise ValueError(
+            "an AnomalyDINO model with pose normalisation (pose on) cannot be exported yet: "
+            "the rotation to the part's axis runs outside the graph; refit with pose='off'"
+        )
     g = AnomalyDINOGraph(detector)
     inputs = ["pixels", "foreground"] if g.use_foreground else ["pixels"]
     fg = "patch" if g.use_foreground else None

@@ -13,13 +13,23 @@ Damm et al., "AnomalyDINO: Boosting Patch-based Few-shot Anomaly Detection with 
    the mean of the top 1% patch distances; the map is the distance grid upsampled to
    ``image_size``, Gaussian-smoothed and resized to the input;
 4. thresholds from good images only, leave-one-out as in PatchCore (>= 2 shots).
+
+With ``pose`` on (``auto``: an elongated object on a plain background, see
+:func:`anomalens.pose.pose_decision`; decided and logged at ``fit``), every image, good or
+tested, is first rotated so the part's principal axis is horizontal, heavier end left
+(:mod:`anomalens.pose`), and, with ``pose_brightness``, scaled so its background median equals
+that of the good images; the maps are computed on the normalised image and taken back to the
+original frame. A k-shot memory of a part that lies at any angle then covers every angle.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +37,13 @@ from tqdm import tqdm
 
 from anomalens.backbones.base import Features
 from anomalens.data.transforms import augmented_views, resize_square
-from anomalens.methods.base import FitReport, Prediction, batches, select_shots
+from anomalens.methods.base import (
+    FitReport,
+    Prediction,
+    batches,
+    checkpoint_field,
+    select_shots,
+)
 from anomalens.methods.common import (
     MemoryConfig,
     MemoryDetector,
@@ -39,8 +55,21 @@ from anomalens.methods.common import (
     upsample_smooth,
 )
 from anomalens.neighbors import MemoryBank
+from anomalens.pose import (
+    Pose,
+    check_pose,
+    estimate_pose,
+    normalise_pose,
+    pose_decision,
+    restore_map,
+)
 from anomalens.postprocess import patch_masks, use_foreground
 from anomalens.sampler import coreset_indices
+
+logger = logging.getLogger(__name__)
+
+#: Settings of ``image_score``.
+IMAGE_SCORES = ("top_fraction", "max")
 
 
 @dataclass
@@ -60,17 +89,31 @@ class AnomalyDINOConfig(MemoryConfig):
     memory_size: coreset size (None: keep every patch); top_fraction: image score = mean of
     this fraction of the highest patch distances; sigma: map smoothing in pixels at
     ``image_size``; search_precision: ``bf16`` shortlist + exact re-rank, or ``fp32``;
-    calibration_images: good images scored leave-one-out for the thresholds.
+    calibration_images: good images scored leave-one-out for the thresholds;
+    pose: ``off``, ``on`` (normalise every image's pose, see :mod:`anomalens.pose`) or
+    ``auto`` (on for one elongated object on a plain background, decided at ``fit``);
+    pose_brightness: with pose on, also scale each image so its background median is the
+    good images' median background level; image_score: ``top_fraction`` (the mean of the
+    ``top_fraction`` highest patch distances, the paper's) or ``max`` (the maximum of the
+    smoothed map at ``image_size``).
     """
 
     final_norm: bool = True
     foreground: str = "off"
     foreground_memory: bool = False
     top_fraction: float = 0.01
+    pose: str = "off"
+    pose_brightness: bool = True
+    image_score: str = "top_fraction"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_fraction("top_fraction", self.top_fraction)
+        check_pose(self.pose)
+        if self.image_score not in IMAGE_SCORES:
+            raise ValueError(
+                f"image_score must be one of {', '.join(IMAGE_SCORES)}, got {self.image_score!r}"
+            )
 
 
 @dataclass
@@ -91,6 +134,11 @@ class AnomalyDINO(MemoryDetector):
     def __init__(self, config: AnomalyDINOConfig | None = None, **kwargs) -> None:
         super().__init__(config, **kwargs)
         self._sources: torch.Tensor | None = None  # memory row -> good image, during fit
+        #: pose normalisation on (decided at ``fit``) and why
+        self.use_pose = self.config.pose == "on"
+        self.pose_reason = ""
+        #: the good images' median background grey level (pose normalisation with brightness)
+        self.background_level: float | None = None
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -126,6 +174,11 @@ class AnomalyDINO(MemoryDetector):
             raise ValueError("AnomalyDINO needs at least one good image (it has no zero-shot mode)")
         images = [images[i] for i in select_shots(len(images), c.shots, c.seed)]
         self.use_foreground = use_foreground(c.foreground, images)
+        decision = pose_decision(c.pose, images)
+        self.use_pose, self.pose_reason = decision.on, decision.reason
+        logger.info("anomalydino fit: %s", decision.reason)
+        if self.use_pose:
+            images = self._fit_poses(images)
         need_masks = self.use_foreground or c.foreground_memory
         n_views = 1 + len(c.augment)
         views = [v for img in images for v in augmented_views(img, c.augment)]
@@ -175,6 +228,55 @@ class AnomalyDINO(MemoryDetector):
         )
         return self
 
+    # ------------------------------------------------------------------ pose
+    def _fit_poses(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """The good images in their normalised pose (and the background level, if used)."""
+        poses = [estimate_pose(img) for img in images]
+        found = [p for p in poses if p is not None]
+        if self.config.pose_brightness and found:
+            self.background_level = float(np.median([np.mean(p.fill) for p in found]))
+        return [self._normalise(img, p)[0] for img, p in zip(images, poses, strict=True)]
+
+    def _normalise(self, image: np.ndarray, pose: Pose | None) -> tuple[np.ndarray, Pose | None]:
+        """``image`` in its normalised pose (unchanged when no object was found) and the pose
+        whose :func:`~anomalens.pose.restore_map` takes its map back."""
+        if pose is None:
+            return image, None
+        if self.background_level is not None:
+            gain = self.background_level / max(float(np.mean(pose.fill)), 1.0)
+            image = np.clip(image.astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
+            pose = pose.scaled_fill(gain)
+        return normalise_pose(image, pose), pose
+
+    def _score_images(self, batch: list[np.ndarray]):
+        """Scores and maps (each in its image's frame) of a batch of RGB images."""
+        if not self.use_pose:
+            return self._score(self._encode(batch, masks=self.use_foreground))
+        normed = [self._normalise(img, estimate_pose(img)) for img in batch]
+        scores, maps = self._score(self._encode([n[0] for n in normed], masks=self.use_foreground))
+        back = [
+            m if p is None else restore_map(m, p) for m, (_, p) in zip(maps, normed, strict=True)
+        ]
+        return scores, back
+
+    def _extra_meta(self) -> dict[str, Any]:
+        return {
+            "use_pose": self.use_pose,
+            "pose_reason": self.pose_reason,
+            "background_level": self.background_level,
+        }
+
+    def _restore_meta(self, meta: dict[str, Any], where: Path) -> None:
+        # checkpoints written before pose normalisation have no pose fields: pose off
+        self.use_pose = (
+            checkpoint_field(meta, "use_pose", bool, where) if "use_pose" in meta else False
+        )
+        self.pose_reason = str(meta.get("pose_reason", ""))
+        level = meta.get("background_level")
+        if level is not None:
+            level = float(checkpoint_field(meta, "background_level", (int, float), where))
+        self.background_level = level
+
     # ------------------------------------------------------------------ predict
     def _score(self, enc: EncodedPatches, leave_out: int | None = None):
         """Image scores ``[B]`` and smoothed maps ``[B, S, S]`` of encoded images; ``leave_out``
@@ -188,14 +290,13 @@ class AnomalyDINO(MemoryDetector):
         dist = self._memory_bank().cosine_distance(queries, exclude).view(b, h * w)
         if enc.masks is not None:
             dist = dist * enc.masks.reshape(b, h * w)
-        scores = top_fraction_mean(dist, self.config.top_fraction)
         maps = upsample_smooth(dist.view(b, h, w), self.backbone.image_size, self.config.sigma)
+        if self.config.image_score == "max":
+            scores = maps.amax((1, 2))
+        else:
+            scores = top_fraction_mean(dist, self.config.top_fraction)
         return scores.numpy(), maps.numpy()
 
     def predict(self, images: Sequence[np.ndarray], progress: bool = False) -> Prediction:
         """Image scores and anomaly maps (at each input's resolution) for RGB uint8 images."""
-        return self._predict_batches(
-            images,
-            lambda batch: self._score(self._encode(batch, masks=self.use_foreground)),
-            progress,
-        )
+        return self._predict_batches(images, self._score_images, progress)

@@ -196,6 +196,7 @@ class MemoryDetector(Detector):
             {"memory": self.memory},
             grid=list(self.grid),
             use_foreground=self.use_foreground,
+            **self._extra_meta(),
         )
 
     @classmethod
@@ -206,7 +207,15 @@ class MemoryDetector(Detector):
         model.memory = checkpoint_tensor(tensors, "memory", weights)
         model.grid = checkpoint_grid(meta, cfg_path)
         model.use_foreground = checkpoint_field(meta, "use_foreground", bool, cfg_path)
+        model._restore_meta(meta, cfg_path)
         return model
+
+    def _extra_meta(self) -> dict[str, Any]:
+        """Fields a subclass adds to ``config.json`` (read back by :meth:`_restore_meta`)."""
+        return {}
+
+    def _restore_meta(self, meta: dict[str, Any], where: Path) -> None:
+        """Restore the fields of :meth:`_extra_meta` from a checkpoint's ``meta``."""
 
 
 def top_fraction_mean(values: torch.Tensor, fraction: float) -> torch.Tensor:
