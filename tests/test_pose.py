@@ -164,8 +164,8 @@ def test_detector_maps_come_back_in_the_original_frame(dino_dir, caplog):
     cfg = dict(backbone=f"dinov2:{dino_dir}", image_size=64, precision="fp32", sigma=1.0)
     with caplog.at_level(logging.INFO, logger="anomalens.methods.anomalydino"):
         det = AnomalyDINO(pose="auto", pose_brightness=False, **cfg).fit(good, progress=False)
-    assert det.use_pose
-    assert det.background_level is None
+    assert det.pose.on
+    assert det.pose.background_level is None
     assert "anomalydino fit: pose=auto: on (an elongated object" in caplog.text
     pred = det.predict(test)
     # reference: the same memory without pose, on images normalised by hand, maps warped back
@@ -192,11 +192,13 @@ def test_brightness_match_and_max_score(dino_dir):
     cfg = dict(backbone=f"dinov2:{dino_dir}", image_size=64, pose="on", image_score="max")
     det = AnomalyDINO(**cfg).fit(good, progress=False)
     fills = [float(np.mean(estimate_pose(g).fill)) for g in good]
-    assert det.background_level == pytest.approx(float(np.median(fills)))
+    assert det.pose.background_level == pytest.approx(float(np.median(fills)))
     # a darker copy of a good image is scaled back to the good images' background level
     dark = (good[0].astype(np.float32) * 0.8).astype(np.uint8)
-    _, pose = det._normalise(dark, estimate_pose(dark))
-    assert float(np.mean(pose.fill)) == pytest.approx(det.background_level, abs=1.0)
+    out, pose = det.pose.normalise(dark)
+    assert float(np.mean(pose.fill)) == pytest.approx(det.pose.background_level, abs=1.0)
+    corner = out[:4, :4].astype(np.float32).mean()  # background, scaled back up
+    assert corner == pytest.approx(float(np.mean(estimate_pose(good[0]).fill)), abs=3.0)
     # image_score="max": the maximum of the smoothed map (pose off, input at image_size: the
     # returned map is that map)
     off = AnomalyDINO(backbone=f"dinov2:{dino_dir}", image_size=64, image_score="max")
@@ -219,12 +221,10 @@ def test_pose_fields_save_and_load_bit_for_bit(dino_dir, tmp_path):
     assert meta["config"]["image_score"] == "max"
     assert meta["config"]["pose_brightness"] is True
     assert meta["use_pose"] is True
-    assert meta["background_level"] == det.background_level
-    assert meta["pose_reason"] == det.pose_reason
+    assert meta["background_level"] == det.pose.background_level
+    assert meta["pose_reason"] == det.pose.reason
     assert loaded.config == det.config
-    assert (loaded.use_pose, loaded.background_level, loaded.pose_reason) == (
-        det.use_pose, det.background_level, det.pose_reason,
-    )  # fmt: skip
+    assert loaded.pose == det.pose
     assert torch.equal(loaded.memory, det.memory)
     after = loaded.predict(test)
     assert np.array_equal(after.scores, before.scores)
@@ -240,10 +240,12 @@ def test_pose_fields_save_and_load_bit_for_bit(dino_dir, tmp_path):
         del old["config"][key]
     cfg_file.write_text(json.dumps(old))
     legacy = load_detector(tmp_path / "m")
-    assert not legacy.use_pose
-    assert legacy.background_level is None
+    assert not legacy.pose.on
+    assert legacy.pose.background_level is None
     assert legacy.config.pose == "off"
     old["use_pose"], old["background_level"] = True, "bright"
     cfg_file.write_text(json.dumps(old))
-    with pytest.raises(CheckpointError, match="'background_level' has the wrong type"):
+    with pytest.raises(
+        CheckpointError, match=r"'background_level' has the wrong type .* got 'bright'"
+    ):
         load_detector(tmp_path / "m")

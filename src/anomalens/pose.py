@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from anomalens.data.transforms import spread_indices
+from anomalens.errors import CheckpointError
 from anomalens.postprocess import _to_gray, foreground_mask, has_plain_background
 
 __all__ = [
@@ -34,6 +37,7 @@ __all__ = [
     "POSE_MODES",
     "Pose",
     "PoseDecision",
+    "PoseState",
     "check_pose",
     "estimate_pose",
     "normalise_pose",
@@ -207,3 +211,84 @@ def pose_decision(setting: str, images: Sequence[np.ndarray], n: int = 16) -> Po
         f"pose=auto: on (an elongated object on a plain background: axes ratio >= {elong:.2f}; "
         f"axis angles {min(angles):.0f} to {max(angles):.0f} degrees)",
     )
+
+
+ScoreBatch = Callable[[list[np.ndarray]], tuple[Sequence[float], Sequence[np.ndarray]]]
+
+
+@dataclass
+class PoseState:
+    """What a detector's ``fit`` decided about pose normalisation (saved with the model).
+
+    on: normalise every image; reason: the one-line why (:func:`pose_decision`);
+    background_level: with the brightness match, the good images' median background grey level
+    each image is scaled to (None: no brightness match).
+    """
+
+    on: bool = False
+    reason: str = ""
+    background_level: float | None = None
+
+    @classmethod
+    def fit(cls, setting: str, images: Sequence[np.ndarray], brightness: bool) -> PoseState:
+        """Decide for these good images (``setting``: see :data:`POSE_MODES`)."""
+        decision = pose_decision(setting, images)
+        level = None
+        if decision.on and brightness:
+            fills = [float(np.mean(p.fill)) for p in map(estimate_pose, images) if p is not None]
+            level = float(np.median(fills)) if fills else None
+        return cls(decision.on, decision.reason, level)
+
+    def normalise(self, image: np.ndarray) -> tuple[np.ndarray, Pose | None]:
+        """``image`` in its normalised pose and brightness, and the pose that
+        :func:`restore_map` needs (unchanged and None when off or no object is found)."""
+        pose = estimate_pose(image) if self.on else None
+        if pose is None:
+            return image, None
+        if self.background_level is not None:
+            gain = self.background_level / max(float(np.mean(pose.fill)), 1.0)
+            image = np.clip(image.astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
+            pose = pose.scaled_fill(gain)
+        return normalise_pose(image, pose), pose
+
+    def wrap(self, score_batch: ScoreBatch) -> ScoreBatch:
+        """``score_batch(images) -> (scores, maps)`` for original images: each is normalised,
+        scored, and its map taken back to the image's frame (``score_batch`` itself when off)."""
+        if not self.on:
+            return score_batch
+
+        def scored(batch: list[np.ndarray]) -> tuple[Sequence[float], list[np.ndarray]]:
+            normed = [self.normalise(img) for img in batch]
+            scores, maps = score_batch([n[0] for n in normed])
+            back = [
+                m if p is None else restore_map(m, p)
+                for m, (_, p) in zip(maps, normed, strict=True)
+            ]
+            return scores, back
+
+        return scored
+
+    def to_meta(self) -> dict[str, Any]:
+        """The fields a checkpoint's ``config.json`` stores."""
+        return {
+            "use_pose": self.on,
+            "pose_reason": self.reason,
+            "background_level": self.background_level,
+        }
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], where: str | Path) -> PoseState:
+        """The state saved by :meth:`to_meta` (a checkpoint without it: off), validated."""
+        on = meta.get("use_pose", False)
+        level = meta.get("background_level")
+        if not isinstance(on, bool):
+            raise CheckpointError(f"{where}: 'use_pose' has the wrong type (must be a boolean)")
+        if level is not None and (
+            isinstance(level, bool) or not isinstance(level, (int, float)) or not level > 0
+        ):
+            raise CheckpointError(
+                f"{where}: 'background_level' has the wrong type (must be a positive number "
+                f"or null), got {level!r}"
+            )
+        reason = meta.get("pose_reason", "")
+        return cls(on, str(reason), None if level is None else float(level))

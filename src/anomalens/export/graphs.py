@@ -223,7 +223,7 @@ class AnomalyDINOGraph(nn.Module):
 
 
 def anomalydino_graph(detector: Any) -> GraphSpec:
-    if getattr(detector, "use_pose", False):
+    if getattr(getattr(detector, "pose", None), "on", False):
         raise ValueError(
             "an AnomalyDINO model with pose normalisation (pose on) cannot be exported yet: "
             "the rotation to the part's axis runs outside the graph; refit with pose='off'"

@@ -37,13 +37,7 @@ from tqdm import tqdm
 
 from anomalens.backbones.base import Features
 from anomalens.data.transforms import augmented_views, resize_square
-from anomalens.methods.base import (
-    FitReport,
-    Prediction,
-    batches,
-    checkpoint_field,
-    select_shots,
-)
+from anomalens.methods.base import FitReport, Prediction, batches, select_shots
 from anomalens.methods.common import (
     MemoryConfig,
     MemoryDetector,
@@ -55,14 +49,7 @@ from anomalens.methods.common import (
     upsample_smooth,
 )
 from anomalens.neighbors import MemoryBank
-from anomalens.pose import (
-    Pose,
-    check_pose,
-    estimate_pose,
-    normalise_pose,
-    pose_decision,
-    restore_map,
-)
+from anomalens.pose import PoseState, check_pose
 from anomalens.postprocess import patch_masks, use_foreground
 from anomalens.sampler import coreset_indices
 
@@ -134,11 +121,8 @@ class AnomalyDINO(MemoryDetector):
     def __init__(self, config: AnomalyDINOConfig | None = None, **kwargs) -> None:
         super().__init__(config, **kwargs)
         self._sources: torch.Tensor | None = None  # memory row -> good image, during fit
-        #: pose normalisation on (decided at ``fit``) and why
-        self.use_pose = self.config.pose == "on"
-        self.pose_reason = ""
-        #: the good images' median background grey level (pose normalisation with brightness)
-        self.background_level: float | None = None
+        #: pose normalisation: on or off (decided at ``fit``), why, the brightness level
+        self.pose = PoseState(on=self.config.pose == "on")
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -174,11 +158,10 @@ class AnomalyDINO(MemoryDetector):
             raise ValueError("AnomalyDINO needs at least one good image (it has no zero-shot mode)")
         images = [images[i] for i in select_shots(len(images), c.shots, c.seed)]
         self.use_foreground = use_foreground(c.foreground, images)
-        decision = pose_decision(c.pose, images)
-        self.use_pose, self.pose_reason = decision.on, decision.reason
-        logger.info("anomalydino fit: %s", decision.reason)
-        if self.use_pose:
-            images = self._fit_poses(images)
+        self.pose = PoseState.fit(c.pose, images, c.pose_brightness)
+        logger.info("anomalydino fit: %s", self.pose.reason)
+        if self.pose.on:
+            images = [self.pose.normalise(img)[0] for img in images]
         need_masks = self.use_foreground or c.foreground_memory
         n_views = 1 + len(c.augment)
         views = [v for img in images for v in augmented_views(img, c.augment)]
@@ -228,54 +211,12 @@ class AnomalyDINO(MemoryDetector):
         )
         return self
 
-    # ------------------------------------------------------------------ pose
-    def _fit_poses(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """The good images in their normalised pose (and the background level, if used)."""
-        poses = [estimate_pose(img) for img in images]
-        found = [p for p in poses if p is not None]
-        if self.config.pose_brightness and found:
-            self.background_level = float(np.median([np.mean(p.fill) for p in found]))
-        return [self._normalise(img, p)[0] for img, p in zip(images, poses, strict=True)]
-
-    def _normalise(self, image: np.ndarray, pose: Pose | None) -> tuple[np.ndarray, Pose | None]:
-        """``image`` in its normalised pose (unchanged when no object was found) and the pose
-        whose :func:`~anomalens.pose.restore_map` takes its map back."""
-        if pose is None:
-            return image, None
-        if self.background_level is not None:
-            gain = self.background_level / max(float(np.mean(pose.fill)), 1.0)
-            image = np.clip(image.astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
-            pose = pose.scaled_fill(gain)
-        return normalise_pose(image, pose), pose
-
-    def _score_images(self, batch: list[np.ndarray]):
-        """Scores and maps (each in its image's frame) of a batch of RGB images."""
-        if not self.use_pose:
-            return self._score(self._encode(batch, masks=self.use_foreground))
-        normed = [self._normalise(img, estimate_pose(img)) for img in batch]
-        scores, maps = self._score(self._encode([n[0] for n in normed], masks=self.use_foreground))
-        back = [
-            m if p is None else restore_map(m, p) for m, (_, p) in zip(maps, normed, strict=True)
-        ]
-        return scores, back
-
+    # ------------------------------------------------------------------ checkpoint
     def _extra_meta(self) -> dict[str, Any]:
-        return {
-            "use_pose": self.use_pose,
-            "pose_reason": self.pose_reason,
-            "background_level": self.background_level,
-        }
+        return self.pose.to_meta()
 
     def _restore_meta(self, meta: dict[str, Any], where: Path) -> None:
-        # checkpoints written before pose normalisation have no pose fields: pose off
-        self.use_pose = (
-            checkpoint_field(meta, "use_pose", bool, where) if "use_pose" in meta else False
-        )
-        self.pose_reason = str(meta.get("pose_reason", ""))
-        level = meta.get("background_level")
-        if level is not None:
-            level = float(checkpoint_field(meta, "background_level", (int, float), where))
-        self.background_level = level
+        self.pose = PoseState.from_meta(meta, where)
 
     # ------------------------------------------------------------------ predict
     def _score(self, enc: EncodedPatches, leave_out: int | None = None):
@@ -299,4 +240,8 @@ class AnomalyDINO(MemoryDetector):
 
     def predict(self, images: Sequence[np.ndarray], progress: bool = False) -> Prediction:
         """Image scores and anomaly maps (at each input's resolution) for RGB uint8 images."""
-        return self._predict_batches(images, self._score_images, progress)
+
+        def score_batch(batch: list[np.ndarray]):
+            return self._score(self._encode(batch, masks=self.use_foreground))
+
+        return self._predict_batches(images, self.pose.wrap(score_batch), progress)
