@@ -19,6 +19,7 @@ one elongated object (principal axes ratio >= :data:`MIN_ELONGATION`) on a plain
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ import numpy as np
 from anomalens.data.transforms import spread_indices
 from anomalens.errors import CheckpointError
 from anomalens.postprocess import _to_gray, foreground_mask, has_plain_background
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "MIN_ELONGATION",
@@ -230,9 +233,13 @@ class PoseState:
     background_level: float | None = None
 
     @classmethod
-    def fit(cls, setting: str, images: Sequence[np.ndarray], brightness: bool) -> PoseState:
-        """Decide for these good images (``setting``: see :data:`POSE_MODES`)."""
+    def fit(
+        cls, setting: str, images: Sequence[np.ndarray], brightness: bool, method: str = "fit"
+    ) -> PoseState:
+        """Decide for these good images (``setting``: see :data:`POSE_MODES`) and log the
+        decision and why (INFO, as ``<method> fit: pose=...``)."""
         decision = pose_decision(setting, images)
+        logger.info("%s fit: %s", method, decision.reason)
         level = None
         if decision.on and brightness:
             fills = [float(np.mean(p.fill)) for p in map(estimate_pose, images) if p is not None]
@@ -250,6 +257,10 @@ class PoseState:
             image = np.clip(image.astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
             pose = pose.scaled_fill(gain)
         return normalise_pose(image, pose), pose
+
+    def normalise_all(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The images normalised (:meth:`normalise`); the same list when off."""
+        return [self.normalise(img)[0] for img in images] if self.on else list(images)
 
     def wrap(self, score_batch: ScoreBatch) -> ScoreBatch:
         """``score_batch(images) -> (scores, maps)`` for original images: each is normalised,

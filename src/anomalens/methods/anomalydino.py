@@ -24,12 +24,9 @@ original frame. A k-shot memory of a part that lies at any angle then covers eve
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -49,11 +46,9 @@ from anomalens.methods.common import (
     upsample_smooth,
 )
 from anomalens.neighbors import MemoryBank
-from anomalens.pose import PoseState, check_pose
+from anomalens.pose import PoseState
 from anomalens.postprocess import patch_masks, use_foreground
 from anomalens.sampler import coreset_indices
-
-logger = logging.getLogger(__name__)
 
 #: Settings of ``image_score``.
 IMAGE_SCORES = ("top_fraction", "max")
@@ -76,11 +71,9 @@ class AnomalyDINOConfig(MemoryConfig):
     memory_size: coreset size (None: keep every patch); top_fraction: image score = mean of
     this fraction of the highest patch distances; sigma: map smoothing in pixels at
     ``image_size``; search_precision: ``bf16`` shortlist + exact re-rank, or ``fp32``;
-    calibration_images: good images scored leave-one-out for the thresholds;
-    pose: ``off``, ``on`` (normalise every image's pose, see :mod:`anomalens.pose`) or
-    ``auto`` (on for one elongated object on a plain background, decided at ``fit``);
-    pose_brightness: with pose on, also scale each image so its background median is the
-    good images' median background level; image_score: ``top_fraction`` (the mean of the
+    calibration_images: good images scored leave-one-out for the thresholds; pose,
+    pose_brightness: pose normalisation (:class:`~anomalens.methods.common.MemoryConfig`);
+    image_score: ``top_fraction`` (the mean of the
     ``top_fraction`` highest patch distances, the paper's) or ``max`` (the maximum of the
     smoothed map at ``image_size``).
     """
@@ -89,14 +82,11 @@ class AnomalyDINOConfig(MemoryConfig):
     foreground: str = "off"
     foreground_memory: bool = False
     top_fraction: float = 0.01
-    pose: str = "off"
-    pose_brightness: bool = True
     image_score: str = "top_fraction"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_fraction("top_fraction", self.top_fraction)
-        check_pose(self.pose)
         if self.image_score not in IMAGE_SCORES:
             raise ValueError(
                 f"image_score must be one of {', '.join(IMAGE_SCORES)}, got {self.image_score!r}"
@@ -121,8 +111,6 @@ class AnomalyDINO(MemoryDetector):
     def __init__(self, config: AnomalyDINOConfig | None = None, **kwargs) -> None:
         super().__init__(config, **kwargs)
         self._sources: torch.Tensor | None = None  # memory row -> good image, during fit
-        #: pose normalisation: on or off (decided at ``fit``), why, the brightness level
-        self.pose = PoseState(on=self.config.pose == "on")
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -158,10 +146,8 @@ class AnomalyDINO(MemoryDetector):
             raise ValueError("AnomalyDINO needs at least one good image (it has no zero-shot mode)")
         images = [images[i] for i in select_shots(len(images), c.shots, c.seed)]
         self.use_foreground = use_foreground(c.foreground, images)
-        self.pose = PoseState.fit(c.pose, images, c.pose_brightness)
-        logger.info("anomalydino fit: %s", self.pose.reason)
-        if self.pose.on:
-            images = [self.pose.normalise(img)[0] for img in images]
+        self.pose = PoseState.fit(c.pose, images, c.pose_brightness, self.method)
+        images = self.pose.normalise_all(images)
         need_masks = self.use_foreground or c.foreground_memory
         n_views = 1 + len(c.augment)
         views = [v for img in images for v in augmented_views(img, c.augment)]
@@ -210,13 +196,6 @@ class AnomalyDINO(MemoryDetector):
             len(images), n * h * w, memory.shape[0], t0, features=t1, memory=t2, calibration=t3
         )
         return self
-
-    # ------------------------------------------------------------------ checkpoint
-    def _extra_meta(self) -> dict[str, Any]:
-        return self.pose.to_meta()
-
-    def _restore_meta(self, meta: dict[str, Any], where: Path) -> None:
-        self.pose = PoseState.from_meta(meta, where)
 
     # ------------------------------------------------------------------ predict
     def _score(self, enc: EncodedPatches, leave_out: int | None = None):

@@ -38,6 +38,7 @@ from anomalens.methods.common import (
     calibrate,
     pool_patches,
 )
+from anomalens.pose import PoseState
 from anomalens.postprocess import (
     FOREGROUND_SIZE,
     gaussian_blur,
@@ -153,6 +154,8 @@ class PatchCore(MemoryDetector):
         keep = select_shots(len(images), c.shots, c.seed)
         images = [images[i] for i in keep]
         self.use_foreground = use_foreground(c.foreground, images)
+        self.pose = PoseState.fit(c.pose, images, c.pose_brightness, self.method)  # pose (#15)
+        images = self.pose.normalise_all(images)
         n_views = 1 + len(c.augment)
         views = (v for img in images for v in augmented_views(img, c.augment))
         chunks = []
@@ -211,6 +214,5 @@ class PatchCore(MemoryDetector):
     # ------------------------------------------------------------------ predict
     def predict(self, images: Sequence[np.ndarray], progress: bool = False) -> Prediction:
         """Image scores and anomaly maps (at each input's resolution) for RGB uint8 images."""
-        return self._predict_batches(
-            images, lambda batch: self._score(self.embed_images(batch), batch), progress
-        )
+        score = self.pose.wrap(lambda batch: self._score(self.embed_images(batch), batch))
+        return self._predict_batches(images, score, progress)
