@@ -18,6 +18,7 @@ reported as an ablation. Usage (from the repository root)::
     ... --dataset-root ../shared/data/magnetic_tile --category magnetic_tile \\
         --variants baseline pose_max
 
+``--fit-only`` records the decisions of ``fit`` (pose, foreground) without predicting.
 Writes ``benchmarks/results/fewshot/<category>.json`` (per run and mean over seeds per K),
 with the machine and the date.
 """
@@ -71,15 +72,18 @@ def validation_set(images: list[np.ndarray], shots: list[int], seed: int):
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     train, _, _ = load_samples("mvtec", args.dataset_root, args.category, "train", progress=False)
-    test, has_masks, _ = load_samples(
-        "mvtec", args.dataset_root, args.category, "test", progress=False
-    )
     train_images = [s.image for s in train]
+    test, has_masks = [], False
+    if not args.fit_only:
+        test, has_masks, _ = load_samples(
+            "mvtec", args.dataset_root, args.category, "test", progress=False
+        )
     test_images = [s.image for s in test]
     labels = [int(s.label) for s in test]
     masks = [s.mask for s in test] if has_masks else None
     runs: list[dict] = []
     validation: list[dict] = []
+    decisions: list[dict] = []
     for variant in args.variants:
         for k in args.shots:
             for seed in args.seeds:
@@ -88,6 +92,12 @@ def run(args) -> dict:
                 t0 = time.perf_counter()
                 det.fit(train_images, progress=False)
                 fit_s = time.perf_counter() - t0
+                if args.fit_only:  # the decisions of fit only (pose, foreground)
+                    row = {"variant": variant, "shots": k, "seed": seed, "pose": det.pose.on}
+                    row |= {"pose_reason": det.pose.reason, "foreground": det.use_foreground}
+                    decisions.append(row)
+                    print(json.dumps(row), flush=True)
+                    continue
                 t0 = time.perf_counter()
                 pred = det.predict(test_images)
                 ms = 1000 * (time.perf_counter() - t0) / len(test_images)
@@ -113,7 +123,7 @@ def run(args) -> dict:
                         {"variant": variant, "shots": k, "seed": seed, "val_auroc": round(auc, 4)}
                     )
                     print(json.dumps(validation[-1]), flush=True)
-    return {"runs": runs, "validation": validation}
+    return {"runs": runs, "validation": validation, "decisions": decisions}
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -154,6 +164,7 @@ def main() -> None:
     ap.add_argument("--shots", nargs="+", type=int, default=[1, 2, 4, 8])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--validate", action="store_true", help="choose the image score (see doc)")
+    ap.add_argument("--fit-only", action="store_true", help="record fit's decisions only")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None, help="default: results/fewshot/CAT.json")
     args = ap.parse_args()
@@ -171,6 +182,7 @@ def main() -> None:
         "summary": summarise(result["runs"]),
         "score_choice": choose_score(result["validation"]),
         "validation": result["validation"],
+        "decisions": result["decisions"],
         "runs": result["runs"],
         "seconds": round(time.perf_counter() - t0, 1),
         "environment": environment(),
