@@ -1,10 +1,12 @@
-"""Few-shot AnomalyDINO (offline EfficientNet-Lite0) with and without pose normalisation.
+"""Few-shot AnomalyDINO and PatchCore (offline EfficientNet-Lite0) with and without pose
+normalisation.
 
 For each category, variant, K (shots) and seed of the shot choice: fit on K good training images,
 predict the whole test split, and record image AUROC, pixel AUROC and AUPRO, the pose decision
 of ``fit`` and the times. Variants (``--variants``, see :data:`VARIANTS`) are the baseline
 (AnomalyDINO's defaults), foreground on, a rotation-augmented memory, pose normalisation with
-and without the brightness match, and the two image scores.
+and without the brightness match, the two image scores, and PatchCore (its defaults) with and
+without pose.
 
 The image score of the recommended setting is chosen WITHOUT the test split: for each K and seed,
 16 held-out good training images (not among the shots) and the same images with one synthetic
@@ -36,7 +38,7 @@ import torch
 from anomalens.atomic import atomic_write_json
 from anomalens.data.synthetic import add_synthetic_defect
 from anomalens.evaluate import load_samples
-from anomalens.methods import AnomalyDINO
+from anomalens.methods import AnomalyDINO, PatchCore
 from anomalens.methods.base import select_shots
 from anomalens.metrics import compute_all, image_auroc
 from anomalens.postprocess import foreground_mask
@@ -52,7 +54,10 @@ VARIANTS: dict[str, dict] = {
     "pose_top": {"foreground": "auto", "pose": "auto"},
     "pose_max": {"foreground": "auto", "pose": "auto", "image_score": "max"},
     "pose_max_448": {"foreground": "auto", "pose": "auto", "image_score": "max", "image_size": 448},
+    "patchcore": {"method": "patchcore"},
+    "patchcore_pose": {"method": "patchcore", "pose": "auto"},
 }
+METHOD_CLASSES = {"anomalydino": AnomalyDINO, "patchcore": PatchCore}
 #: the variants whose image score the validation rule chooses between
 SCORE_CHOICE = {"top_fraction": "pose_top", "max": "pose_max"}
 N_VALIDATION = 16
@@ -88,7 +93,7 @@ def run(args) -> dict:
         for k in args.shots:
             for seed in args.seeds:
                 options = dict(VARIANTS[variant], backbone=BACKBONE, shots=k, seed=seed)
-                det = AnomalyDINO(**options)
+                det = METHOD_CLASSES[options.pop("method", "anomalydino")](**options)
                 t0 = time.perf_counter()
                 det.fit(train_images, progress=False)
                 fit_s = time.perf_counter() - t0
