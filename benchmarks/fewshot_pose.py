@@ -46,15 +46,19 @@ from anomalens.results import environment
 
 BACKBONE = "efficientnet-lite0"
 #: variant -> AnomalyDINO options (on top of the backbone, shots and seed)
+#: the settings of AnomalyDINO before pose normalisation existed (every variant starts from them)
+OLD_DEFAULTS = {"pose": "off", "foreground": "off", "image_score": "top_fraction"}
 VARIANTS: dict[str, dict] = {
-    "baseline": {},
-    "foreground": {"foreground": "auto"},
-    "rotaug": {"foreground": "auto", "augment": ("rot90", "rot180", "rot270")},
-    "pose_nobright": {"foreground": "auto", "pose": "auto", "pose_brightness": False},
-    "pose_top": {"foreground": "auto", "pose": "auto"},
-    "pose_max": {"foreground": "auto", "pose": "auto", "image_score": "max"},
-    "pose_max_448": {"foreground": "auto", "pose": "auto", "image_score": "max", "image_size": 448},
-    "patchcore": {"method": "patchcore"},
+    "baseline": OLD_DEFAULTS,
+    "foreground": OLD_DEFAULTS | {"foreground": "auto"},
+    "rotaug": OLD_DEFAULTS | {"foreground": "auto", "augment": ("rot90", "rot180", "rot270")},
+    "pose_nobright": OLD_DEFAULTS
+    | {"foreground": "auto", "pose": "auto", "pose_brightness": False},
+    "pose_top": OLD_DEFAULTS | {"foreground": "auto", "pose": "auto"},
+    "pose_max": OLD_DEFAULTS | {"foreground": "auto", "pose": "auto", "image_score": "max"},
+    "pose_max_448": OLD_DEFAULTS
+    | {"foreground": "auto", "pose": "auto", "image_score": "max", "image_size": 448},
+    "patchcore": {"method": "patchcore", "pose": "off"},
     "patchcore_pose": {"method": "patchcore", "pose": "auto"},
 }
 METHOD_CLASSES = {"anomalydino": AnomalyDINO, "patchcore": PatchCore}
