@@ -173,6 +173,7 @@ def test_detector_maps_come_back_in_the_original_frame(dino_dir, caplog):
     # with OpenCV's inverted matrix
     plain = AnomalyDINO(**cfg)
     plain.memory, plain.grid, plain._backbone = det.memory, det.grid, det.backbone
+    plain.use_foreground = det.use_foreground
     for img, score, m in zip(test, pred.scores, pred.maps, strict=True):
         pose = estimate_pose(img)
         ref = plain.predict([normalise_pose(img, pose)])

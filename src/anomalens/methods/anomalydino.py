@@ -9,9 +9,10 @@ Damm et al., "AnomalyDINO: Boosting Patch-based Few-shot Anomaly Detection with 
    copies) form the memory; an optional greedy coreset bounds its size;
 3. ``predict``: cosine distance ``1 - cos`` of each test patch to its nearest memory patch;
    with ``foreground`` on, the distances of background patches are zeroed (OpenCV foreground
-   mask of the image, see :func:`anomalens.postprocess.foreground_mask`); the image score is
-   the mean of the top 1% patch distances; the map is the distance grid upsampled to
-   ``image_size``, Gaussian-smoothed and resized to the input;
+   mask of the image, see :func:`anomalens.postprocess.foreground_mask`); the map is the
+   distance grid upsampled to ``image_size``, Gaussian-smoothed and resized to the input; the
+   image score is the map's maximum (``image_score="max"``, the default) or, as in the paper,
+   the mean of the top 1% patch distances (``"top_fraction"``);
 4. thresholds from good images only, leave-one-out as in PatchCore (>= 2 shots).
 
 With ``pose`` on (``auto``: an elongated object on a plain background, see
@@ -64,25 +65,30 @@ class AnomalyDINOConfig(MemoryConfig):
     (the paper uses 448 for DINOv2); layers: backbone taps (None: the last block of a ViT, the
     default taps of a CNN); final_norm: apply the model's final norm to the tokens
     (:meth:`~anomalens.backbones.base.Backbone.output_norm`); neighbourhood: local averaging of
-    patch features (1 = off); foreground: ``off`` (default), ``on`` (zero the distances of
-    background patches) or ``auto`` (on for objects on a plain background, decided at
-    ``fit``); foreground_memory: drop the background patches of the good images from the
+    patch features (1 = off); foreground: ``auto`` (default: on for objects on a plain
+    background, decided at ``fit``), ``on`` (zero the distances of background patches) or
+    ``off``; foreground_memory: drop the background patches of the good images from the
     memory; augment: extra flipped / rotated views of each good image;
-    memory_size: coreset size (None: keep every patch); top_fraction: image score = mean of
-    this fraction of the highest patch distances; sigma: map smoothing in pixels at
-    ``image_size``; search_precision: ``bf16`` shortlist + exact re-rank, or ``fp32``;
-    calibration_images: good images scored leave-one-out for the thresholds; pose,
-    pose_brightness: pose normalisation (:class:`~anomalens.methods.common.MemoryConfig`);
-    image_score: ``top_fraction`` (the mean of the
-    ``top_fraction`` highest patch distances, the paper's) or ``max`` (the maximum of the
-    smoothed map at ``image_size``).
+    memory_size: coreset size (None: keep every patch); top_fraction: see image_score; sigma:
+    map smoothing in pixels at ``image_size``; search_precision: ``bf16`` shortlist + exact
+    re-rank, or ``fp32``; calibration_images: good images scored leave-one-out for the
+    thresholds; pose (default ``auto``), pose_brightness: pose normalisation (see
+    :class:`~anomalens.methods.common.MemoryConfig`); image_score: ``max`` (default: the
+    maximum of the smoothed map at ``image_size``) or ``top_fraction`` (the paper's: the mean of
+    the ``top_fraction`` highest patch distances).
+
+    The defaults ``foreground="auto", pose="auto", image_score="max"`` were chosen for few-shot
+    use (docs/benchmarks.md, "Few-shot: pose normalisation"; the score by a validation set of
+    good training images with synthetic defects, not by the test split); the paper's settings
+    are ``foreground="off", pose="off", image_score="top_fraction"``.
     """
 
     final_norm: bool = True
-    foreground: str = "off"
+    foreground: str = "auto"
     foreground_memory: bool = False
     top_fraction: float = 0.01
-    image_score: str = "top_fraction"
+    pose: str = "auto"
+    image_score: str = "max"
 
     def __post_init__(self) -> None:
         super().__post_init__()
