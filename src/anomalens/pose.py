@@ -235,21 +235,29 @@ class PoseState:
     @classmethod
     def fit(
         cls, setting: str, images: Sequence[np.ndarray], brightness: bool, method: str = "fit"
-    ) -> PoseState:
-        """Decide for these good images (``setting``: see :data:`POSE_MODES`) and log the
-        decision and why (INFO, as ``<method> fit: pose=...``)."""
+    ) -> tuple[PoseState, list[np.ndarray]]:
+        """Decide for these good images (``setting``: see :data:`POSE_MODES`), log the decision
+        and why (INFO, as ``<method> fit: pose=...``), and return the state with the images
+        normalised (the same images when off)."""
         decision = pose_decision(setting, images)
         logger.info("%s fit: %s", method, decision.reason)
-        level = None
-        if decision.on and brightness:
-            fills = [float(np.mean(p.fill)) for p in map(estimate_pose, images) if p is not None]
-            level = float(np.median(fills)) if fills else None
-        return cls(decision.on, decision.reason, level)
+        if not decision.on:
+            return cls(False, decision.reason), list(images)
+        poses = [estimate_pose(img) for img in images]
+        fills = [float(np.mean(p.fill)) for p in poses if p is not None]
+        level = float(np.median(fills)) if brightness and fills else None
+        state = cls(True, decision.reason, level)
+        return state, [state.normalise(i, p)[0] for i, p in zip(images, poses, strict=True)]
 
-    def normalise(self, image: np.ndarray) -> tuple[np.ndarray, Pose | None]:
+    def normalise(
+        self, image: np.ndarray, pose: Pose | None = None
+    ) -> tuple[np.ndarray, Pose | None]:
         """``image`` in its normalised pose and brightness, and the pose that
-        :func:`restore_map` needs (unchanged and None when off or no object is found)."""
-        pose = estimate_pose(image) if self.on else None
+        :func:`restore_map` needs (unchanged and None when off or no object is found);
+        ``pose``: the image's pose if already estimated."""
+        if not self.on:
+            return image, None
+        pose = pose if pose is not None else estimate_pose(image)
         if pose is None:
             return image, None
         if self.background_level is not None:

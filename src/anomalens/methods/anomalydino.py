@@ -152,8 +152,7 @@ class AnomalyDINO(MemoryDetector):
             raise ValueError("AnomalyDINO needs at least one good image (it has no zero-shot mode)")
         images = [images[i] for i in select_shots(len(images), c.shots, c.seed)]
         self.use_foreground = use_foreground(c.foreground, images)
-        self.pose = PoseState.fit(c.pose, images, c.pose_brightness, self.method)
-        images = self.pose.normalise_all(images)
+        self.pose, images = PoseState.fit(c.pose, images, c.pose_brightness, self.method)
         need_masks = self.use_foreground or c.foreground_memory
         n_views = 1 + len(c.augment)
         views = [v for img in images for v in augmented_views(img, c.augment)]

@@ -154,8 +154,7 @@ class PatchCore(MemoryDetector):
         keep = select_shots(len(images), c.shots, c.seed)
         images = [images[i] for i in keep]
         self.use_foreground = use_foreground(c.foreground, images)
-        self.pose = PoseState.fit(c.pose, images, c.pose_brightness, self.method)  # pose (#15)
-        images = self.pose.normalise_all(images)
+        self.pose, images = PoseState.fit(c.pose, images, c.pose_brightness, self.method)  # #15
         n_views = 1 + len(c.augment)
         views = (v for img in images for v in augmented_views(img, c.augment))
         chunks = []
