@@ -20,7 +20,9 @@ reported as an ablation. Usage (from the repository root)::
     ... --dataset-root ../shared/data/magnetic_tile --category magnetic_tile \\
         --variants baseline pose_max
 
-``--fit-only`` records the decisions of ``fit`` (pose, foreground) without predicting.
+``--fit-only`` records the decisions of ``fit`` (pose, foreground) without predicting;
+``--timing N`` times ``predict`` on N test images with pose off and on (run it alone, under
+``flock -x``; writes the ``--json`` file, e.g. ``results/fewshot-speed/screw.json``).
 Writes ``benchmarks/results/fewshot/<category>.json`` (per run and mean over seeds per K),
 with the machine and the date.
 """
@@ -135,6 +137,30 @@ def run(args) -> dict:
     return {"runs": runs, "validation": validation, "decisions": decisions}
 
 
+def timing(args) -> dict:
+    """ms/image of ``predict`` with pose off and on (4 shots, the new AnomalyDINO defaults
+    otherwise), median of 3 repeats over the first ``args.timing`` test images; run it alone
+    (``flock -x``)."""
+    torch.set_num_threads(args.threads)
+    train, _, _ = load_samples("mvtec", args.dataset_root, args.category, "train", progress=False)
+    test, _, _ = load_samples("mvtec", args.dataset_root, args.category, "test", progress=False)
+    images = [s.image for s in test[: args.timing]]
+    out = {}
+    for pose in ("off", "auto"):
+        det = AnomalyDINO(backbone=BACKBONE, shots=4, seed=0, pose=pose)
+        det.fit([s.image for s in train], progress=False)
+        det.predict(images[:2])  # warm-up
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            det.predict(images)
+            times.append(1000 * (time.perf_counter() - t0) / len(images))
+        out[f"pose_{pose}"] = {"ms_per_image": round(float(np.median(times)), 1),
+                               "pose": det.pose.on}  # fmt: skip
+        print(pose, out[f"pose_{pose}"], flush=True)
+    return out
+
+
 def summarise(runs: list[dict]) -> dict:
     """Mean and min/max over seeds of each metric, per variant and K."""
     out: dict = {}
@@ -174,11 +200,19 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--validate", action="store_true", help="choose the image score (see doc)")
     ap.add_argument("--fit-only", action="store_true", help="record fit's decisions only")
+    ap.add_argument("--timing", type=int, default=0, metavar="N", help="time predict only")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None, help="default: results/fewshot/CAT.json")
     args = ap.parse_args()
     out = args.json or Path(__file__).parent / "results" / "fewshot" / f"{args.category}.json"
     t0 = time.perf_counter()
+    if args.timing:
+        doc = {"script": "benchmarks/fewshot_pose.py --timing", "category": args.category}
+        doc |= {"images": args.timing, "timing": timing(args), "environment": environment()}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out, doc)
+        print(f"wrote {out}")
+        return
     result = run(args)
     doc = {
         "script": "benchmarks/fewshot_pose.py",
