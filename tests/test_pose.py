@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -294,3 +295,27 @@ def test_cli_fit_prints_the_pose_decision(demo_root, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 2
     assert "pose" in err
+
+
+MVTEC_SCREW = Path(__file__).resolve().parents[2] / "shared/data/mvtec_ad/screw"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MVTEC_SCREW.is_dir(), reason="MVTec AD screw (../shared) not present")
+def test_real_screw_four_shots_separate_images():
+    """AnomalyDINO's defaults, 4 good screws (seed 0), 40 test images (10 good, 30 defective):
+    pose on, and images separated (0.89 here, 0.84 on the whole test split; the former defaults
+    0.55 here, 0.51 on the whole split)."""
+    from anomalens.data.datasets import MVTecAD
+    from anomalens.metrics import image_auroc, pixel_auroc
+
+    train = MVTecAD(MVTEC_SCREW.parent, "screw", "train").load_all(progress=False)
+    test = MVTecAD(MVTEC_SCREW.parent, "screw", "test")[::4].load_all(progress=False)
+    det = AnomalyDINO(shots=4, seed=0).fit([s.image for s in train], progress=False)
+    assert det.pose.on
+    assert det.use_foreground
+    pred = det.predict([s.image for s in test])
+    labels = [s.label for s in test]
+    assert all(m.shape == (512, 512) for m in pred.maps)
+    assert image_auroc(labels, pred.scores) >= 0.75
+    assert pixel_auroc([s.mask for s in test], pred.maps) >= 0.97
