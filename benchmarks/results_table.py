@@ -860,12 +860,85 @@ def render_defaults_mean(results: Path) -> str:
     return head + "\n\n" + table(header, rows)
 
 
+#: variants of benchmarks/fewshot_pose.py, in table order, with their labels
+FEWSHOT_POSE_VARIANTS = {
+    "baseline": "AnomalyDINO, former defaults (pose off, foreground off, top 1% score)",
+    "foreground": "+ foreground auto",
+    "rotaug": "+ foreground auto, memory + rot90/180/270 copies",
+    "pose_nobright": "+ foreground auto, pose auto without brightness match",
+    "pose_top": "+ foreground auto, pose auto (top 1% score)",
+    "pose_max": "+ foreground auto, pose auto, max score (the new defaults)",
+    "pose_max_448": "+ foreground auto, pose auto, max score, 448 px",
+    "patchcore": "PatchCore defaults",
+    "patchcore_pose": "PatchCore, pose auto",
+}
+
+
+def render_fewshot_pose(results: Path) -> str:
+    """benchmarks/fewshot_pose.py: mean (min-max) over shot seeds per category, variant, K."""
+    paths = files(results, "fewshot")
+    docs = [load(p) for p in paths]
+    order = list(FEWSHOT_POSE_VARIANTS)
+    cells, notes = [], []
+    for path, doc in zip(paths, docs, strict=True):
+        cat = doc.get("category", path.stem)
+        for variant, by_k in doc.get("summary", {}).items():
+            for k, c in by_k.items():
+                runs = [
+                    r
+                    for r in doc.get("runs", [])
+                    if r["variant"] == variant and str(r["shots"]) == k
+                ]
+                key = (cat, order.index(variant) if variant in order else len(order), int(k))
+                cells.append((key, variant, c, runs))
+        choice = doc.get("score_choice")
+        if choice:
+            means = ", ".join(f"{k} {v:.3f}" for k, v in choice["mean_val_auroc"].items())
+            notes.append(
+                f"{cat}: image score chosen on held-out good train images with synthetic "
+                f"defects (mean validation AUROC over K and seeds: {means}): "
+                f"**{choice['chosen']}**."
+            )
+        decisions = doc.get("decisions", [])
+        if decisions:
+            on = sum(1 for d in decisions if d["pose"])
+            reasons = sorted({d["pose_reason"] for d in decisions})
+            notes.append(
+                f"{cat}: `fit` with pose auto decided on in {on} of {len(decisions)} fits "
+                f"(K = {', '.join(str(k) for k in doc.get('shots', []))}, seeds "
+                f"{', '.join(str(s) for s in doc.get('seeds', []))}): {'; '.join(reasons)}."
+            )
+    rows = []
+    for (cat, _, k), variant, c, runs in sorted(cells, key=lambda x: x[0]):
+        pose = sorted({"on" if r["pose"] else "off" for r in runs})
+        lo, hi = c["image_auroc_range"] or (None, None)
+        ms = [r["ms_per_image"] for r in runs]
+        rows.append([
+            cat.replace("_", " "),
+            FEWSHOT_POSE_VARIANTS.get(variant, variant),
+            str(k),
+            f"**{num(c['image_auroc'], 3)}** ({num(lo, 2)}-{num(hi, 2)})",
+            num(c["pixel_auroc"], 3),
+            num(c["aupro"], 3),
+            "/".join(pose),
+            num(sum(ms) / len(ms), 0) if ms else "-",
+        ])  # fmt: skip
+    header = ["category", "variant", "K", "I-AUROC mean (min-max)", "P-AUROC", "AUPRO"]
+    header += ["pose", "ms/image"]
+    head = (
+        f"EfficientNet-Lite0 (320 px unless said), seeds of the shot choice 0, 1, 2; "
+        f"{machines(docs)}; ms/image on a machine shared by several jobs (not a speed figure)."
+    )
+    return head + "\n\n" + table(header, rows) + "".join("\n\n" + n for n in notes)
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "defaults-categories": render_defaults_categories,
     "defaults-mean": render_defaults_mean,
     "patchcore-screw": render_patchcore_screw,
     "patchcore-speed": render_patchcore_speed,
     "fewshot-screw": render_fewshot_screw,
+    "fewshot": render_fewshot_pose,
     "aaclip-screw": render_aaclip_screw,
     "aaclip-speed": render_aaclip_speed,
     "zero-few-shot-speed": render_zero_few_shot_speed,

@@ -80,7 +80,7 @@ def test_patch_masks_follow_the_object():
 
 def test_matches_plain_reference(dino_dir):
     good, test = tm.images(3, seed=1), tm.images(2, seed=2, shape=(37, 45))
-    cfg = dict(precision="fp32", search_precision="fp32", sigma=1.5)
+    cfg = dict(precision="fp32", search_precision="fp32", sigma=1.5, image_score="top_fraction")
     det = AnomalyDINO(backbone=f"dinov2:{dino_dir}", **cfg).fit(good, progress=False)
     assert det.layers == (4,)
     assert det.memory.shape == (3 * 16, 32)
@@ -106,7 +106,8 @@ def test_matches_plain_reference(dino_dir):
 def test_masking_only_lowers_distances(dino_dir):
     good = tm.object_images(3, seed=1, size=48)
     test = tm.object_images(2, seed=2, size=48)
-    plain = AnomalyDINO(backbone=f"dinov2:{dino_dir}", image_size=48).fit(good, False)
+    plain = AnomalyDINO(backbone=f"dinov2:{dino_dir}", image_size=48, foreground="off")
+    plain.fit(good, False)
     masked = AnomalyDINO(backbone=f"dinov2:{dino_dir}", image_size=48, foreground="on")
     masked.fit(good, False)
     assert torch.equal(plain.memory, masked.memory)  # foreground_memory is off
@@ -115,7 +116,9 @@ def test_masking_only_lowers_distances(dino_dir):
     for a, b in zip(m.maps, p.maps, strict=True):
         assert (a <= b + 1e-5).all()
         assert a[:2, :2].max() < 0.1 * b[:2, :2].min()  # background corner ~zeroed
-    both = AnomalyDINO(backbone=f"dinov2:{dino_dir}", image_size=48, foreground_memory=True)
+    both = AnomalyDINO(
+        backbone=f"dinov2:{dino_dir}", image_size=48, foreground="off", foreground_memory=True
+    )
     both.fit(good, False)
     fg = patch_masks(good, (6, 6))
     assert both.memory.shape[0] == int(fg.sum()) < plain.memory.shape[0]

@@ -63,6 +63,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     )
     for note in detector.fit_report.notes:
         print(note)
+    pose = getattr(detector, "pose", None)
+    if pose is not None and getattr(detector.config, "pose", "off") != "off":
+        print(f"pose normalisation: {pose.reason}")  # the decision of fit and why
     print(f"saved model to {folder} (config.json, model.safetensors)")
     return EXIT_OK
 

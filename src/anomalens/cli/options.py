@@ -14,6 +14,7 @@ from anomalens.errors import AnomalensError
 from anomalens.methods import METHODS
 from anomalens.methods.aaclip import ANCHOR_SOURCES
 from anomalens.methods.base import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from anomalens.pose import POSE_MODES
 
 EXIT_OK = 0
 EXIT_ERROR = 2
@@ -33,6 +34,7 @@ METHOD_OPTIONS = (
     ("precision", "precision"),
     ("augment", "augment"),
     ("anchors", "anchors"),
+    ("pose", "pose"),
 )
 
 
@@ -108,6 +110,13 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
         metavar="A,B",
         help=f"extra views of each good image in the memory, from {','.join(AUGMENTATIONS)} "
         "(PatchCore, AnomalyDINO; helps few-shot)",
+    )
+    g.add_argument(
+        "--pose",
+        choices=POSE_MODES,
+        help="pose normalisation (PatchCore, AnomalyDINO): rotate each part so its principal "
+        "axis is horizontal before matching; auto = on for one elongated object on a plain "
+        "background (fit logs the decision); helps few-shot on parts lying at any angle",
     )
     g.add_argument(
         "--anchors",

@@ -127,18 +127,6 @@ def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=interp)
 
 
-def stretch_levels(image: np.ndarray, percent: float = 1.0) -> np.ndarray:
-    """``image`` (uint8) with its grey levels stretched linearly so that its ``percent`` and
-    ``100 - percent`` percentiles (all channels together, estimated on every 4th pixel) become
-    0 and 255: the same part under brighter or dimmer light gives the same picture. Images
-    with a range under 8 grey levels are returned unchanged."""
-    low, high = np.percentile(image[::4, ::4], [percent, 100.0 - percent])
-    if high - low < 8:
-        return image
-    lut = np.clip((np.arange(256) - low) * 255.0 / (high - low), 0, 255).round()
-    return cv2.LUT(image, lut.astype(np.uint8))
-
-
 def check_augment(augment: Sequence[str] | str) -> tuple[str, ...]:
     """``augment`` as a tuple of names from :data:`AUGMENTATIONS` (ValueError otherwise)."""
     names = (augment,) if isinstance(augment, str) else tuple(augment)

@@ -213,6 +213,7 @@ class AnomalyDINOGraph(nn.Module):
         self.neighbourhood = c.neighbourhood
         self.search = NearestNeighbours(detector.memory)
         self.top_fraction = c.top_fraction
+        self.score_max = getattr(c, "image_score", "top_fraction") == "max"
         self.sigma = c.sigma
         self.size = bb.image_size
         self.use_foreground = bool(detector.use_foreground)
@@ -229,8 +230,10 @@ class AnomalyDINOGraph(nn.Module):
         dist = dist.square().mul(0.5).clamp(0.0, 2.0).view(-1, h * w)
         if self.use_foreground:
             dist = dist * masks[0].reshape(-1, h * w)
-        scores = top_fraction_mean(dist, self.top_fraction)
         maps = upsample_smooth(dist.view(-1, h, w), self.size, self.sigma)
+        if self.score_max:
+            return maps.amax((1, 2)), maps
+        scores = top_fraction_mean(dist, self.top_fraction)
         return scores, maps
 
 
@@ -372,6 +375,11 @@ BUILDERS = {
 
 def build_graph(detector: Detector) -> GraphSpec:
     """The export graph of a fitted detector (ValueError for methods without one)."""
+    if getattr(getattr(detector, "pose", None), "on", False):
+        raise ValueError(
+            f"a {detector.method} model with pose normalisation (pose on) cannot be exported "
+            "yet: the rotation to the part's axis runs outside the graph; refit with pose='off'"
+        )
     if detector.method not in BUILDERS:
         raise ValueError(
             f"method {detector.method!r} cannot be exported to ONNX yet; "

@@ -9,10 +9,18 @@ Damm et al., "AnomalyDINO: Boosting Patch-based Few-shot Anomaly Detection with 
    copies) form the memory; an optional greedy coreset bounds its size;
 3. ``predict``: cosine distance ``1 - cos`` of each test patch to its nearest memory patch;
    with ``foreground`` on, the distances of background patches are zeroed (OpenCV foreground
-   mask of the image, see :func:`anomalens.postprocess.foreground_mask`); the image score is
-   the mean of the top 1% patch distances; the map is the distance grid upsampled to
-   ``image_size``, Gaussian-smoothed and resized to the input;
+   mask of the image, see :func:`anomalens.postprocess.foreground_mask`); the map is the
+   distance grid upsampled to ``image_size``, Gaussian-smoothed and resized to the input; the
+   image score is the map's maximum (``image_score="max"``, the default) or, as in the paper,
+   the mean of the top 1% patch distances (``"top_fraction"``);
 4. thresholds from good images only, leave-one-out as in PatchCore (>= 2 shots).
+
+With ``pose`` on (``auto``: an elongated object on a plain background, see
+:func:`anomalens.pose.pose_decision`; decided and logged at ``fit``), every image, good or
+tested, is first rotated so the part's principal axis is horizontal, heavier end left
+(:mod:`anomalens.pose`), and, with ``pose_brightness``, scaled so its background median equals
+that of the good images; the maps are computed on the normalised image and taken back to the
+original frame. A k-shot memory of a part that lies at any angle then covers every angle.
 """
 
 from __future__ import annotations
@@ -39,8 +47,12 @@ from anomalens.methods.common import (
     upsample_smooth,
 )
 from anomalens.neighbors import MemoryBank
+from anomalens.pose import PoseState
 from anomalens.postprocess import patch_masks, use_foreground
 from anomalens.sampler import coreset_indices
+
+#: Settings of ``image_score``.
+IMAGE_SCORES = ("top_fraction", "max")
 
 
 @dataclass
@@ -53,24 +65,38 @@ class AnomalyDINOConfig(MemoryConfig):
     (the paper uses 448 for DINOv2); layers: backbone taps (None: the last block of a ViT, the
     default taps of a CNN); final_norm: apply the model's final norm to the tokens
     (:meth:`~anomalens.backbones.base.Backbone.output_norm`); neighbourhood: local averaging of
-    patch features (1 = off); foreground: ``off`` (default), ``on`` (zero the distances of
-    background patches) or ``auto`` (on for objects on a plain background, decided at
-    ``fit``); foreground_memory: drop the background patches of the good images from the
+    patch features (1 = off); foreground: ``auto`` (default: on for objects on a plain
+    background, decided at ``fit``), ``on`` (zero the distances of background patches) or
+    ``off``; foreground_memory: drop the background patches of the good images from the
     memory; augment: extra flipped / rotated views of each good image;
-    memory_size: coreset size (None: keep every patch); top_fraction: image score = mean of
-    this fraction of the highest patch distances; sigma: map smoothing in pixels at
-    ``image_size``; search_precision: ``bf16`` shortlist + exact re-rank, or ``fp32``;
-    calibration_images: good images scored leave-one-out for the thresholds.
+    memory_size: coreset size (None: keep every patch); top_fraction: see image_score; sigma:
+    map smoothing in pixels at ``image_size``; search_precision: ``bf16`` shortlist + exact
+    re-rank, or ``fp32``; calibration_images: good images scored leave-one-out for the
+    thresholds; pose (default ``auto``), pose_brightness: pose normalisation (see
+    :class:`~anomalens.methods.common.MemoryConfig`); image_score: ``max`` (default: the
+    maximum of the smoothed map at ``image_size``) or ``top_fraction`` (the paper's: the mean of
+    the ``top_fraction`` highest patch distances).
+
+    The defaults ``foreground="auto", pose="auto", image_score="max"`` were chosen for few-shot
+    use (docs/benchmarks.md, "Few-shot: pose normalisation"; the score by a validation set of
+    good training images with synthetic defects, not by the test split); the paper's settings
+    are ``foreground="off", pose="off", image_score="top_fraction"``.
     """
 
     final_norm: bool = True
-    foreground: str = "off"
+    foreground: str = "auto"
     foreground_memory: bool = False
     top_fraction: float = 0.01
+    pose: str = "auto"
+    image_score: str = "max"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_fraction("top_fraction", self.top_fraction)
+        if self.image_score not in IMAGE_SCORES:
+            raise ValueError(
+                f"image_score must be one of {', '.join(IMAGE_SCORES)}, got {self.image_score!r}"
+            )
 
 
 @dataclass
@@ -126,6 +152,7 @@ class AnomalyDINO(MemoryDetector):
             raise ValueError("AnomalyDINO needs at least one good image (it has no zero-shot mode)")
         images = [images[i] for i in select_shots(len(images), c.shots, c.seed)]
         self.use_foreground = use_foreground(c.foreground, images)
+        self.pose, images = PoseState.fit(c.pose, images, c.pose_brightness, self.method)
         need_masks = self.use_foreground or c.foreground_memory
         n_views = 1 + len(c.augment)
         views = [v for img in images for v in augmented_views(img, c.augment)]
@@ -188,14 +215,17 @@ class AnomalyDINO(MemoryDetector):
         dist = self._memory_bank().cosine_distance(queries, exclude).view(b, h * w)
         if enc.masks is not None:
             dist = dist * enc.masks.reshape(b, h * w)
-        scores = top_fraction_mean(dist, self.config.top_fraction)
         maps = upsample_smooth(dist.view(b, h, w), self.backbone.image_size, self.config.sigma)
+        if self.config.image_score == "max":
+            scores = maps.amax((1, 2))
+        else:
+            scores = top_fraction_mean(dist, self.config.top_fraction)
         return scores.numpy(), maps.numpy()
 
     def predict(self, images: Sequence[np.ndarray], progress: bool = False) -> Prediction:
         """Image scores and anomaly maps (at each input's resolution) for RGB uint8 images."""
-        return self._predict_batches(
-            images,
-            lambda batch: self._score(self._encode(batch, masks=self.use_foreground)),
-            progress,
-        )
+
+        def score_batch(batch: list[np.ndarray]):
+            return self._score(self._encode(batch, masks=self.use_foreground))
+
+        return self._predict_batches(images, self.pose.wrap(score_batch), progress)

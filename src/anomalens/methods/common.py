@@ -35,6 +35,7 @@ from anomalens.methods.base import (
     checkpoint_tensor,
 )
 from anomalens.neighbors import MemoryBank
+from anomalens.pose import PoseState, check_pose
 from anomalens.postprocess import check_foreground, gaussian_blur
 from anomalens.sampler import coreset_indices
 
@@ -143,7 +144,11 @@ class MemoryConfig(DetectorConfig):
     smoothing in pixels at ``image_size``; foreground: ``auto`` (on for objects on a plain
     background, decided at ``fit``), ``on`` or ``off``; augment: extra views of each good image
     in the memory (``hflip, vflip, rot90, rot180, rot270``); calibration_images: good images
-    scored leave-one-out for the thresholds.
+    scored leave-one-out for the thresholds; pose: ``off``, ``on`` (rotate every image so the
+    part's principal axis is horizontal, heavy end left, and take the maps back; see
+    :mod:`anomalens.pose`) or ``auto`` (on for one elongated object on a plain background,
+    decided and logged at ``fit``); pose_brightness: with pose on, also scale each image so its
+    background median is the good images' median background level.
     """
 
     layers: tuple[int, ...] | None = None
@@ -154,9 +159,12 @@ class MemoryConfig(DetectorConfig):
     foreground: str = "auto"
     augment: tuple[str, ...] = ()
     calibration_images: int = 64
+    pose: str = "off"
+    pose_brightness: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_pose(self.pose)
         self.layers = tuple(self.layers) if self.layers is not None else None
         self.augment = check_augment(self.augment)
         check_precision(self.search_precision, "search_precision")
@@ -174,6 +182,8 @@ class MemoryDetector(Detector):
         self.memory: torch.Tensor | None = None
         self.grid: tuple[int, int] | None = None
         self.use_foreground = self.config.foreground == "on"
+        #: pose normalisation decided at ``fit`` (:class:`anomalens.pose.PoseState`)
+        self.pose = PoseState(on=self.config.pose == "on")
         self._bank: MemoryBank | None = None
 
     def is_fitted(self) -> bool:
@@ -196,6 +206,7 @@ class MemoryDetector(Detector):
             {"memory": self.memory},
             grid=list(self.grid),
             use_foreground=self.use_foreground,
+            **self.pose.to_meta(),
         )
 
     @classmethod
@@ -206,6 +217,7 @@ class MemoryDetector(Detector):
         model.memory = checkpoint_tensor(tensors, "memory", weights)
         model.grid = checkpoint_grid(meta, cfg_path)
         model.use_foreground = checkpoint_field(meta, "use_foreground", bool, cfg_path)
+        model.pose = PoseState.from_meta(meta, cfg_path)
         return model
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from anomalens.data.transforms import Frame, augmented_views, check_resize, stretch_levels
+from anomalens.data.transforms import Frame, augmented_views, check_resize
 from anomalens.methods.base import Calibration, FitReport, Prediction, batches, select_shots
 from anomalens.methods.common import (
     MemoryConfig,
@@ -39,6 +39,7 @@ from anomalens.methods.common import (
     calibrate,
     pool_patches,
 )
+from anomalens.pose import PoseState
 from anomalens.postprocess import (
     FOREGROUND_SIZE,
     foreground_decision,
@@ -75,10 +76,9 @@ class PatchCoreConfig(MemoryConfig):
     memory_size: int | None = 10240
     proj_dim: int = 128
     foreground_margin: float = 0.04
-    resize: str = "square"
-    border: float = 0.0
-    top_fraction: float = 0.0
-    levels: bool = False
+    resize: str = "letterbox"
+    border: float = 0.0625
+    top_fraction: float = 0.003
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -125,8 +125,6 @@ class PatchCore(MemoryDetector):
         bb = self.backbone
         c = self.config
         layers = list(c.layers or bb.default_layers)
-        if c.levels:
-            images = [stretch_levels(img) for img in images]
         placed = [f.place(img) for f, img in zip(self.frames(images), images, strict=True)]
         feats = bb.encode_image(bb.preprocess(placed), layers)
         grid_index = layers.index(c.grid_layer) if c.grid_layer is not None else None
@@ -197,6 +195,7 @@ class PatchCore(MemoryDetector):
         keep = select_shots(len(images), c.shots, c.seed)
         images = [images[i] for i in keep]
         self.use_foreground, fg_note = foreground_decision(c.foreground, images)
+        self.pose, images = PoseState.fit(c.pose, images, c.pose_brightness, self.method)  # #15
         n_views = 1 + len(c.augment)
         views = (v for img in images for v in augmented_views(img, c.augment))
         chunks = []
@@ -282,6 +281,5 @@ class PatchCore(MemoryDetector):
     # ------------------------------------------------------------------ predict
     def predict(self, images: Sequence[np.ndarray], progress: bool = False) -> Prediction:
         """Image scores and anomaly maps (at each input's resolution) for RGB uint8 images."""
-        return self._predict_batches(
-            images, lambda batch: self._score(self.embed_images(batch), batch), progress
-        )
+        score = self.pose.wrap(lambda batch: self._score(self.embed_images(batch), batch))
+        return self._predict_batches(images, score, progress)
