@@ -174,7 +174,12 @@ def main(argv: list[str] | None = None) -> None:
                 "categories": rows,
                 "environment": environment(),
             }
-            atomic_write_json(args.out / f"{name}.json", doc)
+            path = args.out / f"{name}.json"
+            if path.is_file():  # the same setting run on other categories (another process)
+                old = json.loads(path.read_text(encoding="utf-8"))
+                if old.get("options") == options and old.get("limits") == limits:
+                    doc["categories"] = old["categories"] | rows
+            atomic_write_json(path, doc)
         cells = " ".join(
             f"{rows[c]['image_auroc']:.3f}/{rows[c]['pixel_auroc']:.3f}/{rows[c]['aupro']:.2f}"
             for c in names
