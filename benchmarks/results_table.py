@@ -932,7 +932,53 @@ def render_fewshot_pose(results: Path) -> str:
     return head + "\n\n" + table(header, rows) + "".join("\n\n" + n for n in notes)
 
 
+def render_defaults_ablations(results: Path) -> str:
+    paths = sorted(files(results, "defaults-ablations"))
+    docs = [load(p) for p in paths]
+    cats = [c for c in DEFAULTS_CATEGORIES if all(c in d["categories"] for d in docs)]
+    rows = []
+    for doc in sorted(docs, key=lambda d: json.dumps(d["options"], sort_keys=True)):
+        o = dict(doc["options"])
+        score = "max" if not o.get("top_fraction") else f"top {100 * o['top_fraction']:g} %"
+        rest = ", ".join(
+            f"{k}={v}" for k, v in o.items() if k not in ("resize", "border", "top_fraction")
+        )
+        cs = [doc["categories"][c] for c in cats]
+        rows.append(
+            [
+                o["resize"],
+                f"{o['border']:g}",
+                score,
+                f"`{rest}`" if rest else "",
+                *(f"{num(c['image_auroc'], 3)} / {num(c['pixel_auroc'], 3)}" for c in cs),
+                num(sum(c["image_auroc"] for c in cs) / len(cs), 3),
+                num(sum(c["pixel_auroc"] for c in cs) / len(cs), 3),
+            ]
+        )
+        if rest or o["resize"] != "letterbox" or o.get("top_fraction"):
+            continue
+        for f in ("0.001", "0.003", "0.01", "0.03"):  # other scores of the same maps
+            key = f"image_auroc_top{f}"
+            if not all(key in c for c in cs):
+                continue
+            rows.append(
+                [
+                    o["resize"],
+                    f"{o['border']:g}",
+                    f"top {100 * float(f):g} % (same maps)",
+                    "",
+                    *(f"{num(c[key], 3)} / {num(c['pixel_auroc'], 3)}" for c in cs),
+                    num(sum(c[key] for c in cs) / len(cs), 3),
+                    num(sum(c["pixel_auroc"] for c in cs) / len(cs), 3),
+                ]
+            )
+    header = ["resize", "border", "image score", "other", *(DEFAULTS_CATEGORIES[c] for c in cats)]
+    head = _defaults_head(docs) + " Cells: image AUROC / pixel AUROC."
+    return head + "\n\n" + table([*header, "mean I-AUROC", "mean P-AUROC"], rows)
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
+    "defaults-ablations": render_defaults_ablations,
     "defaults-categories": render_defaults_categories,
     "defaults-mean": render_defaults_mean,
     "patchcore-screw": render_patchcore_screw,

@@ -20,7 +20,6 @@ pytest.importorskip("transformers")
 from anomalens import testing as tm
 from anomalens.cli import main
 from anomalens.errors import CheckpointError
-from anomalens.export.graphs import build_graph
 from anomalens.methods import AnomalyDINO, PatchCore, load_detector
 from anomalens.methods.anomalydino import AnomalyDINOConfig
 from anomalens.pose import (
@@ -232,8 +231,17 @@ def test_pose_fields_save_and_load_bit_for_bit(dino_dir, tmp_path):
     after = loaded.predict(test)
     assert np.array_equal(after.scores, before.scores)
     assert all(np.array_equal(a, b) for a, b in zip(after.maps, before.maps, strict=True))
-    with pytest.raises(ValueError, match=r"pose normalisation \(pose on\) cannot be exported"):
-        build_graph(loaded)
+    # the ONNX export turns the part in its runtime, around the graph: same scores and maps
+    pytest.importorskip("onnxruntime")
+    from anomalens.export import OnnxDetector, export_model
+
+    export_model(loaded, tmp_path / "onnx")
+    onnx_model = OnnxDetector.load(tmp_path / "onnx", threads=1)
+    assert onnx_model.pose == det.pose
+    got = onnx_model.predict(test)
+    np.testing.assert_allclose(got.scores, after.scores, rtol=1e-4)
+    for a, b in zip(after.maps, got.maps, strict=True):
+        assert np.abs(a - b).max() <= 1e-3 * (a.max() - a.min())
     # a checkpoint written before pose existed (no pose fields) loads with pose off
     cfg_file = tmp_path / "m" / "config.json"
     old = json.loads(cfg_file.read_text())

@@ -375,11 +375,6 @@ BUILDERS = {
 
 def build_graph(detector: Detector) -> GraphSpec:
     """The export graph of a fitted detector (ValueError for methods without one)."""
-    if getattr(getattr(detector, "pose", None), "on", False):
-        raise ValueError(
-            f"a {detector.method} model with pose normalisation (pose on) cannot be exported "
-            "yet: the rotation to the part's axis runs outside the graph; refit with pose='off'"
-        )
     if detector.method not in BUILDERS:
         raise ValueError(
             f"method {detector.method!r} cannot be exported to ONNX yet; "

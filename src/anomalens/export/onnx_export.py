@@ -67,6 +67,8 @@ def export_config(detector: Detector, spec: Any) -> dict[str, Any]:
         "pixel_threshold": cal.pixel_threshold,
         "calibration": {"quantile": cal.quantile, "n_images": cal.n_images},
         "detector_config": json.loads(json.dumps(vars(c), default=list)),
+        # pose normalisation (PatchCore, AnomalyDINO) runs around the graph, in the runtime
+        "pose": detector.pose.to_meta() if hasattr(detector, "pose") else None,
     }
 
 

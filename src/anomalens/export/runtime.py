@@ -27,6 +27,7 @@ import numpy as np
 
 from anomalens.data.transforms import Frame, resize_square
 from anomalens.errors import CheckpointError
+from anomalens.pose import PoseState
 from anomalens.postprocess import (
     Box,
     foreground_mask,
@@ -144,6 +145,7 @@ class OnnxDetector:
         self.threshold: float | None = config.get("threshold")
         self.pixel_threshold: float | None = config.get("pixel_threshold")
         self.batch_size = int(config.get("batch_size", 4))
+        self.pose = PoseState.from_meta(config.get("pose") or {}, cfg_path)
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = int(threads)
@@ -211,8 +213,9 @@ class OnnxDetector:
         images = list(images)
         scores: list[float] = []
         maps: list[np.ndarray] = []
+        run = self.pose.wrap(self._run)  # the part turned to its axis first, when fitted so
         for start in range(0, len(images), self.batch_size):
-            s, m = self._run(images[start : start + self.batch_size])
+            s, m = run(images[start : start + self.batch_size])
             scores += s
             maps += m
         bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]

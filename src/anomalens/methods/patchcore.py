@@ -79,6 +79,7 @@ class PatchCoreConfig(MemoryConfig):
     resize: str = "letterbox"
     border: float = 0.0625
     top_fraction: float = 0.003
+    pose: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
