@@ -143,7 +143,10 @@ def test_config_and_dispatch(patchcore_export):
     assert not is_exported(root / "torch")
     assert isinstance(load_detector(root / "onnx"), OnnxDetector)
     model = onnx.load(str(root / "onnx" / "model.onnx"))
-    assert [i.name for i in model.graph.input] == ["pixels", "foreground"]
+    # letterbox + reflected border (the defaults): the content cells are an input
+    assert [i.name for i in model.graph.input] == ["pixels", "foreground", "content"]
+    assert cfg["extra"]["resize"] == "letterbox"
+    assert cfg["extra"]["border"] == 8  # 1/16 of 128 px
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     # the memory is an initializer of the graph: no torch file next to it
     assert sorted(p.name for p in (root / "onnx").iterdir()) == ["config.json", "model.onnx"]

@@ -2,6 +2,9 @@
 
 Pipeline (Roth et al., "Towards Total Recall in Industrial Anomaly Detection"):
 
+0. each image is placed in the square input of ``image_size`` (``resize``: letterboxed with its
+   aspect ratio kept, or stretched) inside a reflected ``border``; with ``pose`` on (``auto``:
+   one elongated object on a plain background) it is first turned to the part's axis;
 1. backbone feature maps at ``layers``; each map is locally averaged over a
    ``neighbourhood x neighbourhood`` window, resized to the grid of ``grid_layer`` and
    concatenated;
@@ -10,9 +13,10 @@ Pipeline (Roth et al., "Towards Total Recall in Industrial Anomaly Detection"):
 3. ``predict``: distance of every patch to its nearest memory row, upsampled to ``image_size``,
    Gaussian-smoothed; with foreground weighting on, the map is multiplied by a soft mask of
    the object (Otsu foreground, dilated by ``foreground_margin`` and blurred), so dust on the
-   background cannot raise the score; image score = maximum of the map, which is resized to
-   the input size. ``foreground="auto"`` turns this on when the good images show an object on
-   a plain background (and off for textures);
+   background cannot raise the score (``foreground="auto"`` turns this on when the good
+   images show an object on a plain background, off for textures and surfaces); the map is
+   cut back to the image's content and resized to its size; image score = mean of the
+   ``top_fraction`` largest map pixels;
 4. thresholds from good images only: each of up to ``calibration_images`` training images is
    scored against the memory without its own rows (leave-one-out), and the thresholds are the
    ``calibration_quantile`` of those scores and map maxima.
@@ -64,8 +68,14 @@ class PatchCoreConfig(MemoryConfig):
 
     grid_layer: the tap whose grid the patches live on (None: the finest); proj_dim: random
     projection used by the coreset; foreground_margin: dilation of the object mask (fraction of
-    the side). batch_size 4 is the fastest per image for
-    EfficientNet-Lite0 on CPU (larger batches spill the caches; docs/benchmarks.md).
+    the side); resize: ``letterbox`` keeps each image's aspect ratio inside the square input
+    (the rest reflected and left out of memory and scores) or ``square`` stretches it;
+    border: a reflected frame around the image, as a fraction of the input side, so the
+    convolutions' zero padding never touches the image (1/16: 20 px at 320); top_fraction:
+    image score = mean of this fraction of the map's largest pixels (0: the maximum).
+    Defaults chosen by the mean over screw, magnetic tile and the demo textures
+    (``benchmarks/sweep_defaults.py``, docs/benchmarks.md). batch_size 4 is the fastest per
+    image for EfficientNet-Lite0 on CPU (larger batches spill the caches).
     """
 
     image_size: int | None = 320
