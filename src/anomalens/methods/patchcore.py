@@ -9,7 +9,8 @@ Pipeline (Roth et al., "Towards Total Recall in Industrial Anomaly Detection"):
    ``neighbourhood x neighbourhood`` window, resized to the grid of ``grid_layer`` and
    concatenated;
 2. ``fit``: features of all patches of the good images (optionally also of rotated/flipped
-   copies), reduced to ``memory_size`` rows by greedy k-center coreset selection;
+   copies), reduced by greedy k-center coreset selection to ``memory_size`` rows or
+   ``memory_fraction`` of the patches, whichever is more;
 3. ``predict``: distance of every patch to its nearest memory row, upsampled to ``image_size``,
    Gaussian-smoothed; with foreground weighting on, the map is multiplied by a soft mask of
    the object (Otsu foreground, dilated by ``foreground_margin`` and blurred), so dust on the
@@ -72,7 +73,9 @@ class PatchCoreConfig(MemoryConfig):
     (the rest reflected and left out of memory and scores) or ``square`` stretches it;
     border: a reflected frame around the image, as a fraction of the input side, so the
     convolutions' zero padding never touches the image (1/16: 20 px at 320); top_fraction:
-    image score = mean of this fraction of the map's largest pixels (0: the maximum).
+    image score = mean of this fraction of the map's largest pixels (0: the maximum);
+    memory_fraction: the coreset keeps this fraction of the training patches when that is more
+    than ``memory_size`` (large training sets).
     Defaults chosen by the mean over screw, magnetic tile and the demo textures
     (``benchmarks/sweep_defaults.py``, docs/benchmarks.md). batch_size 4 is the fastest per
     image for EfficientNet-Lite0 on CPU (larger batches spill the caches).
@@ -84,6 +87,7 @@ class PatchCoreConfig(MemoryConfig):
     grid_layer: int | None = 3
     neighbourhood: int = 3
     memory_size: int | None = 10240
+    memory_fraction: float = 0.02
     proj_dim: int = 128
     foreground_margin: float = 0.04
     resize: str = "letterbox"
@@ -94,6 +98,8 @@ class PatchCoreConfig(MemoryConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_resize(self.resize)
+        if not 0.0 <= self.memory_fraction <= 1.0:
+            raise ValueError(f"memory_fraction must be in [0, 1], got {self.memory_fraction}")
         if not 0.0 <= self.top_fraction < 1.0:
             raise ValueError(f"top_fraction must be in [0, 1), got {self.top_fraction}")
         if not 0.0 <= self.border < 0.25:
@@ -226,7 +232,12 @@ class PatchCore(MemoryDetector):
         _fill_padding(feats, self.frames(all_views))
         t1 = time.perf_counter()
         self.memory, sources = build_memory(
-            feats, n_views, c.memory_size, c.seed, progress, proj_dim=c.proj_dim
+            feats,
+            n_views,
+            self.memory_rows(feats.shape[0] * h * w),
+            c.seed,
+            progress,
+            proj_dim=c.proj_dim,
         )
         self.grid = (h, w)
         self._bank = None
@@ -247,6 +258,14 @@ class PatchCore(MemoryDetector):
         for note in self.fit_report.notes:
             logger.info("%s", note)
         return self
+
+    def memory_rows(self, n_patches: int) -> int | None:
+        """Coreset rows for ``n_patches`` training patches: ``memory_size``, or
+        ``memory_fraction`` of the patches when that is more (None: keep every patch)."""
+        c = self.config
+        if c.memory_size is None:
+            return None
+        return max(c.memory_size, round(c.memory_fraction * n_patches))
 
     def input_note(self, images: Sequence[np.ndarray]) -> str:
         """What the model does with an image's size and aspect ratio, and the range it was
