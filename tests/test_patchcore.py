@@ -328,3 +328,13 @@ def test_fit_notes_say_what_was_decided_and_why(fitted):
     )
     assert "128 px square" in inputs
     assert "128-128 x 128-128 px" in inputs
+
+
+def test_memory_grows_with_large_training_sets():
+    model = PatchCore(memory_size=10240, memory_fraction=0.02)
+    assert model.memory_rows(320 * 1600) == 10240  # screw: 2 % is exactly the floor
+    assert model.memory_rows(761 * 1600) == 24352  # magnetic tile: 2 % of its patches
+    assert model.memory_rows(20 * 1600) == 10240  # a small set keeps the floor (or all)
+    assert PatchCore(memory_size=None).memory_rows(10**6) is None
+    with pytest.raises(ValueError, match=r"memory_fraction must be in \[0, 1\], got 1.5"):
+        PatchCore(memory_fraction=1.5)
