@@ -424,9 +424,10 @@ def test_fit_says_how_many_images_it_used(demo_root: Path, tmp_path: Path, capsy
         "--shots", "2", "-q", *TINY_FLAGS,
     )  # fmt: skip
     assert (code, err) == (0, "")
-    fitted, foreground, inputs, saved = out.splitlines()
+    fitted, foreground, inputs, pose, saved = out.splitlines()
     assert foreground.startswith("foreground weighting off (auto): ")  # a texture
     assert inputs.startswith("inputs: each image is scaled to fit a ")
+    assert pose.startswith("pose normalisation: pose=auto: off (")
     head, threshold = fitted.split("; image threshold ")
     assert head == f"fitted patchcore on 2 of {N_TRAIN} good images of {DEMO_TEXTURE!r}"
     assert float(threshold) > 0  # two shots calibrate leave-one-out
