@@ -262,7 +262,8 @@ class PoseState:
             return image, None
         if self.background_level is not None:
             gain = self.background_level / max(float(np.mean(pose.fill)), 1.0)
-            image = np.clip(image.astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
+            lut = np.clip(np.arange(256, dtype=np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
+            image = cv2.LUT(image, lut)  # = clip(image * gain + 0.5), as a table
             pose = pose.scaled_fill(gain)
         return normalise_pose(image, pose), pose
 
