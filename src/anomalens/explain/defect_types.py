@@ -27,7 +27,9 @@ __all__ = [
     "fit_defect_folder",
     "fit_defect_types",
     "hand_vector",
+    "embedding_map",
     "load_examples",
+    "pool_embedding",
     "region_embeddings",
 ]
 
@@ -63,21 +65,22 @@ def _backbone(spec: str, image_size: int):
     return load_backbone(spec, image_size=image_size, precision="fp32")
 
 
-def region_embeddings(
-    image: np.ndarray,
-    masks: Sequence[np.ndarray],
-    backbone: str = TYPE_BACKBONE,
-    image_size: int = TYPE_IMAGE_SIZE,
+def embedding_map(
+    image: np.ndarray, backbone: str = TYPE_BACKBONE, image_size: int = TYPE_IMAGE_SIZE
 ) -> np.ndarray:
-    """``[len(masks), D]`` L2-normalised backbone features averaged inside each mask (masks
-    at any resolution; weights are the mask's coverage of each patch)."""
+    """``[h, w, D]`` backbone patch features of one image (the grid regions are pooled on)."""
     from anomalens.methods.common import pool_patches
 
     bb = _backbone(backbone, image_size)
     rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
     with torch.inference_mode():
         feats = bb.encode_image(bb.preprocess([np.ascontiguousarray(rgb[..., :3])]), TYPE_LAYERS)
-        emb = pool_patches(feats, 3, len(TYPE_LAYERS) - 1)[0].numpy()  # [h, w, D]
+        return pool_patches(feats, 3, len(TYPE_LAYERS) - 1)[0].numpy()
+
+
+def pool_embedding(emb: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
+    """``[len(masks), D]`` L2-normalised features of ``emb`` (:func:`embedding_map`) averaged
+    inside each mask (masks at any resolution; weights are the mask's coverage of each patch)."""
     h, w, _ = emb.shape
     out = []
     for mask in masks:
@@ -88,6 +91,17 @@ def region_embeddings(
         vec = (emb * weight[..., None]).sum((0, 1)) / weight.sum()
         out.append(vec / max(np.linalg.norm(vec), 1e-12))
     return np.stack(out)
+
+
+def region_embeddings(
+    image: np.ndarray,
+    masks: Sequence[np.ndarray],
+    backbone: str = TYPE_BACKBONE,
+    image_size: int = TYPE_IMAGE_SIZE,
+) -> np.ndarray:
+    """``[len(masks), D]`` L2-normalised backbone features averaged inside each mask
+    (:func:`pool_embedding` of :func:`embedding_map`)."""
+    return pool_embedding(embedding_map(image, backbone, image_size), masks)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from anomalens.postprocess import Box, foreground_mask
+from anomalens.postprocess import MAX_BORDER_TOUCH, Box, foreground_mask
 
 __all__ = [
     "WORK_SIDE",
@@ -21,8 +21,11 @@ __all__ = [
     "Region",
     "find_part",
     "find_regions",
+    "grow_regions",
+    "map_baseline",
     "location_contains",
     "region_from_mask",
+    "scaled_map",
 ]
 
 #: Longest side of the working copy of image and map.
@@ -35,6 +38,16 @@ ELONGATED_REGION = 2.5
 IRREGULAR_SOLIDITY = 0.6
 #: Gray-level difference (0-255) from the ring around a region that counts as darker/brighter.
 CONTRAST_LEVELS = 8.0
+#: A region reaches where the map is this fraction of the way from the part's typical level
+#: to the region's peak (0.5: its full width at half maximum).
+GROW_FRACTION = 0.5
+#: Width of the border band (fraction of the shorter side) an object on a background leaves
+#: mostly free (see :func:`is_part_on_background`).
+BORDER_BAND = 0.03
+#: An object stands out from a plain background by at least this many background standard
+#: deviations (good training images: MVTec screw >= 6.5; magnetic tile surfaces split into
+#: bright and dark patches <= 4.4 for 99%).
+PART_SEPARATION = 5.0
 #: Within this fraction of the part's width from its outline, a region is "along the edge".
 EDGE_BAND = 0.2
 
@@ -111,11 +124,32 @@ def _gray(image: np.ndarray, scale: float) -> np.ndarray:
     return gray
 
 
+def is_part_on_background(gray: np.ndarray, mask: np.ndarray) -> bool:
+    """Whether ``mask`` (:func:`~anomalens.postprocess.foreground_mask` of ``gray``) is an object
+    on a plain background rather than bright and dark patches of a surface: the object lies
+    inside the frame (it covers at most ``MAX_BORDER_TOUCH`` of a band along the border,
+    :data:`BORDER_BAND` of the shorter side wide) and stands out from the background by at
+    least :data:`PART_SEPARATION` standard deviations of the background's gray levels."""
+    if mask.all() or not mask.any():
+        return False
+    b = max(1, round(BORDER_BAND * min(mask.shape)))
+    band = np.concatenate([mask[:b].ravel(), mask[-b:].ravel()])
+    band = np.concatenate([band, mask[b:-b, :b].ravel(), mask[b:-b, -b:].ravel()])
+    if band.mean() > MAX_BORDER_TOUCH:
+        return False
+    m8 = mask.astype(np.uint8)
+    fg_mean = cv2.mean(gray, m8)[0]
+    bg_mean, bg_std = (float(v.ravel()[0]) for v in cv2.meanStdDev(gray, mask=1 - m8))
+    return abs(fg_mean - bg_mean) >= PART_SEPARATION * max(bg_std, 1.0)
+
+
 def find_part(image: np.ndarray) -> tuple[Part, np.ndarray]:
     """The part in an RGB uint8 image and the working-copy gray image."""
     scale = _work_scale(image.shape)
     gray = _gray(np.asarray(image), scale)
     mask = foreground_mask(gray)
+    if not is_part_on_background(gray, mask):
+        mask = np.ones_like(mask)
     is_surface = bool(mask.all())
     ys, xs = np.nonzero(mask)
     pts = np.stack([xs, ys], 1).astype(np.float64)
@@ -173,11 +207,25 @@ class Region:
         return float(xs.mean()), float(ys.mean())
 
 
-def _scaled_map(anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def scaled_map(anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     m = np.asarray(anomaly_map, dtype=np.float32)
     if m.shape != shape:
         m = cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
     return m
+
+
+def _box(mask: np.ndarray, full_shape: tuple[int, int], peak: float) -> Box:
+    """Box (original pixels) and area of a working-copy mask."""
+    sy, sx = full_shape[0] / mask.shape[0], full_shape[1] / mask.shape[1]
+    x, y, w, h = cv2.boundingRect(mask.astype(np.uint8))
+    return Box(
+        x0=math.floor(x * sx),
+        y0=math.floor(y * sy),
+        x1=min(full_shape[1], math.ceil((x + w) * sx)),
+        y1=min(full_shape[0], math.ceil((y + h) * sy)),
+        score=float(peak),
+        area=round(int(np.count_nonzero(mask)) * sx * sy),
+    )
 
 
 def find_regions(
@@ -186,11 +234,13 @@ def find_regions(
     work_shape: tuple[int, int],
     top_k: int = 3,
     min_area: int = 4,
+    work_map: np.ndarray | None = None,
 ) -> list[Region]:
     """The ``top_k`` strongest 8-connected regions of ``map >= threshold`` (highest peak
-    first), found on the map resized to ``work_shape``; boxes in the map's own pixels."""
+    first), found on the map resized to ``work_shape`` (``work_map`` when already resized);
+    boxes in the map's own pixels."""
     full = np.asarray(anomaly_map, dtype=np.float32)
-    m = _scaled_map(full, work_shape)
+    m = scaled_map(full, work_shape) if work_map is None else work_map
     sy, sx = full.shape[0] / work_shape[0], full.shape[1] / work_shape[1]
     above = m >= threshold
     # one labelling gives boxes, areas, peaks and masks (postprocess.hotspots' rules, without
@@ -215,6 +265,48 @@ def find_regions(
             area=round(int(stats[i, cv2.CC_STAT_AREA]) * sx * sy),
         )
         out.append(Region(box, labels == i, float(peaks[i])))
+    return out
+
+
+def map_baseline(work_map: np.ndarray, part: Part) -> float:
+    """The map's typical level on the part: its median over the part's mask (every second
+    pixel; the whole image for surfaces)."""
+    values = work_map[::2, ::2][part.mask[::2, ::2]]
+    return float(np.median(values)) if values.size else float(np.median(work_map))
+
+
+def grow_regions(
+    work_map: np.ndarray,
+    seeds: list[Region],
+    baseline: float,
+    full_shape: tuple[int, int],
+    top_k: int = 3,
+    fraction: float | None = None,
+) -> list[Region]:
+    """Each seed's region extended to its full width at half maximum: the pixels connected to
+    its peak where the map is at least ``fraction`` (:data:`GROW_FRACTION`) of the way from
+    ``baseline`` (:func:`map_baseline`) to the peak. A seed whose peak falls inside an earlier
+    region belongs to it; at most ``top_k`` regions, strongest first."""
+    fraction = GROW_FRACTION if fraction is None else fraction
+    m = np.ascontiguousarray(work_map, dtype=np.float32)
+    h, w = m.shape
+    taken = np.zeros((h, w), dtype=bool)
+    out: list[Region] = []
+    for seed in seeds:
+        inside = np.where(seed.mask, m, -np.inf)
+        y, x = np.unravel_index(int(np.argmax(inside)), m.shape)
+        if taken[y, x]:
+            continue
+        peak = float(m[y, x])
+        level = baseline + fraction * (peak - baseline)
+        flood = np.zeros((h + 2, w + 2), np.uint8)
+        flags = 8 | cv2.FLOODFILL_FIXED_RANGE | cv2.FLOODFILL_MASK_ONLY | (1 << 8)
+        cv2.floodFill(m, flood, (int(x), int(y)), 0, max(peak - level, 0.0), 1e30, flags)
+        mask = flood[1:-1, 1:-1] > 0
+        taken |= mask
+        out.append(Region(_box(mask, full_shape, seed.peak), mask, seed.peak))
+        if len(out) == top_k:
+            break
     return out
 
 

@@ -22,7 +22,10 @@ from anomalens.explain.geometry import (
     appearance_of,
     find_part,
     find_regions,
+    grow_regions,
     location,
+    map_baseline,
+    scaled_map,
     shape_of,
 )
 from anomalens.methods.base import Prediction
@@ -62,16 +65,22 @@ def analyse(
     top_k: int = 3,
     force: bool = False,
 ) -> Analysis:
-    """Part and regions of one image. With ``force`` and no region above ``threshold``, the
-    regions are cut at 80% of the map's peak instead (``below_threshold``)."""
+    """Part and regions of one image. Regions start from the ``map >= threshold`` components
+    (with ``force`` and none above ``threshold``: those above 80% of the map's peak,
+    ``below_threshold``) and extend to their full width at half maximum above the part's
+    typical map level (:func:`~anomalens.explain.geometry.grow_regions`)."""
     part, gray = find_part(image)
     min_area = max(2, int(MIN_AREA_FRACTION * gray.size))
-    regions = find_regions(anomaly_map, threshold, gray.shape, top_k, min_area)
+    full = np.asarray(anomaly_map, dtype=np.float32)
+    work_map = scaled_map(full, gray.shape)
+    seeds = find_regions(full, threshold, gray.shape, 2 * top_k, min_area, work_map)
     below = False
-    if not regions and force:
-        lower = 0.8 * float(np.max(anomaly_map))
-        regions = find_regions(anomaly_map, lower, gray.shape, top_k, min_area)
+    if not seeds and force:
+        lower = 0.8 * float(np.max(work_map))
+        seeds = find_regions(full, lower, gray.shape, 2 * top_k, min_area, work_map)
         below = True
+    baseline = map_baseline(work_map, part)
+    regions = grow_regions(work_map, seeds, baseline, full.shape, top_k)
     return Analysis(part, gray, regions, threshold, below)
 
 
