@@ -22,8 +22,8 @@ __all__ = [
     "find_part",
     "find_regions",
     "grow_regions",
-    "map_baseline",
     "location_contains",
+    "map_baseline",
     "region_from_mask",
     "scaled_map",
 ]

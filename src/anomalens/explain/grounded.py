@@ -96,8 +96,13 @@ def describe_region(
     area_work = int(region.mask.sum())
     part_area = part.area if not part.is_surface else part.mask.size
     scale2 = part.scale**2
-    t, s = part.axial(cx, cy) if part.elongated else (0.0, 0.0)
     x0, y0, x1, y1 = part.bbox
+    if part.elongated:  # along the axis (-1 narrow end .. 1 wide end) and off it
+        t, s = part.axial(cx, cy)
+    else:  # towards the outline or frame (0 centre .. 1 edge) and towards a corner
+        bx = abs(2 * (cx - x0) / max(x1 - x0, 1) - 1)
+        by = abs(2 * (cy - y0) / max(y1 - y0, 1) - 1)
+        t, s = max(bx, by), min(bx, by)
     numbers = {
         **shape_numbers,
         **look,
