@@ -21,10 +21,9 @@ from anomalens.explain.geometry import (
     Region,
     appearance_of,
     find_part,
-    find_regions,
-    grow_regions,
     location,
     map_baseline,
+    peak_regions,
     scaled_map,
     shape_of,
 )
@@ -65,22 +64,17 @@ def analyse(
     top_k: int = 3,
     force: bool = False,
 ) -> Analysis:
-    """Part and regions of one image. Regions start from the ``map >= threshold`` components
-    (with ``force`` and none above ``threshold``: those above 80% of the map's peak,
-    ``below_threshold``) and extend to their full width at half maximum above the part's
-    typical map level (:func:`~anomalens.explain.geometry.grow_regions`)."""
+    """Part and regions of one image: the strongest peaks at or above ``threshold`` (with
+    ``force`` and none: the strongest one, ``below_threshold``), each with its region out to
+    its full width at half maximum above the part's typical map level
+    (:func:`~anomalens.explain.geometry.peak_regions`)."""
     part, gray = find_part(image)
     min_area = max(2, int(MIN_AREA_FRACTION * gray.size))
     full = np.asarray(anomaly_map, dtype=np.float32)
     work_map = scaled_map(full, gray.shape)
-    seeds = find_regions(full, threshold, gray.shape, 2 * top_k, min_area, work_map)
-    below = False
-    if not seeds and force:
-        lower = 0.8 * float(np.max(work_map))
-        seeds = find_regions(full, lower, gray.shape, 2 * top_k, min_area, work_map)
-        below = True
     baseline = map_baseline(work_map, part)
-    regions = grow_regions(work_map, seeds, baseline, full.shape, top_k)
+    regions = peak_regions(work_map, threshold, baseline, full.shape, top_k, min_area, force=force)
+    below = bool(regions) and regions[0].peak < threshold
     return Analysis(part, gray, regions, threshold, below)
 
 
