@@ -180,6 +180,15 @@ def _surface(shape: tuple[int, int], scale: float) -> Part:
     )
 
 
+def _percentile99(values: np.ndarray) -> float:
+    """99th percentile (linear interpolation, as ``np.percentile``) by partial sorting."""
+    pos = 0.99 * (len(values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(values) - 1)
+    part = np.partition(values, (lo, hi))
+    return float(part[lo] + (pos - lo) * (part[hi] - part[lo]))
+
+
 def find_part(image: np.ndarray) -> tuple[Part, np.ndarray]:
     """The part in an RGB uint8 image and the working-copy gray image (the part itself is
     found on a copy of at most ``PART_SIDE`` pixels)."""
@@ -198,12 +207,12 @@ def find_part(image: np.ndarray) -> tuple[Part, np.ndarray]:
     ys, xs = np.nonzero(small_mask)
     pts = np.stack([(xs + 0.5) * fx - 0.5, (ys + 0.5) * fy - 0.5], 1)
     centre = pts.mean(0)
-    cov = np.cov((pts - centre).T) if len(pts) > 2 else np.eye(2)
+    d = pts - centre
+    cov = d.T @ d if len(pts) > 2 else np.eye(2)
     _evals, evecs = np.linalg.eigh(cov)
     u, v = evecs[:, 1], evecs[:, 0]
-    proj_u, proj_v = (pts - centre) @ u, (pts - centre) @ v
-    half_length = float(np.percentile(np.abs(proj_u), 99))
-    half_width = float(np.percentile(np.abs(proj_v), 99))
+    proj_u, proj_v = d @ u, d @ v
+    half_length, half_width = _percentile99(np.abs(proj_u)), _percentile99(np.abs(proj_v))
     # orient u towards the wider end: compare the widths of the outer quarters
     ends_differ = False
     if half_length > 0:
@@ -429,15 +438,17 @@ def location_contains(part: Part, where: dict, x: float, y: float) -> bool:
 
 def shape_of(region: Region, part: Part) -> tuple[str, str | None, dict]:
     """``(shape word, orientation words or None, numbers)`` of a region."""
-    ys, xs = np.nonzero(region.mask)
-    pts = np.stack([xs, ys], 1).astype(np.float64)
-    area = len(pts)
+    m8 = region.mask.astype(np.uint8)
+    mo = cv2.moments(m8, binaryImage=True)
+    area = int(mo["m00"])
     if area >= 3:
-        cov = np.cov((pts - pts.mean(0)).T) + np.eye(2) / 12.0  # pixel extent
-        evals, evecs = np.linalg.eigh(cov)
+        # sample covariance from the central moments, plus the extent of one pixel
+        cov = np.array([[mo["mu20"], mo["mu11"]], [mo["mu11"], mo["mu02"]]]) / (area - 1)
+        evals, evecs = np.linalg.eigh(cov + np.eye(2) / 12.0)
         elong = float(math.sqrt(evals[1] / max(evals[0], 1e-9)))
         major = evecs[:, 1]
-        hull = cv2.convexHull(pts.astype(np.int32))
+        contours, _ = cv2.findContours(m8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        hull = cv2.convexHull(np.concatenate(contours))  # the hull of the outline's points
         solidity = area / max(cv2.contourArea(hull) + 0.5 * cv2.arcLength(hull, True) + 1, 1)
     else:
         elong, major, solidity = 1.0, np.array([1.0, 0.0]), 1.0
@@ -467,17 +478,17 @@ def shape_of(region: Region, part: Part) -> tuple[str, str | None, dict]:
 
 def appearance_of(region: Region, part: Part, gray: np.ndarray) -> tuple[str, dict]:
     """Words comparing the region's pixels with a ring of surrounding normal surface."""
-    mask = region.mask
-    r = max(3, int(math.sqrt(mask.sum()) / 2))
-    ring = (
-        cv2.dilate(
-            mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2)
-        )
-        > 0
-    )
+    r = max(3, int(math.sqrt(np.count_nonzero(region.mask)) / 2))
+    # work on the region's box grown by the ring's width (the same pixels, less to dilate)
+    x, y, w, h = cv2.boundingRect(region.mask.astype(np.uint8))
+    ys = slice(max(0, y - r - 1), y + h + r + 1)
+    xs = slice(max(0, x - r - 1), x + w + r + 1)
+    mask, gray = region.mask[ys, xs], gray[ys, xs]
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2)
+    ring = cv2.dilate(mask.astype(np.uint8), disc) > 0
     ring &= ~mask
     if not part.is_surface:
-        ring &= part.mask
+        ring &= part.mask[ys, xs]
     inside = gray[mask].astype(np.float32)
     around = gray[ring].astype(np.float32) if ring.any() else inside
     diff = float(inside.mean() - around.mean())
