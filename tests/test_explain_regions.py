@@ -4,6 +4,7 @@ types, on synthetic images and maps of known geometry."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,3 +167,25 @@ def test_position_weight_is_chosen_on_the_examples():
     assert _rule(deep, position, labels).subset(labels == labels).hand_weight in HAND_WEIGHTS
     fixed = DefectTypes(("a", "b"), deep, position, labels, np.arange(n), hand_weight=0.5)
     assert fixed.hand_weight == 0.5
+
+
+DATA = Path(__file__).resolve().parents[2] / "shared/data"
+TRAIN_GOOD = {
+    "part": DATA / "mvtec_ad/screw/train/good",
+    "surface": DATA / "magnetic_tile/magnetic_tile/train/good",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not found")
+@pytest.mark.parametrize("kind", ["part", "surface"])
+def test_real_screws_are_parts_and_magnetic_tiles_are_surfaces(kind):
+    from anomalens.data.datasets import list_images
+    from anomalens.data.io import load_image
+
+    paths = list_images(TRAIN_GOOD[kind])
+    picked = [paths[i] for i in np.linspace(0, len(paths) - 1, 12).astype(int)]
+    parts = [find_part(load_image(p))[0] for p in picked]
+    assert [p.is_surface for p in parts] == [kind == "surface"] * len(picked)
+    if kind == "part":
+        assert all(p.elongated and p.ends_differ for p in parts)  # a screw: head and tip
