@@ -29,6 +29,7 @@ __all__ = [
     "fit_defect_types",
     "hand_vector",
     "load_examples",
+    "match_order",
     "pool_embedding",
     "region_embeddings",
 ]
@@ -176,10 +177,16 @@ class DefectTypes:
     def classify(self, deep: np.ndarray, hand: np.ndarray) -> list[tuple[str, float | None]]:
         """``(type, confidence)`` per query row; ``(UNKNOWN_TYPE, None)`` when the nearest
         example is farther than ``unknown_distance``."""
+        return [(name, conf) for name, conf, _ in self.match(deep, hand)]
+
+    def match(self, deep: np.ndarray, hand: np.ndarray) -> list[tuple[str, float | None, float]]:
+        """:meth:`classify` plus the distance to the nearest labelled example per query row."""
         d = self._distances(self._combine(np.atleast_2d(deep), np.atleast_2d(hand)))
         best, share, nearest = self._vote(d)
         return [
-            (UNKNOWN_TYPE, None) if n > self.unknown_distance else (self.types[int(b)], float(c))
+            (UNKNOWN_TYPE, None, float(n))
+            if n > self.unknown_distance
+            else (self.types[int(b)], float(c), float(n))
             for b, c, n in zip(best, share, nearest, strict=True)
         ]
 
@@ -199,13 +206,20 @@ class DefectTypes:
 
     def predict_regions(
         self, image: np.ndarray, analysis: Any, numbers: Sequence[dict[str, float]]
-    ) -> list[tuple[str, float | None]]:
-        """Types of the regions of an :class:`~anomalens.explain.grounded.Analysis`."""
+    ) -> list[tuple[str, float | None, float]]:
+        """``(type, confidence, distance to the nearest example)`` of the regions of an
+        :class:`~anomalens.explain.grounded.Analysis` (:meth:`match`)."""
         deep = region_embeddings(
             image, [r.mask for r in analysis.regions], self.backbone, self.image_size
         )
         hand = np.stack([hand_vector(n) for n in numbers])
-        return self.classify(deep, hand)
+        return self.match(deep, hand)
+
+
+def match_order(matches: Sequence[tuple[str, float | None, float]]) -> list[int]:
+    """Order of findings by how closely each matches a labelled defect: named types before
+    "unknown type", then by the distance to the nearest example (ties keep their order)."""
+    return sorted(range(len(matches)), key=lambda i: (matches[i][0] == UNKNOWN_TYPE, matches[i][2]))
 
 
 def _example_region(image: np.ndarray, mask: np.ndarray | None, detector: Any):

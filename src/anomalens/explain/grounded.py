@@ -31,6 +31,9 @@ from anomalens.methods.base import Prediction
 
 __all__ = ["Analysis", "GroundedExplainer", "analyse", "describe_region"]
 
+#: When no pixel reaches the threshold (an image flagged by its score alone), the peaks above
+#: this fraction of the map's maximum are described.
+BELOW_THRESHOLD_CUT = 0.8
 #: Regions below this fraction of the working image are ignored (noise).
 MIN_AREA_FRACTION = 1e-4
 
@@ -65,7 +68,8 @@ def analyse(
     force: bool = False,
 ) -> Analysis:
     """Part and regions of one image: the strongest peaks at or above ``threshold`` (with
-    ``force`` and none: the strongest one, ``below_threshold``), each with its region out to
+    ``force`` and none: those above 80% of the map's peak, ``below_threshold``), each with its
+    region out to
     its full width at half maximum above the part's typical map level
     (:func:`~anomalens.explain.geometry.peak_regions`)."""
     part, gray = find_part(image)
@@ -73,8 +77,10 @@ def analyse(
     full = np.asarray(anomaly_map, dtype=np.float32)
     work_map = scaled_map(full, gray.shape)
     baseline = map_baseline(work_map, part)
-    regions = peak_regions(work_map, threshold, baseline, full.shape, top_k, min_area, force=force)
-    below = bool(regions) and regions[0].peak < threshold
+    peak = float(work_map.max())
+    below = force and peak < threshold
+    cut = BELOW_THRESHOLD_CUT * peak if below else threshold
+    regions = peak_regions(work_map, cut, baseline, full.shape, top_k, min_area, force=force)
     return Analysis(part, gray, regions, threshold, below)
 
 
@@ -131,7 +137,11 @@ def good_summary(score: float, threshold: float) -> str:
 
 
 def defect_summary(
-    score: float, threshold: float | None, findings: Sequence[Finding], below: bool
+    score: float,
+    threshold: float | None,
+    findings: Sequence[Finding],
+    below: bool,
+    lead: str = "Strongest",
 ) -> str:
     head = (
         f"Defective: score {score:.3g} >= threshold {threshold:.3g}"
@@ -144,7 +154,7 @@ def defect_summary(
     regions = f"{n} region{'s' * (n != 1)}"
     note = " (none above the pixel threshold; the strongest areas are shown)" if below else ""
     top = findings[0].sentence()
-    return f"{head}; {regions}{note}. Strongest: {top}."
+    return f"{head}; {regions}{note}. {lead}: {top}."
 
 
 class GroundedExplainer:
@@ -218,11 +228,20 @@ class GroundedExplainer:
             for r in analysis.regions
         ]
         findings = [f for f, _ in described]
+        lead = "Strongest"
         if self.defect_types is not None and findings:
+            from anomalens.explain.defect_types import match_order
+
             named = self.defect_types.predict_regions(image, analysis, [n for _, n in described])
-            for f, (name, confidence) in zip(findings, named, strict=True):
+            for f, (name, confidence, _) in zip(findings, named, strict=True):
                 f.defect_type, f.type_confidence = name, confidence
-        summary = defect_summary(score, prediction.threshold, findings, analysis.below_threshold)
+            # the finding most like a labelled defect leads (its type is the image's)
+            findings = [findings[j] for j in match_order(named)]
+            analysis.regions = [analysis.regions[j] for j in match_order(named)]
+            lead = "Closest to a labelled defect"
+        summary = defect_summary(
+            score, prediction.threshold, findings, analysis.below_threshold, lead
+        )
         out = Explanation(verdict, score, prediction.threshold, summary, findings)
         out.seconds = time.perf_counter() - start
         return out, analysis
