@@ -252,11 +252,25 @@ class Region:
     box: Box
     mask: np.ndarray
     peak: float
+    _rect: tuple[int, int, int, int] | None = None
+
+    @property
+    def rect(self) -> tuple[int, int, int, int]:
+        """``(x, y, w, h)``: bounding rectangle of the mask in the working copy."""
+        if self._rect is None:
+            self._rect = tuple(cv2.boundingRect(self.mask.astype(np.uint8)))
+        return self._rect
+
+    def crop(self) -> tuple[np.ndarray, int, int]:
+        """The mask inside :attr:`rect` (uint8) and the rectangle's corner ``x, y``."""
+        x, y, w, h = self.rect
+        return self.mask[y : y + h, x : x + w].astype(np.uint8), x, y
 
     @property
     def centroid(self) -> tuple[float, float]:
-        mo = cv2.moments(self.mask.astype(np.uint8), binaryImage=True)
-        return float(mo["m10"] / mo["m00"]), float(mo["m01"] / mo["m00"])
+        m8, x, y = self.crop()
+        mo = cv2.moments(m8, binaryImage=True)
+        return float(mo["m10"] / mo["m00"]) + x, float(mo["m01"] / mo["m00"]) + y
 
 
 def scaled_map(anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -266,17 +280,19 @@ def scaled_map(anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return m
 
 
-def _box(mask: np.ndarray, full_shape: tuple[int, int], peak: float) -> Box:
-    """Box (original pixels) and area of a working-copy mask."""
+def _box(
+    mask: np.ndarray, rect: tuple[int, int, int, int], full_shape: tuple[int, int], peak: float
+) -> Box:
+    """Box (original pixels) and area of a working-copy mask with bounding ``rect``."""
     sy, sx = full_shape[0] / mask.shape[0], full_shape[1] / mask.shape[1]
-    x, y, w, h = cv2.boundingRect(mask.astype(np.uint8))
+    x, y, w, h = rect
     return Box(
         x0=math.floor(x * sx),
         y0=math.floor(y * sy),
         x1=min(full_shape[1], math.ceil((x + w) * sx)),
         y1=min(full_shape[0], math.ceil((y + h) * sy)),
         score=float(peak),
-        area=round(int(np.count_nonzero(mask)) * sx * sy),
+        area=round(int(np.count_nonzero(mask[y : y + h, x : x + w])) * sx * sy),
     )
 
 
@@ -327,13 +343,18 @@ def map_baseline(work_map: np.ndarray, part: Part) -> float:
     return float(np.median(values)) if values.size else float(np.median(work_map))
 
 
-def _flood(m: np.ndarray, x: int, y: int, level: float) -> np.ndarray:
-    """Pixels 8-connected to ``(x, y)`` where ``m >= level`` (``m[y, x]`` is the maximum)."""
+def _flood(
+    m: np.ndarray, x: int, y: int, level: float
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Pixels 8-connected to ``(x, y)`` where ``m >= level`` (``m[y, x]`` is the maximum) and
+    their bounding rectangle ``(x, y, w, h)``."""
     h, w = m.shape
     flood = np.zeros((h + 2, w + 2), np.uint8)
     flags = 8 | cv2.FLOODFILL_FIXED_RANGE | cv2.FLOODFILL_MASK_ONLY | (1 << 8)
-    cv2.floodFill(m, flood, (x, y), 0, max(float(m[y, x]) - level, 0.0), 1e30, flags)
-    return flood[1:-1, 1:-1] > 0
+    _, _, _, rect = cv2.floodFill(
+        m, flood, (x, y), 0, max(float(m[y, x]) - level, 0.0), 1e30, flags
+    )
+    return flood[1:-1, 1:-1] > 0, tuple(int(v) for v in rect)
 
 
 def peak_regions(
@@ -363,11 +384,11 @@ def peak_regions(
         if not np.isfinite(peak) or (peak < threshold and not (force and not out)):
             break
         level = baseline + fraction * (peak - baseline)
-        mask = _flood(m, int(x), int(y), level)
-        taken = mask | _flood(m, int(x), int(y), threshold) if level > threshold else mask
+        mask, rect = _flood(m, int(x), int(y), level)
+        taken = mask | _flood(m, int(x), int(y), threshold)[0] if level > threshold else mask
         rest[taken] = -np.inf
         if np.count_nonzero(mask) >= min_area:
-            out.append(Region(_box(mask, full_shape, peak), mask, peak))
+            out.append(Region(_box(mask, rect, full_shape, peak), mask, peak, rect))
             if len(out) == top_k:
                 break
     return out
@@ -438,7 +459,7 @@ def location_contains(part: Part, where: dict, x: float, y: float) -> bool:
 
 def shape_of(region: Region, part: Part) -> tuple[str, str | None, dict]:
     """``(shape word, orientation words or None, numbers)`` of a region."""
-    m8 = region.mask.astype(np.uint8)
+    m8, _, _ = region.crop()
     mo = cv2.moments(m8, binaryImage=True)
     area = int(mo["m00"])
     if area >= 3:
@@ -480,7 +501,7 @@ def appearance_of(region: Region, part: Part, gray: np.ndarray) -> tuple[str, di
     """Words comparing the region's pixels with a ring of surrounding normal surface."""
     r = max(3, int(math.sqrt(np.count_nonzero(region.mask)) / 2))
     # work on the region's box grown by the ring's width (the same pixels, less to dilate)
-    x, y, w, h = cv2.boundingRect(region.mask.astype(np.uint8))
+    x, y, w, h = region.rect
     ys = slice(max(0, y - r - 1), y + h + r + 1)
     xs = slice(max(0, x - r - 1), x + w + r + 1)
     mask, gray = region.mask[ys, xs], gray[ys, xs]
