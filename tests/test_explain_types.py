@@ -92,3 +92,33 @@ def test_folder_of_examples(tmp_path, examples):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="no labelled images found"):
         load_examples(tmp_path / "empty")
+
+
+def test_finding_most_like_a_labelled_defect_leads(types):
+    """A weaker hotspot on a real spot leads a stronger one on plain surface: its type is the
+    image's, and the summary says why it leads."""
+    img, mask = sample("spot", np.random.default_rng(5))
+    ys, xs = np.nonzero(mask)
+    m = mask.astype(np.float32) * 2.0
+    far_y = 10 if ys.mean() > S / 2 else S - 14  # plain surface, away from the spot
+    far_x = 10 if xs.mean() > S / 2 else S - 14
+    m[far_y : far_y + 5, far_x : far_x + 5] = 3.0
+    pred = Prediction(np.array([3.0], np.float32), [m], 1.0, 1.0)
+    plain = build_explainer("grounded").explain([img], pred)[0]
+    assert [f.peak for f in plain.findings] == [3.0, 2.0]  # without types: strongest first
+    assert "Strongest: " in plain.summary
+    e = build_explainer("grounded", defect_types=types).explain([img], pred)[0]
+    assert [f.peak for f in e.findings] == [2.0, 3.0]
+    assert e.findings[0].defect_type == "spot"
+    assert "Closest to a labelled defect: spot (" in e.summary
+    matches = types.match(*_descriptors(types, img, m))
+    assert matches[1][2] < matches[0][2]  # the spot region is nearer to an example
+
+
+def _descriptors(types, img, m):
+    from anomalens.explain.defect_types import hand_vector, region_embeddings
+    from anomalens.explain.grounded import analyse, describe_region
+
+    a = analyse(img, m, 1.0)
+    hand = np.stack([hand_vector(describe_region(r, a.part, a.gray, 1.0)[1]) for r in a.regions])
+    return region_embeddings(img, [r.mask for r in a.regions]), hand

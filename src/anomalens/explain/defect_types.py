@@ -24,24 +24,26 @@ from anomalens.errors import DatasetError
 __all__ = [
     "UNKNOWN_TYPE",
     "DefectTypes",
+    "embedding_map",
     "fit_defect_folder",
     "fit_defect_types",
     "hand_vector",
     "load_examples",
+    "match_order",
+    "pool_embedding",
     "region_embeddings",
 ]
 
 UNKNOWN_TYPE = "unknown type"
-#: Numeric descriptors of a region (from ``describe_region``) and how they are transformed.
-HAND_FEATURES = (
-    "area_fraction",
-    "elongation",
-    "solidity",
-    "contrast",
-    "texture",
-    "axial",
-    "lateral",
-)
+#: Numeric descriptors of a region (from ``describe_region``) compared between findings and
+#: labelled regions: its position on the part. Outline-dependent numbers (area, elongation,
+#: solidity, contrast against a ring) are left out: a finding's region is the map's blurred
+#: footprint of a defect and a labelled region its exact outline, so those differ between the
+#: two for the same defect (on MVTec screw the median contrast is +8.5 gray levels for the
+#: masks and -6.4 for the hotspots).
+HAND_FEATURES = ("axial", "lateral")
+#: Candidate weights of the handcrafted part against the deep part (chosen per fit).
+HAND_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
 _LOG = {"area_fraction", "elongation", "texture"}
 #: Backbone, input side and taps of the pooled region features.
 TYPE_BACKBONE, TYPE_IMAGE_SIZE, TYPE_LAYERS = "efficientnet-lite0", 320, (2, 3)
@@ -63,21 +65,22 @@ def _backbone(spec: str, image_size: int):
     return load_backbone(spec, image_size=image_size, precision="fp32")
 
 
-def region_embeddings(
-    image: np.ndarray,
-    masks: Sequence[np.ndarray],
-    backbone: str = TYPE_BACKBONE,
-    image_size: int = TYPE_IMAGE_SIZE,
+def embedding_map(
+    image: np.ndarray, backbone: str = TYPE_BACKBONE, image_size: int = TYPE_IMAGE_SIZE
 ) -> np.ndarray:
-    """``[len(masks), D]`` L2-normalised backbone features averaged inside each mask (masks
-    at any resolution; weights are the mask's coverage of each patch)."""
+    """``[h, w, D]`` backbone patch features of one image (the grid regions are pooled on)."""
     from anomalens.methods.common import pool_patches
 
     bb = _backbone(backbone, image_size)
     rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
     with torch.inference_mode():
         feats = bb.encode_image(bb.preprocess([np.ascontiguousarray(rgb[..., :3])]), TYPE_LAYERS)
-        emb = pool_patches(feats, 3, len(TYPE_LAYERS) - 1)[0].numpy()  # [h, w, D]
+        return pool_patches(feats, 3, len(TYPE_LAYERS) - 1)[0].numpy()
+
+
+def pool_embedding(emb: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
+    """``[len(masks), D]`` L2-normalised features of ``emb`` (:func:`embedding_map`) averaged
+    inside each mask (masks at any resolution; weights are the mask's coverage of each patch)."""
     h, w, _ = emb.shape
     out = []
     for mask in masks:
@@ -90,6 +93,17 @@ def region_embeddings(
     return np.stack(out)
 
 
+def region_embeddings(
+    image: np.ndarray,
+    masks: Sequence[np.ndarray],
+    backbone: str = TYPE_BACKBONE,
+    image_size: int = TYPE_IMAGE_SIZE,
+) -> np.ndarray:
+    """``[len(masks), D]`` L2-normalised backbone features averaged inside each mask
+    (:func:`pool_embedding` of :func:`embedding_map`)."""
+    return pool_embedding(embedding_map(image, backbone, image_size), masks)
+
+
 @dataclass
 class DefectTypes:
     """Labelled region descriptors and a distance-weighted k-nearest-neighbour rule.
@@ -97,7 +111,10 @@ class DefectTypes:
     deep: ``[N, D]`` unit-norm pooled features; hand: ``[N, H]`` handcrafted descriptors
     (:func:`hand_vector`); labels: index into ``types``; groups: the example image of each
     region (the "unknown" distance is measured between different images). The handcrafted part
-    is standardised over the examples and scaled to weigh as much as the deep part.
+    is standardised over the examples and scaled by ``hand_weight`` (times the deep part's unit
+    norm); None chooses it from :data:`HAND_WEIGHTS` on the examples alone: the weight whose
+    rule names the most examples right from the examples of the other images (ties: the
+    smaller weight), so position counts only where it tells the types apart.
     """
 
     types: tuple[str, ...]
@@ -109,6 +126,7 @@ class DefectTypes:
     image_size: int = TYPE_IMAGE_SIZE
     k: int = 5
     unknown_factor: float = 2.0
+    hand_weight: float | None = None
     unknown_distance: float = field(init=False, default=float("inf"))
 
     def __post_init__(self) -> None:
@@ -118,17 +136,38 @@ class DefectTypes:
             raise ValueError("deep, hand, labels and groups must have one row per region")
         self._mean = self.hand.mean(0)
         self._std = self.hand.std(0) + 1e-6
+        other = self.groups[:, None] != self.groups[None, :]
+        if self.hand_weight is None:
+            scores = []
+            for w in HAND_WEIGHTS:
+                self.hand_weight = w
+                self._vectors = self._combine(self.deep, self.hand)
+                d = np.where(other, self._distances(self._vectors), np.inf)
+                scores.append(float(np.mean(self._vote(d)[0] == self.labels)))
+            self.hand_weight = HAND_WEIGHTS[int(np.argmax(scores))]
         self._vectors = self._combine(self.deep, self.hand)
-        d = self._distances(self._vectors)
-        d[self.groups[:, None] == self.groups[None, :]] = np.inf
+        d = np.where(other, self._distances(self._vectors), np.inf)
         nearest = d.min(1)
         finite = nearest[np.isfinite(nearest)]
         if finite.size:
             self.unknown_distance = self.unknown_factor * float(np.percentile(finite, 95))
 
     def _combine(self, deep: np.ndarray, hand: np.ndarray) -> np.ndarray:
-        z = (hand - self._mean) / self._std / np.sqrt(hand.shape[1])
+        z = (hand - self._mean) / self._std * (self.hand_weight / np.sqrt(hand.shape[1]))
         return np.concatenate([deep, z], axis=1)
+
+    def _vote(self, d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per row of distances: the winning label, its vote share and the nearest distance
+        (distance-weighted vote of the ``k`` nearest finite examples)."""
+        k = min(self.k, d.shape[1])
+        order = np.argsort(d, axis=1, kind="stable")[:, :k]
+        near = np.take_along_axis(d, order, 1)
+        weight = np.where(np.isfinite(near), 1.0 / (near + 1e-6), 0.0)
+        votes = np.zeros((len(d), len(self.types)))
+        np.add.at(votes, (np.arange(len(d))[:, None], self.labels[order]), weight)
+        best = np.argmax(votes, 1)
+        share = votes[np.arange(len(d)), best] / np.maximum(votes.sum(1), 1e-12)
+        return best, share, near[:, 0]
 
     def _distances(self, queries: np.ndarray) -> np.ndarray:
         v = self._vectors
@@ -138,19 +177,18 @@ class DefectTypes:
     def classify(self, deep: np.ndarray, hand: np.ndarray) -> list[tuple[str, float | None]]:
         """``(type, confidence)`` per query row; ``(UNKNOWN_TYPE, None)`` when the nearest
         example is farther than ``unknown_distance``."""
+        return [(name, conf) for name, conf, _ in self.match(deep, hand)]
+
+    def match(self, deep: np.ndarray, hand: np.ndarray) -> list[tuple[str, float | None, float]]:
+        """:meth:`classify` plus the distance to the nearest labelled example per query row."""
         d = self._distances(self._combine(np.atleast_2d(deep), np.atleast_2d(hand)))
-        out: list[tuple[str, float | None]] = []
-        k = min(self.k, d.shape[1])
-        for row in d:
-            order = np.argsort(row, kind="stable")[:k]
-            if row[order[0]] > self.unknown_distance:
-                out.append((UNKNOWN_TYPE, None))
-                continue
-            votes = np.zeros(len(self.types))
-            np.add.at(votes, self.labels[order], 1.0 / (row[order] + 1e-6))
-            best = int(np.argmax(votes))
-            out.append((self.types[best], float(votes[best] / votes.sum())))
-        return out
+        best, share, nearest = self._vote(d)
+        return [
+            (UNKNOWN_TYPE, None, float(n))
+            if n > self.unknown_distance
+            else (self.types[int(b)], float(c), float(n))
+            for b, c, n in zip(best, share, nearest, strict=True)
+        ]
 
     def subset(self, keep: np.ndarray) -> DefectTypes:
         """The same rule with only the regions where ``keep`` is True (leave-one-out)."""
@@ -168,13 +206,20 @@ class DefectTypes:
 
     def predict_regions(
         self, image: np.ndarray, analysis: Any, numbers: Sequence[dict[str, float]]
-    ) -> list[tuple[str, float | None]]:
-        """Types of the regions of an :class:`~anomalens.explain.grounded.Analysis`."""
+    ) -> list[tuple[str, float | None, float]]:
+        """``(type, confidence, distance to the nearest example)`` of the regions of an
+        :class:`~anomalens.explain.grounded.Analysis` (:meth:`match`)."""
         deep = region_embeddings(
             image, [r.mask for r in analysis.regions], self.backbone, self.image_size
         )
         hand = np.stack([hand_vector(n) for n in numbers])
-        return self.classify(deep, hand)
+        return self.match(deep, hand)
+
+
+def match_order(matches: Sequence[tuple[str, float | None, float]]) -> list[int]:
+    """Order of findings by how closely each matches a labelled defect: named types before
+    "unknown type", then by the distance to the nearest example (ties keep their order)."""
+    return sorted(range(len(matches)), key=lambda i: (matches[i][0] == UNKNOWN_TYPE, matches[i][2]))
 
 
 def _example_region(image: np.ndarray, mask: np.ndarray | None, detector: Any):

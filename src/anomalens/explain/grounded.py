@@ -21,14 +21,19 @@ from anomalens.explain.geometry import (
     Region,
     appearance_of,
     find_part,
-    find_regions,
     location,
+    map_baseline,
+    peak_regions,
+    scaled_map,
     shape_of,
 )
 from anomalens.methods.base import Prediction
 
 __all__ = ["Analysis", "GroundedExplainer", "analyse", "describe_region"]
 
+#: When no pixel reaches the threshold (an image flagged by its score alone), the peaks above
+#: this fraction of the map's maximum are described.
+BELOW_THRESHOLD_CUT = 0.8
 #: Regions below this fraction of the working image are ignored (noise).
 MIN_AREA_FRACTION = 1e-4
 
@@ -62,16 +67,20 @@ def analyse(
     top_k: int = 3,
     force: bool = False,
 ) -> Analysis:
-    """Part and regions of one image. With ``force`` and no region above ``threshold``, the
-    regions are cut at 80% of the map's peak instead (``below_threshold``)."""
+    """Part and regions of one image: the strongest peaks at or above ``threshold`` (with
+    ``force`` and none: those above 80% of the map's peak, ``below_threshold``), each with its
+    region out to
+    its full width at half maximum above the part's typical map level
+    (:func:`~anomalens.explain.geometry.peak_regions`)."""
     part, gray = find_part(image)
     min_area = max(2, int(MIN_AREA_FRACTION * gray.size))
-    regions = find_regions(anomaly_map, threshold, gray.shape, top_k, min_area)
-    below = False
-    if not regions and force:
-        lower = 0.8 * float(np.max(anomaly_map))
-        regions = find_regions(anomaly_map, lower, gray.shape, top_k, min_area)
-        below = True
+    full = np.asarray(anomaly_map, dtype=np.float32)
+    work_map = scaled_map(full, gray.shape)
+    baseline = map_baseline(work_map, part)
+    peak = float(work_map.max())
+    below = force and peak < threshold
+    cut = BELOW_THRESHOLD_CUT * peak if below else threshold
+    regions = peak_regions(work_map, cut, baseline, full.shape, top_k, min_area, force=force)
     return Analysis(part, gray, regions, threshold, below)
 
 
@@ -87,8 +96,13 @@ def describe_region(
     area_work = int(region.mask.sum())
     part_area = part.area if not part.is_surface else part.mask.size
     scale2 = part.scale**2
-    t, s = part.axial(cx, cy) if part.elongated else (0.0, 0.0)
     x0, y0, x1, y1 = part.bbox
+    if part.elongated:  # along the axis (-1 narrow end .. 1 wide end) and off it
+        t, s = part.axial(cx, cy)
+    else:  # towards the outline or frame (0 centre .. 1 edge) and towards a corner
+        bx = abs(2 * (cx - x0) / max(x1 - x0, 1) - 1)
+        by = abs(2 * (cy - y0) / max(y1 - y0, 1) - 1)
+        t, s = max(bx, by), min(bx, by)
     numbers = {
         **shape_numbers,
         **look,
@@ -123,7 +137,11 @@ def good_summary(score: float, threshold: float) -> str:
 
 
 def defect_summary(
-    score: float, threshold: float | None, findings: Sequence[Finding], below: bool
+    score: float,
+    threshold: float | None,
+    findings: Sequence[Finding],
+    below: bool,
+    lead: str = "Strongest",
 ) -> str:
     head = (
         f"Defective: score {score:.3g} >= threshold {threshold:.3g}"
@@ -136,7 +154,7 @@ def defect_summary(
     regions = f"{n} region{'s' * (n != 1)}"
     note = " (none above the pixel threshold; the strongest areas are shown)" if below else ""
     top = findings[0].sentence()
-    return f"{head}; {regions}{note}. Strongest: {top}."
+    return f"{head}; {regions}{note}. {lead}: {top}."
 
 
 class GroundedExplainer:
@@ -210,11 +228,20 @@ class GroundedExplainer:
             for r in analysis.regions
         ]
         findings = [f for f, _ in described]
+        lead = "Strongest"
         if self.defect_types is not None and findings:
+            from anomalens.explain.defect_types import match_order
+
             named = self.defect_types.predict_regions(image, analysis, [n for _, n in described])
-            for f, (name, confidence) in zip(findings, named, strict=True):
+            for f, (name, confidence, _) in zip(findings, named, strict=True):
                 f.defect_type, f.type_confidence = name, confidence
-        summary = defect_summary(score, prediction.threshold, findings, analysis.below_threshold)
+            # the finding most like a labelled defect leads (its type is the image's)
+            findings = [findings[j] for j in match_order(named)]
+            analysis.regions = [analysis.regions[j] for j in match_order(named)]
+            lead = "Closest to a labelled defect"
+        summary = defect_summary(
+            score, prediction.threshold, findings, analysis.below_threshold, lead
+        )
         out = Explanation(verdict, score, prediction.threshold, summary, findings)
         out.seconds = time.perf_counter() - start
         return out, analysis
