@@ -35,7 +35,9 @@ Tables (name: folder under ``benchmarks/results`` and files):
 * ``export-speed``: ``export-speed/*.json`` of ``bench_export.py --json``;
 * ``service-load``: ``service-load/*.json`` of ``load_service.py --json``;
 * ``defaults-categories`` / ``defaults-mean``: ``defaults/<setting>.json`` of
-  ``sweep_defaults.py --out benchmarks/results/defaults``.
+  ``sweep_defaults.py --out benchmarks/results/defaults``; ``defaults-ablations``:
+  ``defaults-ablations/*.json`` (screening runs); ``defaults-speed``: ``defaults-speed/*.json``
+  of ``bench_defaults_speed.py --json``.
 """
 
 from __future__ import annotations
@@ -977,8 +979,32 @@ def render_defaults_ablations(results: Path) -> str:
     return head + "\n\n" + table([*header, "mean I-AUROC", "mean P-AUROC"], rows)
 
 
+def render_defaults_speed(results: Path) -> str:
+    paths = files(results, "defaults-speed")
+    docs = [load(p) for p in paths]
+    rows = []
+    for doc in docs:
+        for r in doc["rows"]:
+            rows.append(
+                [
+                    doc["category"],
+                    r["setting"],
+                    "on" if r["pose_on"] else "off",
+                    num(r["fit_seconds"], 1),
+                    num(r["ms_per_image"], 1),
+                ]
+            )
+    head = (
+        f"PatchCore fit on the {docs[0]['n_train']} training images and predict (best of "
+        f"{docs[0]['repeats']}) on the {docs[0]['n_test']} test images, in memory, back to back; "
+        f"{machines(docs)}.{note(docs)}"
+    )
+    return head + "\n\n" + table(["data", "setting", "pose", "fit s", "ms/image"], rows)
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "defaults-ablations": render_defaults_ablations,
+    "defaults-speed": render_defaults_speed,
     "defaults-categories": render_defaults_categories,
     "defaults-mean": render_defaults_mean,
     "patchcore-screw": render_patchcore_screw,
