@@ -70,3 +70,11 @@ class ExplainerError(AnomalensError):
 
 class ServiceError(AnomalensError):
     """The REST service cannot start as configured (e.g. no token on a public address)."""
+
+
+def check_choice(value: str, choices: tuple[str, ...], name: str) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise ValueError naming ``name``
+    (the one spelling of "must be one of" for every config field with a fixed set of values)."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value

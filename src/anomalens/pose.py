@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from anomalens.data.transforms import spread_indices
-from anomalens.errors import CheckpointError
+from anomalens.errors import CheckpointError, check_choice
 from anomalens.postprocess import _to_gray, foreground_mask, has_plain_background
 
 logger = logging.getLogger(__name__)
@@ -59,9 +59,7 @@ POSE_SIZE = 256
 
 def check_pose(value: str) -> str:
     """Return ``value`` if it is one of :data:`POSE_MODES`, else raise ValueError."""
-    if value not in POSE_MODES:
-        raise ValueError(f"pose must be one of {', '.join(POSE_MODES)}, got {value!r}")
-    return value
+    return check_choice(value, POSE_MODES, "pose")
 
 
 @dataclass(frozen=True)

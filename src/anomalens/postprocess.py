@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from anomalens.data.transforms import spread_indices
+from anomalens.errors import check_choice
 
 if TYPE_CHECKING:  # torch is imported by the functions that need it (the ONNX runtime has none)
     import torch
@@ -248,9 +249,7 @@ FOREGROUND_MODES = ("auto", "on", "off")
 
 def check_foreground(value: str) -> str:
     """Return ``value`` if it is one of :data:`FOREGROUND_MODES`, else raise ValueError."""
-    if value not in FOREGROUND_MODES:
-        raise ValueError(f"foreground must be one of {', '.join(FOREGROUND_MODES)}, got {value!r}")
-    return value
+    return check_choice(value, FOREGROUND_MODES, "foreground")
 
 
 def soft_foreground(image: np.ndarray, size: int, margin: float) -> np.ndarray:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from anomalens.data.transforms import resize_square
-from anomalens.errors import TextTowerMissingError
+from anomalens.errors import TextTowerMissingError, check_choice
 
 #: Precisions: ``auto`` (bf16 where the CPU computes it natively, AVX512-BF16 or AMX; else
 #: fp32, since emulated bf16 is many times slower), float32, or bfloat16 autocast on CPU.
@@ -24,9 +24,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 def check_precision(precision: str, name: str = "precision") -> str:
     """Return ``precision`` if it is one of :data:`PRECISIONS`, else raise ValueError."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"{name} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return precision
+    return check_choice(precision, PRECISIONS, name)
 
 
 def resolve_precision(precision: str, name: str = "precision") -> str:

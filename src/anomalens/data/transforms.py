@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from anomalens.errors import check_choice
+
 #: Extra views of a good image a memory can hold (PatchCore, AnomalyDINO ``augment``).
 AUGMENTATIONS = ("hflip", "vflip", "rot90", "rot180", "rot270")
 
@@ -33,9 +35,7 @@ RESIZE_MODES = ("square", "letterbox")
 
 def check_resize(mode: str) -> str:
     """Return ``mode`` if it is one of :data:`RESIZE_MODES`, else raise ValueError."""
-    if mode not in RESIZE_MODES:
-        raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
-    return mode
+    return check_choice(mode, RESIZE_MODES, "resize")
 
 
 @dataclass(frozen=True)
