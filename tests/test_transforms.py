@@ -10,6 +10,7 @@ import pytest
 from anomalens.data.transforms import (
     AUGMENTATIONS,
     Frame,
+    augmented_shapes,
     augmented_views,
     resize_square,
     spread_indices,
@@ -51,6 +52,13 @@ def test_rot90_turns_counter_clockwise_by_hand() -> None:
     assert rot90.tolist() == [[3, 6], [2, 5], [1, 4]]
     assert rot180.tolist() == [[6, 5, 4], [3, 2, 1]]
     assert rot270.tolist() == [[4, 1], [5, 2], [6, 3]]
+
+
+def test_augmented_shapes_are_the_shapes_of_the_views() -> None:
+    img = np.zeros((5, 9, 3), dtype=np.uint8)
+    names = ("hflip", "rot90", "rot180", "rot270", "vflip")
+    views = augmented_views(img, names)
+    assert augmented_shapes(img.shape, names) == [v.shape for v in views]
 
 
 def test_augmented_views_keep_the_requested_order_and_reject_unknown_names() -> None:

@@ -142,6 +142,14 @@ def augmented_views(image: np.ndarray, augment: Sequence[str]) -> list[np.ndarra
     return [image] + [np.ascontiguousarray(_VIEWS[name](image)) for name in augment]
 
 
+def augmented_shapes(shape: Sequence[int], augment: Sequence[str]) -> list[tuple[int, ...]]:
+    """The shapes of :func:`augmented_views` of an image of ``shape``, without making them
+    (quarter turns swap height and width)."""
+    check_augment(augment)
+    turned = (shape[1], shape[0], *shape[2:])
+    return [tuple(shape)] + [turned if n in ("rot90", "rot270") else tuple(shape) for n in augment]
+
+
 def spread_indices(n: int, count: int) -> list[int]:
     """``min(n, count)`` indices spread evenly over ``0..n-1``, first and last included when
     ``count >= 2`` (sorted, without repeats)."""

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from anomalens.data.transforms import Frame, augmented_views, check_resize
+from anomalens.data.transforms import Frame, augmented_shapes, augmented_views, check_resize
 from anomalens.methods.base import Calibration, FitReport, Prediction, batches, select_shots
 from anomalens.methods.common import (
     MemoryConfig,
@@ -133,9 +133,12 @@ class PatchCore(MemoryDetector):
 
     def frames(self, images: Sequence[np.ndarray]) -> list[Frame]:
         """Where each image sits in the square backbone input (``resize``, ``border``)."""
+        return [self.frame(img.shape) for img in images]
+
+    def frame(self, shape: Sequence[int]) -> Frame:
+        """Where an image of ``shape`` sits in the square backbone input."""
         size = self.backbone.image_size
-        border = round(self.config.border * size)
-        return [Frame.fit(img.shape, size, self.config.resize, border) for img in images]
+        return Frame.fit(shape, size, self.config.resize, round(self.config.border * size))
 
     def embed_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Patch embeddings ``[B, h, w, D]`` of RGB uint8 images (placed by :meth:`frames`)."""
@@ -212,7 +215,8 @@ class PatchCore(MemoryDetector):
         keep = select_shots(len(images), c.shots, c.seed)
         images = [images[i] for i in keep]
         self.use_foreground, fg_note = foreground_decision(c.foreground, images)
-        self.pose, images = PoseState.fit(c.pose, images, c.pose_brightness, self.method)  # #15
+        input_note = self.input_note(images)
+        self.pose, images = PoseState.fit(c.pose, images, c.pose_brightness, self.method)
         n_views = 1 + len(c.augment)
         views = (v for img in images for v in augmented_views(img, c.augment))
         chunks = []
@@ -228,8 +232,8 @@ class PatchCore(MemoryDetector):
         feats = torch.cat(chunks)  # [G * n_views, h, w, D], views of one image adjacent
         del chunks
         _, h, w, _ = feats.shape
-        all_views = [v for img in images for v in augmented_views(img, c.augment)]
-        _fill_padding(feats, self.frames(all_views))
+        shapes = [s for img in images for s in augmented_shapes(img.shape, c.augment)]
+        _fill_padding(feats, [self.frame(shape) for shape in shapes])
         t1 = time.perf_counter()
         self.memory, sources = build_memory(
             feats,
@@ -254,7 +258,7 @@ class PatchCore(MemoryDetector):
             coreset=t2,
             calibration=t3,
         )
-        self.fit_report.notes = [fg_note, self.input_note(images)]
+        self.fit_report.notes = [fg_note, input_note]
         for note in self.fit_report.notes:
             logger.info("%s", note)
         return self
