@@ -31,7 +31,7 @@ import numpy as np
 
 from anomalens.data.transforms import spread_indices
 from anomalens.errors import CheckpointError, check_choice
-from anomalens.postprocess import _to_gray, foreground_mask, has_plain_background
+from anomalens.postprocess import foreground_mask, has_plain_background, to_gray
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def estimate_pose(image: np.ndarray, size: int = POSE_SIZE) -> Pose | None:
     """The :class:`Pose` of the object in a uint8 image (``H x W`` or ``H x W x 3``), or None
     when :func:`~anomalens.postprocess.foreground_mask` finds no object."""
     image = np.asarray(image)
-    _to_gray(image)  # checks dtype and layout
+    to_gray(image)  # checks dtype and layout
     small, scale = _small(image, size)
     mask = foreground_mask(small, margin=0.0)
     if mask.all() or not mask.any():

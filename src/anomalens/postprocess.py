@@ -29,6 +29,7 @@ __all__ = [
     "resize_map",
     "robust_normalize",
     "soft_foreground",
+    "to_gray",
     "use_foreground",
 ]
 
@@ -140,7 +141,8 @@ def image_score(anomaly_map: np.ndarray, top_fraction: float) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def _to_gray(image: np.ndarray) -> np.ndarray:
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """Grayscale ``H x W`` uint8 of a gray, RGB or RGBA uint8 image (ValueError otherwise)."""
     image = np.asarray(image)
     if image.dtype != np.uint8:
         raise ValueError(f"image must be uint8, got {image.dtype}")
@@ -207,7 +209,7 @@ def foreground_mask(
     implausible: foreground below ``min_fraction`` or above ``max_fraction`` of the image, or the
     two Otsu classes differ by less than ``min_contrast`` gray levels.
     """
-    gray = _to_gray(image_rgb)
+    gray = to_gray(image_rgb)
     height, width = gray.shape
     everything = np.ones((height, width), dtype=bool)
     if textures or min(height, width) < 8:
