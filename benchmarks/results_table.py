@@ -36,8 +36,9 @@ Tables (name: folder under ``benchmarks/results`` and files):
 * ``service-load``: ``service-load/*.json`` of ``load_service.py --json``;
 * ``defaults-categories`` / ``defaults-mean``: ``defaults/<setting>.json`` of
   ``sweep_defaults.py --out benchmarks/results/defaults``; ``defaults-ablations``:
-  ``defaults-ablations/*.json`` (screening runs); ``defaults-speed``: ``defaults-speed/*.json``
-  of ``bench_defaults_speed.py --json``.
+  ``defaults-ablations/*.json`` (screening runs); ``defaults-memory``:
+  ``defaults-memory/*.json`` (magnetic tile, one setting each); ``defaults-speed``:
+  ``defaults-speed/*.json`` of ``bench_defaults_speed.py --json``.
 """
 
 from __future__ import annotations
@@ -1002,8 +1003,28 @@ def render_defaults_speed(results: Path) -> str:
     return head + "\n\n" + table(["data", "setting", "pose", "fit s", "ms/image"], rows)
 
 
+def render_defaults_memory(results: Path) -> str:
+    docs = [load(p) for p in files(results, "defaults-memory")]
+    rows = []
+    for doc in sorted(docs, key=lambda d: d["categories"]["magnetic_tile"]["image_auroc"]):
+        o, c = doc["options"], doc["categories"]["magnetic_tile"]
+        fraction = o.get("memory_fraction", 0.0)
+        rule = f"{o['memory_size']} rows"
+        if fraction:
+            rule += f", or {100 * fraction:g} % of the patches when more (the default)"
+        metrics = (num(c[k], 3) for k in ("image_auroc", "pixel_auroc", "aupro"))
+        rows.append([rule, str(c.get("n_train")), *metrics])
+    head = (
+        "Magnetic Tile Defects, all 761 training images (1.2 million patches), the other settings "
+        f"at the defaults, 1 torch thread; {machines(docs)}.{note(docs)}"
+    )
+    header = ["coreset", "train", "I-AUROC", "P-AUROC", "AUPRO"]
+    return head + "\n\n" + table(header, rows)
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "defaults-ablations": render_defaults_ablations,
+    "defaults-memory": render_defaults_memory,
     "defaults-speed": render_defaults_speed,
     "defaults-categories": render_defaults_categories,
     "defaults-mean": render_defaults_mean,
