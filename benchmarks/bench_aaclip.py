@@ -48,6 +48,7 @@ import torch
 from bench_zero_few_shot import cpu_name  # the script's folder is on sys.path
 
 from anomalens import testing as tm
+from anomalens.atomic import atomic_write_json
 from anomalens.methods.aaclip import AACLIP, AACLIPConfig
 from anomalens.methods.aaclip.data import TrainItem, _augment
 from anomalens.methods.aaclip.train import TrainConfig, Trainer
@@ -481,7 +482,6 @@ def report(rows: list[dict[str, Any]], args) -> None:
 def write_json(path: str, rows: list[dict[str, Any]], args) -> None:
     """The summary table as JSON (with the run options and the environment) for
     ``benchmarks/results_table.py``."""
-    import json
 
     from anomalens.evaluate import environment
 
@@ -507,8 +507,7 @@ def write_json(path: str, rows: list[dict[str, Any]], args) -> None:
         batch_size=args.batch_size, images=args.images, repeats=args.repeats, budget=args.budget
     )
     doc = dict(benchmark="aaclip_speed", run=run, environment=environment(), rows=out_rows)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(doc, indent=2) + "\n")
+    atomic_write_json(Path(path), doc, indent=2, allow_nan=True)
 
 
 def main() -> None:

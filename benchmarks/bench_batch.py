@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from anomalens.atomic import atomic_write_json
 from anomalens.batch import run_batch
 from anomalens.data.datasets import MVTecAD
 from anomalens.evaluate import environment
@@ -126,8 +127,7 @@ def merge(path: Path, row: dict) -> None:
         rows=sorted(keep.values(), key=lambda r: (order[r["engine"]], r["workers"])),
         environment=environment(),
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    atomic_write_json(path, doc, indent=2, allow_nan=True)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,10 @@ CPU lock; the JSON goes to ``benchmarks/results/diagnose-speed/``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from anomalens.atomic import atomic_write_json
 from anomalens.diagnose import run_diagnose
 from anomalens.report import jsonable
 
@@ -93,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": res["seconds"],
         "environment": res["environment"],
     }
-    a.json.parent.mkdir(parents=True, exist_ok=True)
-    a.json.write_text(json.dumps(jsonable(doc), indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(a.json, jsonable(doc), indent=2, allow_nan=True)
     print(f"wrote {a.json} ({res['seconds']:.0f} s)")
     return 0
 

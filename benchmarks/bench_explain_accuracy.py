@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from anomalens.atomic import atomic_write_json
 from anomalens.evaluate import load_samples
 from anomalens.explain.defect_types import (
     DefectTypes,
@@ -260,11 +261,9 @@ def main() -> None:
         "confusion": confusion(rows, types),
     }
     per_image = Path("runs") / "explain-accuracy" / f"{args.category}_images.json"
-    per_image.parent.mkdir(parents=True, exist_ok=True)
-    per_image.write_text(json.dumps(rows, indent=1) + "\n")
+    atomic_write_json(per_image, rows, indent=1, allow_nan=True)
     result["per_image"] = str(per_image)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_json(Path(args.json), result, indent=1, allow_nan=True)
     keys = ("category", "type_accuracy", "type_accuracy_strongest", "type_accuracy_gt_query")
     keys += ("location_accuracy",)
     keys += ("location_accuracy_component", "hit_rate")

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from anomalens import testing as tm
+from anomalens.atomic import atomic_write_json
 from anomalens.data.io import load_image
 from anomalens.explain import build_explainer
 from anomalens.explain.vlm_hf import _load_processor
@@ -154,8 +155,7 @@ def main() -> None:
         old = [r for r in previous.get("vlm", []) if (r["model"], r["precision"]) not in keys]
         result["vlm"] = old + new
         result["grounded"] = result["grounded"] or previous.get("grounded")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1) + "\n")
+        atomic_write_json(out, result, indent=1, allow_nan=True)
 
     if args.model and args.images:
         result["grounded"] = time_grounded(args.model, args.images, args.n_images, args.repeats)

@@ -15,13 +15,13 @@ sets (INT8 speed depends on AVX512-VNNI / AVX-VNNI / AMX), threads and date.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 import torch
 
+from anomalens.atomic import atomic_write_json
 from anomalens.data.transforms import spread_indices
 from anomalens.evaluate import environment, load_samples
 from anomalens.export import OnnxDetector, export_model
@@ -108,8 +108,7 @@ def main() -> None:
     }
     print("cpu:", out["environment"]["cpu"], "| isa:", cpu_isa(), "| flags:", out["cpu_flags"])
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+        atomic_write_json(Path(args.json), out, indent=2, allow_nan=True)
         print(f"wrote {args.json}")
 
 

@@ -16,13 +16,13 @@ with the environment (CPU model, cores, threads, torch, date) for ``benchmarks/r
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from datetime import date
 from pathlib import Path
 
 import torch
 
+from anomalens.atomic import atomic_write_json
 from anomalens.data.datasets import MVTecAD
 from anomalens.evaluate import environment
 from anomalens.methods import PatchCore, PatchCoreConfig
@@ -141,8 +141,7 @@ def main() -> None:
             "breakdown_ms_per_image": {k: 1e3 * v / n for k, v in parts.items()},
             "environment": environment(),
         }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        atomic_write_json(Path(args.json), out, indent=2, allow_nan=True)
 
 
 if __name__ == "__main__":

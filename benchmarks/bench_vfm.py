@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from anomalens import testing as tm
+from anomalens.atomic import atomic_write_json
 from anomalens.evaluate import environment
 from anomalens.methods import create_detector
 from anomalens.methods.vfm import VFM, VFMTrainer
@@ -149,8 +150,7 @@ def main() -> None:
         "rows": rows,
     }
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        atomic_write_json(args.json, doc, indent=2, allow_nan=True)
         print(f"wrote {args.json}")
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from anomalens import testing as tm
+from anomalens.atomic import atomic_write_json
 from anomalens.methods.winclip import WinCLIP
 
 SIZES = {
@@ -184,8 +184,7 @@ def main() -> None:
             load_average=list(os.getloadavg()),
         )
         out = dict(benchmark="zero_few_shot_speed", run=run, environment=environment(), rows=rows)
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        atomic_write_json(Path(args.json), out, indent=2, allow_nan=True)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from anomalens.atomic import atomic_write_json
 from anomalens.data.transforms import spread_indices
 from anomalens.evaluate import environment, load_samples
 from anomalens.export import OnnxDetector, export_model
@@ -111,8 +112,7 @@ def main() -> None:
     }
     print(json.dumps(diffs))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+        atomic_write_json(Path(args.json), out, indent=2, allow_nan=True)
         print(f"wrote {args.json}")
 
 

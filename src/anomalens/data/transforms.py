@@ -23,9 +23,8 @@ _VIEWS = {
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """``image`` resized to ``size x size`` (area averaging when shrinking, else bilinear)."""
-    interp = cv2.INTER_AREA if min(image.shape[:2]) > size else cv2.INTER_LINEAR
-    return cv2.resize(image, (size, size), interpolation=interp)
+    """``image`` resized to ``size x size`` (:func:`resize_to`)."""
+    return resize_to(image, size, size)
 
 
 #: How an image becomes the square model input (``resize`` of PatchCore): ``square`` stretches
