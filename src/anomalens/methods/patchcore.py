@@ -177,11 +177,11 @@ class PatchCore(MemoryDetector):
         flat = feats.reshape(-1, dim)
         bank = self._memory_bank()
         full = all(f.is_full for f in frames)
-        content = np.stack([f.content_grid((h, w)) for f in frames])
-        if weights is None and full:
+        content = None if full else np.stack([f.content_grid((h, w)) for f in frames])
+        if weights is None and content is None:
             dist = bank.search(flat, exclude=exclude)[0]
         else:
-            keep = content > 0
+            keep = np.ones((b, h, w), dtype=bool) if content is None else content > 0
             if weights is not None:
                 near = np.stack(
                     [cv2.resize(wt, (w, h), interpolation=cv2.INTER_AREA) for wt in weights]
@@ -193,7 +193,8 @@ class PatchCore(MemoryDetector):
                 dist[rows] = bank.search(flat[rows], exclude=exclude)[0]
         # sigma is given in pixels at image_size; the grid is image_size / h times coarser
         sigma = self.config.sigma * h / self.backbone.image_size
-        grid = masked_blur(dist.view(b, h, w), None if full else torch.from_numpy(content), sigma)
+        mask = None if content is None else torch.from_numpy(content)
+        grid = masked_blur(dist.view(b, h, w), mask, sigma)
         scores, maps = [], []
         for i, img in enumerate(images):
             m = grid[i].numpy()
