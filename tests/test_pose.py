@@ -24,6 +24,7 @@ from anomalens.methods import AnomalyDINO, PatchCore, load_detector
 from anomalens.methods.anomalydino import AnomalyDINOConfig
 from anomalens.pose import (
     MIN_ELONGATION,
+    POSE_SIZE,
     PoseDecision,
     check_pose,
     estimate_pose,
@@ -31,6 +32,7 @@ from anomalens.pose import (
     pose_decision,
     restore_map,
 )
+from anomalens.postprocess import foreground_mask
 
 SIZE = 128
 LENGTH, WIDTH, HEAD = 70.0, 10.0, 11.0  # rod length and width, radius of the head disc
@@ -71,6 +73,33 @@ def test_estimate_pose_recovers_the_angle_and_the_heavy_end(angle):
     assert pose.shape == (SIZE, SIZE)
     assert pose.side == SIZE
     assert 20 <= pose.fill[0] < 40  # the background's median
+
+
+@pytest.mark.parametrize("angle", [17.0, 203.0])
+def test_estimate_pose_equals_the_per_pixel_definition(angle):
+    """The moments (cv2.moments, outer contours) and the histogram median give what the
+    definitions give over every foreground / background pixel, on an image downscaled for the
+    estimate (512 px -> POSE_SIZE)."""
+    img = cv2.resize(part(angle, center=(70.0, 58.0), seed=3), (512, 512))
+    pose = estimate_pose(img)
+    small = cv2.resize(img, (POSE_SIZE, POSE_SIZE), interpolation=cv2.INTER_AREA)
+    mask = foreground_mask(small, margin=0.0)
+    scale = POSE_SIZE / 512
+    ys, xs = np.nonzero(mask)
+    xs, ys = (xs + 0.5) / scale - 0.5, (ys + 0.5) / scale - 0.5
+    dx, dy = xs - xs.mean(), ys - ys.mean()
+    evals, evecs = np.linalg.eigh(np.cov(np.stack([dx, dy]), bias=True))
+    major = evecs[:, 1]
+    u = dx * major[0] + dy * major[1]
+    if np.mean(u**3) < 0:
+        major, u = -major, -u
+    mid = (u.min() + u.max()) / 2
+    assert pose.center == pytest.approx(
+        (xs.mean() + mid * major[0], ys.mean() + mid * major[1]), abs=1e-9
+    )
+    assert pose.angle == pytest.approx(math.degrees(math.atan2(major[1], major[0])) % 360, abs=1e-9)
+    assert pose.elongation == pytest.approx(math.sqrt(evals[1] / evals[0]), rel=1e-9)
+    assert pose.fill == tuple(float(v) for v in np.median(small[~mask], axis=0))
 
 
 def test_normalised_parts_look_alike():
@@ -215,7 +244,7 @@ def test_brightness_match_and_max_score(dino_dir):
 
 def test_pose_fields_save_and_load_bit_for_bit(dino_dir, tmp_path):
     good, test = _rods(3, seed=3), _rods(2, seed=5)
-    det = AnomalyDINO(backbone=f"dinov2:{dino_dir}", image_size=64, pose="auto",
+    det = AnomalyDINO(backbone=f"dinov2:{dino_dir}", image_size=64, precision="fp32", pose="auto",
                       image_score="max", foreground="auto").fit(good, progress=False)  # fmt: skip
     before = det.predict(test)
     meta, loaded = save_and_reload(det, tmp_path / "m")

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from anomalens.backbones.base import AUTO_PRECISION_ENV
+
 CHECK = "import anomalens.runtime as r; print(r.keep_freed_memory(), r.keep_freed_memory())"
 
 
@@ -35,6 +37,7 @@ def test_auto_precision_follows_the_cpu(monkeypatch):
     from anomalens.backbones.registry import load_backbone
     from anomalens.neighbors import MemoryBank
 
+    monkeypatch.delenv(AUTO_PRECISION_ENV)
     for isa, want in (("AVX512-BF16", "bf16"), ("AMX", "bf16"), ("AVX2", "fp32")):
         monkeypatch.setattr(runtime, "cpu_isa", lambda isa=isa: isa)
         assert runtime.native_bf16() is (want == "bf16")
@@ -47,6 +50,15 @@ def test_auto_precision_follows_the_cpu(monkeypatch):
         assert MemoryBank(torch.zeros(3, 2)).precision == want
     with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16"):
         resolve_precision("fp16")
+    # the environment variable fixes what "auto" means, on any CPU; nothing else
+    for forced in ("fp32", "bf16"):
+        monkeypatch.setenv(AUTO_PRECISION_ENV, forced)
+        assert resolve_precision("auto") == forced
+        assert resolve_precision("fp32") == "fp32"
+        assert MemoryBank(torch.zeros(3, 2)).precision == forced
+    monkeypatch.setenv(AUTO_PRECISION_ENV, "fp16")
+    with pytest.raises(ValueError, match="ANOMALENS_AUTO_PRECISION must be one of fp32, bf16"):
+        resolve_precision("auto")
 
 
 def test_cpu_isa_names_the_bf16_path():

@@ -118,28 +118,48 @@ def estimate_pose(image: np.ndarray, size: int = POSE_SIZE) -> Pose | None:
     mask = foreground_mask(small, margin=0.0)
     if mask.all() or not mask.any():
         return None
-    ys, xs = np.nonzero(mask)
-    # pixel centres in original coordinates
-    xs = (xs + 0.5) / scale - 0.5
-    ys = (ys + 0.5) / scale - 0.5
-    cx, cy = float(xs.mean()), float(ys.mean())
-    dx, dy = xs - cx, ys - cy
-    cov = np.array([[np.mean(dx * dx), np.mean(dx * dy)], [np.mean(dx * dy), np.mean(dy * dy)]])
+    # second and third moments of the foreground pixels (cv2.moments: pixel indices)
+    mom = cv2.moments(mask.astype(np.uint8), binaryImage=True)
+    n = mom["m00"]
+    cov = np.array([[mom["mu20"], mom["mu11"]], [mom["mu11"], mom["mu02"]]]) / n
     evals, evecs = np.linalg.eigh(cov)  # ascending
-    major = evecs[:, 1]
-    u = dx * major[0] + dy * major[1]
-    if np.mean(u**3) < 0:  # the long (light) tail must point along +major, the heavy end left
-        major, u = -major, -u
+    a, b = evecs[:, 1]
+    # E[u^3] along the axis; the long (light) tail must point along +axis, the heavy end left
+    skew = a**3 * mom["mu30"] + 3 * a * a * b * mom["mu21"] + 3 * a * b * b * mom["mu12"]
+    if skew + b**3 * mom["mu03"] < 0:
+        a, b = -a, -b
     # the centre is the middle of the part's extent along the axis (the centroid lies towards
-    # the heavy end), so both ends stay inside the square whenever the part fits in it
+    # the heavy end), so both ends stay inside the square whenever the part fits in it; the
+    # extreme pixels along the axis lie on the outer contours
+    cx, cy = mom["m10"] / n, mom["m01"] / n
+    contours, _ = cv2.findContours(
+        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    edge = np.concatenate([c.reshape(-1, 2) for c in contours]).astype(np.float64)
+    u = (edge[:, 0] - cx) * a + (edge[:, 1] - cy) * b
     mid = (float(u.min()) + float(u.max())) / 2.0
-    cx, cy = cx + mid * float(major[0]), cy + mid * float(major[1])
+    # pixel centres in original coordinates
+    cx = (cx + mid * a + 0.5) / scale - 0.5
+    cy = (cy + mid * b + 0.5) / scale - 0.5
     elongation = math.sqrt(max(evals[1], 0.0) / max(evals[0], 1e-12))
-    angle = math.degrees(math.atan2(major[1], major[0])) % 360.0
+    angle = math.degrees(math.atan2(b, a)) % 360.0
     h, w = image.shape[:2]
-    pixels = small[~mask].reshape(int((~mask).sum()), -1)  # background of the small image
-    fill = tuple(float(v) for v in np.median(pixels, axis=0))
+    fill = _median_colour(small, ~mask)
     return Pose(angle, (cx, cy), float(elongation), (h, w), max(h, w), fill)
+
+
+def _median_colour(image: np.ndarray, where: np.ndarray) -> tuple[float, ...]:
+    """Per-channel median of the uint8 ``image`` pixels where ``where`` is True (the same
+    values as ``np.median``, from histograms)."""
+    mask = where.astype(np.uint8)
+    n = int(mask.sum())
+    image = np.ascontiguousarray(image)
+    out = []
+    for channel in range(1 if image.ndim == 2 else image.shape[2]):
+        hist = cv2.calcHist([image], [channel], mask, [256], [0, 256])
+        low, high = np.searchsorted(np.cumsum(hist.ravel()), [(n - 1) // 2 + 1, n // 2 + 1])
+        out.append((float(low) + float(high)) / 2.0)
+    return tuple(out)
 
 
 def normalise_pose(image: np.ndarray, pose: Pose) -> np.ndarray:

@@ -7,6 +7,7 @@ It owns its preprocessing (size, mean, std) and its precision (fp32 or bf16 auto
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,9 @@ from anomalens.errors import TextTowerMissingError, check_choice
 #: Precisions: ``auto`` (bf16 where the CPU computes it natively, AVX512-BF16 or AMX; else
 #: fp32, since emulated bf16 is many times slower), float32, or bfloat16 autocast on CPU.
 PRECISIONS = ("auto", "fp32", "bf16")
+#: Environment variable that fixes what ``auto`` means (``fp32`` or ``bf16``) on every machine,
+#: e.g. for numbers that must not depend on the CPU (the test suite sets ``fp32``).
+AUTO_PRECISION_ENV = "ANOMALENS_AUTO_PRECISION"
 
 
 def check_precision(precision: str, name: str = "precision") -> str:
@@ -28,12 +32,16 @@ def check_precision(precision: str, name: str = "precision") -> str:
 
 
 def resolve_precision(precision: str, name: str = "precision") -> str:
-    """``fp32`` or ``bf16`` for a :data:`PRECISIONS` value (``auto`` decided by the CPU)."""
+    """``fp32`` or ``bf16`` for a :data:`PRECISIONS` value (``auto``: decided by the CPU, or
+    by the :data:`AUTO_PRECISION_ENV` environment variable when it is set)."""
     from anomalens.runtime import native_bf16
 
-    if check_precision(precision, name) == "auto":
-        return "bf16" if native_bf16() else "fp32"
-    return precision
+    if check_precision(precision, name) != "auto":
+        return precision
+    forced = os.environ.get(AUTO_PRECISION_ENV, "").strip()
+    if forced:
+        return check_choice(forced, PRECISIONS[1:], AUTO_PRECISION_ENV)
+    return "bf16" if native_bf16() else "fp32"
 
 
 @dataclass
