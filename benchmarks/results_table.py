@@ -38,7 +38,8 @@ Tables (name: folder under ``benchmarks/results`` and files):
   ``sweep_defaults.py --out benchmarks/results/defaults``; ``defaults-ablations``:
   ``defaults-ablations/*.json`` (screening runs); ``defaults-memory``:
   ``defaults-memory/*.json`` (magnetic tile, one setting each); ``defaults-speed``:
-  ``defaults-speed/*.json`` of ``bench_defaults_speed.py --json``.
+  ``defaults-speed/*.json`` of ``bench_defaults_speed.py --json``; ``methods-by-type``:
+  ``methods-by-type/<category>.json`` of ``methods_by_type.py --json``.
 """
 
 from __future__ import annotations
@@ -981,13 +982,16 @@ def render_defaults_ablations(results: Path) -> str:
 
 
 def render_defaults_speed(results: Path) -> str:
-    paths = files(results, "defaults-speed")
-    docs = [load(p) for p in paths]
+    """One row per setting and machine (a CPU column when the files come from several)."""
+    docs = [load(p) for p in files(results, "defaults-speed")]
+    cpus = [cpu_label(d.get("environment", {})) for d in docs]
+    several = len(set(cpus)) > 1
     rows = []
-    for doc in docs:
+    for doc, cpu in zip(docs, cpus, strict=True):
         for r in doc["rows"]:
             rows.append(
-                [
+                ([cpu] if several else [])
+                + [
                     doc["category"],
                     r["setting"],
                     "on" if r["pose_on"] else "off",
@@ -1000,7 +1004,37 @@ def render_defaults_speed(results: Path) -> str:
         f"{docs[0]['repeats']}) on the {docs[0]['n_test']} test images, in memory, back to back; "
         f"{machines(docs)}.{note(docs)}"
     )
-    return head + "\n\n" + table(["data", "setting", "pose", "fit s", "ms/image"], rows)
+    cols = ["data", "setting", "pose", "fit s", "ms/image"]
+    return head + "\n\n" + table((["CPU"] if several else []) + cols, rows)
+
+
+def cpu_label(env: dict[str, Any]) -> str:
+    """``AMD EPYC (AVX2)``: the CPU model and its bf16 path, from an environment dict."""
+    cpu = env.get("cpu", "unknown CPU")
+    isa = env.get("cpu_isa")
+    return f"{cpu} ({isa})" if isa else str(cpu)
+
+
+def render_methods_by_type(results: Path) -> str:
+    """benchmarks/methods_by_type.py: one table per category, a column per defect type."""
+    docs = [load(p) for p in files(results, "methods-by-type")]
+    parts = [
+        f"Every method at its defaults, all training images; image AUROC per defect type is good "
+        f"test images against that type; the map sum is a probe (each map over its own pixel "
+        f"threshold, added, top 0.3 % score), not a method of the library; {machines(docs)}."
+    ]
+    for doc in docs:
+        types = list(doc["rows"][0]["by_type"])
+        rows = [
+            [GAUSSIAN_VFM_LABELS.get(r["name"], r["name"])]
+            + [num(r[k], 3) for k in ("image_auroc", "pixel_auroc", "aupro")]
+            + [num(r["by_type"][t], 3) for t in types]
+            for r in doc["rows"]
+        ]
+        name = DEFAULTS_CATEGORIES.get(doc["category"], doc["category"])
+        head = f"**{name}** ({doc['n_train']} train / {doc['n_test']} test images):"
+        parts.append(head + "\n\n" + table(["", "I-AUROC", "P-AUROC", "AUPRO", *types], rows))
+    return "\n\n".join(parts)
 
 
 def render_defaults_memory(results: Path) -> str:
@@ -1026,6 +1060,7 @@ RENDERERS: dict[str, Callable[[Path], str]] = {
     "defaults-ablations": render_defaults_ablations,
     "defaults-memory": render_defaults_memory,
     "defaults-speed": render_defaults_speed,
+    "methods-by-type": render_methods_by_type,
     "defaults-categories": render_defaults_categories,
     "defaults-mean": render_defaults_mean,
     "patchcore-screw": render_patchcore_screw,
