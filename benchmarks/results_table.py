@@ -999,9 +999,10 @@ def render_defaults_speed(results: Path) -> str:
                     num(r["ms_per_image"], 1),
                 ]
             )
+    repeats = " or ".join(str(r) for r in sorted({d["repeats"] for d in docs}))
     head = (
         f"PatchCore fit on the {docs[0]['n_train']} training images and predict (best of "
-        f"{docs[0]['repeats']}) on the {docs[0]['n_test']} test images, in memory, back to back; "
+        f"{repeats} passes) on the {docs[0]['n_test']} test images, in memory, back to back; "
         f"{machines(docs)}.{note(docs)}"
     )
     cols = ["data", "setting", "pose", "fit s", "ms/image"]
