@@ -575,14 +575,24 @@ def render_explain_speed(results: Path) -> str:
             rows,
         )
     )
-    g = d.get("grounded")
-    if g:
+    timed = [d] + [load(p) for p in sorted(path.parent.glob("*.json")) if p.name != path.name]
+    for doc in timed:
+        g = doc.get("grounded")
+        if not g:
+            continue
+        where = f" ({machine(doc.get('environment', {}))})" if len(timed) > 1 else ""
         text += (
-            f"\n\nGrounded explainer: {num(g['grounded_ms_per_image'], 2)} ms/image against "
-            f"{num(g['predict_ms_per_image'], 1)} ms/image for PatchCore predict "
+            f"\n\nGrounded explainer{where}: {num(g['grounded_ms_per_image'], 2)} ms/image "
+            f"against {num(g['predict_ms_per_image'], 1)} ms/image for PatchCore predict "
             f"({num(100 * g['grounded_share_of_predict'], 1)} % of predict; {g['images']} screw "
             "images, half of them with findings)."
         )
+        if g.get("grounded_types_ms_per_image") is not None:
+            text += (
+                f" Naming defect types from labelled examples adds a backbone pass per image "
+                f"with findings: {num(g['grounded_types_ms_per_image'], 2)} ms/image "
+                f"({num(100 * g['grounded_types_share_of_predict'], 1)} % of predict)."
+            )
     return text
 
 
