@@ -589,9 +589,9 @@ def render_explain_speed(results: Path) -> str:
         )
         if g.get("grounded_types_ms_per_image") is not None:
             text += (
-                f" Naming defect types from labelled examples adds a backbone pass per image "
-                f"with findings: {num(g['grounded_types_ms_per_image'], 2)} ms/image "
-                f"({num(100 * g['grounded_types_share_of_predict'], 1)} % of predict)."
+                f" Naming defect types from labelled examples (one more backbone pass, fp32, per "
+                f"image with findings): {num(g['grounded_types_ms_per_image'], 2)} ms/image in "
+                f"all ({num(100 * g['grounded_types_share_of_predict'], 1)} % of predict)."
             )
     return text
 
