@@ -80,6 +80,47 @@ def test_render_patchcore_table_exact(tmp_path):
     assert rt.render("patchcore-screw", _write_results(tmp_path)) == EXPECTED
 
 
+def _speed(cpu: str, isa: str, fit: float) -> dict:
+    rows = [{"setting": "defaults", "pose_on": True, "fit_seconds": fit, "ms_per_image": 18.46}]
+    env = {**ENV, "cpu": cpu, "cpu_isa": isa}
+    return {"category": "screw", "n_train": 320, "n_test": 160, "repeats": 5, "rows": rows,
+            "environment": env}  # fmt: skip
+
+
+def test_speed_table_names_the_cpu_only_when_there_are_several(tmp_path):
+    folder = tmp_path / "defaults-speed"
+    folder.mkdir()
+    (folder / "a.json").write_text(json.dumps(_speed("Xeon", "AMX", 14.24)))
+    one = rt.render("defaults-speed", tmp_path)
+    assert one.splitlines()[2] == "| data | setting | pose | fit s | ms/image |"
+    assert one.splitlines()[-1] == "| screw | defaults | on | 14.2 | 18.5 |"
+    (folder / "b.json").write_text(json.dumps(_speed("EPYC", "AVX2", 22.3)))
+    two = rt.render("defaults-speed", tmp_path).splitlines()
+    assert two[2] == "| CPU | data | setting | pose | fit s | ms/image |"
+    assert two[4:] == [
+        "| Xeon (AMX) | screw | defaults | on | 14.2 | 18.5 |",
+        "| EPYC (AVX2) | screw | defaults | on | 22.3 | 18.5 |",
+    ]
+
+
+def test_methods_by_type_table_has_a_column_per_type(tmp_path):
+    folder = tmp_path / "methods-by-type"
+    folder.mkdir()
+    row = {"image_auroc": 0.9396, "pixel_auroc": 0.7536, "aupro": 0.7576}
+    doc = {
+        "category": "magnetic_tile",
+        "n_train": 761,
+        "n_test": 579,
+        "rows": [{"name": "padim", **row, "by_type": {"blowhole": 0.9714, "uneven": 0.9238}}],
+        "environment": ENV,
+    }
+    (folder / "magnetic_tile.json").write_text(json.dumps(doc))
+    lines = rt.render("methods-by-type", tmp_path).splitlines()
+    assert "**magnetic tile** (761 train / 579 test images):" in lines
+    assert lines[-3] == "|  | I-AUROC | P-AUROC | AUPRO | blowhole | uneven |"
+    assert lines[-1] == "| PaDiM | 0.940 | 0.754 | 0.758 | 0.971 | 0.924 |"
+
+
 def test_write_then_check(tmp_path):
     _write_results(tmp_path)
     readme = tmp_path / "README.md"
