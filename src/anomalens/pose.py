@@ -119,7 +119,8 @@ def estimate_pose(image: np.ndarray, size: int = POSE_SIZE) -> Pose | None:
     if mask.all() or not mask.any():
         return None
     # second and third moments of the foreground pixels (cv2.moments: pixel indices)
-    mom = cv2.moments(mask.astype(np.uint8), binaryImage=True)
+    mask_u8 = mask.astype(np.uint8)
+    mom = cv2.moments(mask_u8, binaryImage=True)
     n = mom["m00"]
     cov = np.array([[mom["mu20"], mom["mu11"]], [mom["mu11"], mom["mu02"]]]) / n
     evals, evecs = np.linalg.eigh(cov)  # ascending
@@ -132,9 +133,7 @@ def estimate_pose(image: np.ndarray, size: int = POSE_SIZE) -> Pose | None:
     # the heavy end), so both ends stay inside the square whenever the part fits in it; the
     # extreme pixels along the axis lie on the outer contours
     cx, cy = mom["m10"] / n, mom["m01"] / n
-    contours, _ = cv2.findContours(
-        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-    )
+    contours, _ = cv2.findContours(mask_u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     edge = np.concatenate([c.reshape(-1, 2) for c in contours]).astype(np.float64)
     u = (edge[:, 0] - cx) * a + (edge[:, 1] - cy) * b
     mid = (float(u.min()) + float(u.max())) / 2.0
