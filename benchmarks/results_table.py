@@ -542,40 +542,41 @@ def render_explain_accuracy(results: Path) -> str:
 
 
 def render_explain_speed(results: Path) -> str:
+    """VLM rows of every ``explain-speed/*.json`` (``main.json`` first; a CPU column when they
+    come from several machines), then each file's grounded-explainer line."""
     path = results / "explain-speed" / "main.json"
     if not path.is_file():
         raise ResultsError(f"no results for table 'explain-speed': {path} is missing")
-    d = load(path)
-    env = d.get("environment", {})
-    emulated = " (emulated)" if not env.get("native_bf16") else ""
-    rows = [
-        [
-            f"{r['model']} ({r['params_millions']:.0f} M params, random weights)",
-            r["precision"] + (emulated if r["precision"] == "bf16" else ""),
-            num(r["seconds_per_explanation"], 1),
-            num(r["seconds_to_first_token"], 1),
-            num(r["decode_tokens_per_second"], 1),
-            num(r["tokens_per_second"], 2),
-        ]
-        for r in d.get("vlm", [])
+    timed = [load(path)] + [
+        load(p) for p in sorted(path.parent.glob("*.json")) if p.name != path.name
     ]  # fmt: skip
+    with_vlm = [d for d in timed if d.get("vlm")]
+    several = len(with_vlm) > 1
+    rows = []
+    for d in with_vlm:
+        env = d.get("environment", {})
+        emulated = " (emulated)" if not env.get("native_bf16") else " (native)"
+        cpu = f"{env.get('cpu', '?')}" + (" (native bf16)" if env.get("native_bf16") else "")
+        for r in d["vlm"]:
+            rows.append(
+                ([cpu] if several else [])
+                + [
+                    f"{r['model']} ({r['params_millions']:.0f} M params, random weights)",
+                    r["precision"] + (emulated if r["precision"] == "bf16" else ""),
+                    num(r["seconds_per_explanation"], 1),
+                    num(r["seconds_to_first_token"], 1),
+                    num(r["decode_tokens_per_second"], 1),
+                    num(r["tokens_per_second"], 2),
+                ]
+            )
+    tokens = with_vlm[0]["vlm"][0]["new_tokens"] if with_vlm else "-"
+    where = "; ".join(machine(d.get("environment", {})) for d in with_vlm)
+    cols = ["VLM", "precision", "s/explanation", "s to first token", "decode tokens/s"]
     text = (
         f"One defective image (512 px, one region: the image with boxes plus one crop), "
-        f"{d['vlm'][0]['new_tokens'] if d.get('vlm') else '-'} new tokens, one timed run after a "
-        f"warm-up; {machine(env)}.{note([d])}\n\n"
-        + table(
-            [
-                "VLM",
-                "precision",
-                "s/explanation",
-                "s to first token",
-                "decode tokens/s",
-                "tokens/s overall",
-            ],
-            rows,
-        )
+        f"{tokens} new tokens, one timed run after a warm-up; {where}.{note(with_vlm)}\n\n"
+        + table((["CPU"] if several else []) + cols + ["tokens/s overall"], rows)
     )
-    timed = [d] + [load(p) for p in sorted(path.parent.glob("*.json")) if p.name != path.name]
     for doc in timed:
         g = doc.get("grounded")
         if not g:
