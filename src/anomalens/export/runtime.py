@@ -7,10 +7,10 @@ No torch: this module imports numpy, OpenCV (through :mod:`anomalens.postprocess
 image's own size, and the calibrated thresholds.
 
 Done here, outside the graph, with the exact functions ``predict`` uses (see
-:mod:`anomalens.export.graphs` for why): the square resize of each image to the model input
-(``resize_square``), the OpenCV foreground masks, the bilinear resize of each map to its image
-(``resize_map``), PatchCore's image score (the maximum of that map) and WinCLIP's median/MAD
-normalisation (``robust_normalize``).
+:mod:`anomalens.export.graphs` for why): placing each image in the square model input and
+taking each map back to its image (:class:`~anomalens.data.transforms.Frame`), pose
+normalisation, the OpenCV foreground masks, PatchCore's image score (``image_score``) and
+WinCLIP's median/MAD normalisation (``robust_normalize``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from anomalens.postprocess import (
     foreground_mask,
     hotspots,
     image_score,
-    resize_map,
     robust_normalize,
     soft_foreground,
 )
@@ -72,35 +71,31 @@ def patch_foreground(image: np.ndarray, size: int, grid: tuple[int, int]) -> np.
     return (small > 0).astype(np.float32)
 
 
-def image_frames(config: dict[str, Any], images: Sequence[np.ndarray]) -> list[Frame] | None:
-    """Where each image sits in the model input (PatchCore's ``resize`` and ``border``; None
-    for graphs that stretch every image to the square)."""
+def image_frames(config: dict[str, Any], images: Sequence[np.ndarray]) -> list[Frame]:
+    """Where each image sits in the model input: PatchCore's ``resize`` and ``border``; the
+    whole square (stretched, no border) for the other graphs."""
     extra = config.get("extra", {})
-    if "resize" not in extra:
-        return None
     size = int(config["image_size"])
-    return [Frame.fit(img.shape, size, extra["resize"], int(extra["border"])) for img in images]
+    mode, border = extra.get("resize", "square"), int(extra.get("border", 0))
+    return [Frame.fit(img.shape, size, mode, border) for img in images]
 
 
 def graph_inputs(config: dict[str, Any], images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    """The graph's inputs for RGB uint8 images: ``pixels`` (each image resized to the square
-    input) and, when the graph weights by the foreground, the OpenCV masks it expects."""
+    """The graph's inputs for RGB uint8 images: ``pixels`` (each image placed in the square
+    input, :func:`image_frames`), the content cells when the graph blurs over them, and, when
+    the graph weights by the foreground, the OpenCV masks it expects."""
     check_images(images)
     size = int(config["image_size"])
     kind, extra = config.get("foreground"), config.get("extra", {})
     frames = image_frames(config, images)
-    if frames is None:
-        feeds = {"pixels": np.stack([resize_square(img, size) for img in images])}
-    else:
-        feeds = {"pixels": np.stack([f.place(img) for f, img in zip(frames, images, strict=True)])}
+    feeds = {"pixels": np.stack([f.place(img) for f, img in zip(frames, images, strict=True)])}
     if "content" in config.get("inputs", []):
         grid = tuple(extra["grid"])
-        feeds["content"] = np.stack([f.content_grid(grid) for f in frames or []])
+        feeds["content"] = np.stack([f.content_grid(grid) for f in frames])
     if kind == "soft":
         fg_size = extra["foreground_size"]
         masks = [soft_foreground(img, fg_size, extra["margin"]) for img in images]
-        if frames is not None:
-            masks = [f.to_input(m, m.shape) for f, m in zip(frames, masks, strict=True)]
+        masks = [f.to_input(m, m.shape) for f, m in zip(frames, masks, strict=True)]
     elif kind == "patch":
         masks = [patch_foreground(img, size, tuple(extra["grid"])) for img in images]
     elif kind == "image":
@@ -195,10 +190,7 @@ class OnnxDetector:
             m = np.asarray(work[i], dtype=np.float32)
             if self.config.get("normalize"):
                 m = robust_normalize(m, None if fg is None else fg[i] > 0.5)
-            if frames is not None:
-                m = frames[i].to_image(m, img.shape[:2])
-            elif m.shape != img.shape[:2]:
-                m = resize_map(m, img.shape[:2])
+            m = frames[i].to_image(m, img.shape[:2])
             if self.config.get("score") == "map_max":
                 top = float(self.config.get("extra", {}).get("top_fraction", 0.0))
                 scores.append(image_score(m, top))
