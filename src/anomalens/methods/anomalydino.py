@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from anomalens.backbones.base import Features
 from anomalens.data.transforms import augmented_views, resize_square
+from anomalens.errors import check_choice
 from anomalens.methods.base import FitReport, Prediction, batches, select_shots
 from anomalens.methods.common import (
     MemoryConfig,
@@ -93,10 +94,7 @@ class AnomalyDINOConfig(MemoryConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_fraction("top_fraction", self.top_fraction)
-        if self.image_score not in IMAGE_SCORES:
-            raise ValueError(
-                f"image_score must be one of {', '.join(IMAGE_SCORES)}, got {self.image_score!r}"
-            )
+        check_choice(self.image_score, IMAGE_SCORES, "image_score")
 
 
 @dataclass
