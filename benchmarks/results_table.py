@@ -806,15 +806,23 @@ DEFAULTS_CATEGORIES = {
 }
 
 
-def _defaults_docs(results: Path, ablations: bool) -> list[tuple[str, dict[str, Any]]]:
+def _defaults_docs(
+    results: Path, ablations: bool
+) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """``(setting name, doc)`` of the sweep's files in table order (only the named settings
+    unless ``ablations``) and the categories every one of them holds."""
+
     def key(path: Path) -> tuple[int, str]:
         stem = path.stem
         order = DEFAULTS_ORDER.index(stem) if stem in DEFAULTS_ORDER else len(DEFAULTS_ORDER)
         return order, stem
 
     paths = sorted(files(results, "defaults"), key=key)
-    out = [(p.stem, load(p)) for p in paths]
-    return out if ablations else [(n, d) for n, d in out if n in DEFAULTS_ORDER]
+    named = [(p.stem, load(p)) for p in paths]
+    if not ablations:
+        named = [(n, d) for n, d in named if n in DEFAULTS_ORDER]
+    cats = [c for c in DEFAULTS_CATEGORIES if all(c in d["categories"] for _, d in named)]
+    return named, cats
 
 
 def _defaults_label(name: str, doc: dict[str, Any]) -> str:
@@ -836,9 +844,7 @@ def _defaults_head(docs: Sequence[dict[str, Any]]) -> str:
 
 
 def render_defaults_categories(results: Path) -> str:
-    named = _defaults_docs(results, ablations=True)
-    docs = [d for _, d in named]
-    cats = [c for c in DEFAULTS_CATEGORIES if all(c in d["categories"] for d in docs)]
+    named, cats = _defaults_docs(results, ablations=True)
     rows = []
     for name, doc in named:
         cells = [
@@ -851,14 +857,12 @@ def render_defaults_categories(results: Path) -> str:
         mean_p = sum(doc["categories"][c]["pixel_auroc"] for c in cats) / len(cats)
         rows.append([_defaults_label(name, doc), *cells, num(mean_i, 3), num(mean_p, 3)])
     header = ["setting", *(DEFAULTS_CATEGORIES[c] for c in cats), "mean I-AUROC", "mean P-AUROC"]
-    head = _defaults_head(docs) + " Cells: image AUROC / pixel AUROC / AUPRO."
+    head = _defaults_head([d for _, d in named]) + " Cells: image AUROC / pixel AUROC / AUPRO."
     return head + "\n\n" + table(header, rows)
 
 
 def render_defaults_mean(results: Path) -> str:
-    named = _defaults_docs(results, ablations=False)
-    docs = [d for _, d in named]
-    cats = [c for c in DEFAULTS_CATEGORIES if all(c in d["categories"] for d in docs)]
+    named, cats = _defaults_docs(results, ablations=False)
     rows = []
     for name, doc in named:
         cs = [doc["categories"][c] for c in cats]
@@ -871,7 +875,7 @@ def render_defaults_mean(results: Path) -> str:
             ]
         )
     header = ["PatchCore", "mean image AUROC", "mean pixel AUROC", "worst image AUROC"]
-    head = _defaults_head(docs) + " Per category: docs/benchmarks.md."
+    head = _defaults_head([d for _, d in named]) + " Per category: docs/benchmarks.md."
     return head + "\n\n" + table(header, rows)
 
 
