@@ -17,10 +17,10 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from anomalens.atomic import atomic_write_json
+from anomalens.data.transforms import spread_indices
 from anomalens.evaluate import build_detector, load_samples
 from anomalens.metrics import compute_all, image_auroc
 from anomalens.postprocess import image_score
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     train = load_samples("mvtec", args.root, args.category, "train", False)[0]
     test = load_samples("mvtec", args.root, args.category, "test", False)[0]
     if args.train is not None and len(train) > args.train:
-        idx = np.linspace(0, len(train) - 1, args.train).round().astype(int)
+        idx = spread_indices(len(train), args.train)
         train = [train[i] for i in idx]
     labels = [int(s.label) for s in test]
     types = [s.defect_type for s in test]

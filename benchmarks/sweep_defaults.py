@@ -32,7 +32,7 @@ import torch
 from anomalens.atomic import atomic_write_json
 from anomalens.backbones.registry import load_backbone
 from anomalens.data.synthetic import make_demo_dataset
-from anomalens.data.transforms import resize_square
+from anomalens.data.transforms import resize_square, spread_indices
 from anomalens.evaluate import build_detector, load_samples
 from anomalens.methods.common import pool_patches
 from anomalens.metrics import compute_all, image_auroc
@@ -63,7 +63,7 @@ def load_categories(names: list[str], demo_dir: Path, limits: dict[str, int]) ->
         test = load_samples("mvtec", root, name, "test", progress=False)[0]
         limit = limits.get(name)
         if limit is not None and len(train) > limit:
-            idx = np.linspace(0, len(train) - 1, limit).round().astype(int)
+            idx = spread_indices(len(train), limit)
             train = [train[i] for i in idx]
         out[name] = (train, test)
     return out
