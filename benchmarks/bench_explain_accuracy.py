@@ -65,9 +65,11 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def describe_all(detector, bad, category):
+def describe_all(detector, bad, category, features="detector"):
     """Ground-truth region descriptors, query descriptors (the top 3 hotspots: ``[n, D]`` deep,
-    ``[n, H]`` hand, ``[n]`` overlaps the ground truth) and per-image rows."""
+    ``[n, H]`` hand, ``[n]`` overlaps the ground truth) and per-image rows. ``features``:
+    ``detector`` pools regions on the patch features the prediction kept (as the explainer
+    does), ``backbone`` on a separate backbone pass (``backbone_features``)."""
     gt_deep, gt_hand, queries, rows = [], [], [], []
     for s in tqdm(bad, desc=f"{category}: describe", unit="img"):
         pred = detector.predict([s.image])
@@ -77,7 +79,8 @@ def describe_all(detector, bad, category):
         gt = region_from_mask(s.mask, gray.shape)
         _, gt_numbers = describe_region(gt, part, gray, None)
         masks = [gt.mask] + [r.mask for r in analysis.regions]
-        deep = region_embeddings(s.image, masks)
+        kept = pred.features[0] if features == "detector" and pred.features else None
+        deep = region_embeddings(s.image, masks, kept)
         gt_deep.append(deep[0])
         gt_hand.append(hand_vector(gt_numbers))
         gx, gy = gt.centroid
@@ -150,6 +153,13 @@ def main() -> None:
     ap.add_argument("--model-note", default="", help="how the model was fitted (for the JSON)")
     ap.add_argument("--shots", type=int, help="when fitting: use K good training images")
     ap.add_argument("--cache", help="npz + json of the descriptors (reused when present)")
+    ap.add_argument(
+        "--features",
+        choices=("detector", "backbone"),
+        default="detector",
+        help="regions pooled on the detector's own patch features (as the explainer does when "
+        "the detector keeps them) or on a separate backbone pass",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -176,7 +186,7 @@ def main() -> None:
             for i, n in enumerate(arrays["q_count"])
         ]
     else:
-        gt_deep, gt_hand, queries, rows = describe_all(detector, bad, args.category)
+        gt_deep, gt_hand, queries, rows = describe_all(detector, bad, args.category, args.features)
         if cache is not None:  # padded to TOP_K rows per image, q_count real ones
             cache.parent.mkdir(parents=True, exist_ok=True)
             n, dims = len(queries), (len(gt_deep[0]), len(gt_hand[0]))
@@ -247,6 +257,7 @@ def main() -> None:
         "flagged_rate": rate("flagged")[0],
         "seconds": round(time.perf_counter() - t0, 1),
         "descriptors_from_cache": bool(cache is not None and cached),
+        "features": args.features,
         "environment": {
             "cpu": cpu_model(),
             "cores": torch.get_num_threads() and __import__("os").cpu_count(),

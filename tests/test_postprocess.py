@@ -220,3 +220,18 @@ def test_masked_blur_ignores_the_cells_outside_the_mask() -> None:
         masked_blur(maps, torch.ones_like(maps), 1.5), gaussian_blur(maps, 1.5)
     )
     torch.testing.assert_close(masked_blur(maps, None, 1.5), gaussian_blur(maps, 1.5))
+
+
+def test_class_means_gap_equals_the_pixel_means():
+    """The foreground's Otsu-contrast check, from a histogram, equals the gap between the mean
+    gray levels of the two classes of pixels, exactly."""
+    from anomalens.postprocess import _class_means_gap
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        gray = rng.integers(0, 256, tuple(rng.integers(8, 90, 2)), dtype=np.uint8)
+        threshold = float(rng.integers(1, 254))
+        above = gray > threshold
+        if above.any() and not above.all():
+            gap = abs(float(gray[above].mean()) - float(gray[~above].mean()))
+            assert _class_means_gap(gray, threshold) == gap

@@ -93,6 +93,14 @@ class Pose:
         offset = np.array([mid, mid]) - rot @ np.array([cx, cy])
         return np.hstack([rot, offset[:, None]])
 
+    def to_original(self, affine: np.ndarray) -> np.ndarray:
+        """``affine`` (``2 x 3``, to pixels of the normalised square) followed by the way back
+        to the original image's pixels."""
+        back = cv2.invertAffineTransform(self.matrix)
+        out = back[:, :2] @ affine
+        out[:, 2] += back[:, 2]
+        return out
+
     def scaled_fill(self, gain: float) -> Pose:
         """The same pose with the background colour multiplied by ``gain`` (clipped to 255)."""
         fill = tuple(min(255.0, v * gain) for v in self.fill)
@@ -297,13 +305,15 @@ class PoseState:
         def scored(batch: list[np.ndarray]) -> tuple[Sequence[float], list[np.ndarray]]:
             normed = [self.normalise(img) for img in batch]
             scores, maps = score_batch([n[0] for n in normed])
-            back = [
-                m if p is None else restore_map(m, p)
-                for m, (_, p) in zip(maps, normed, strict=True)
-            ]
-            return scores, back
+            return scores, [self.restore(m, p) for m, (_, p) in zip(maps, normed, strict=True)]
 
         return scored
+
+    @staticmethod
+    def restore(anomaly_map: np.ndarray, pose: Pose | None) -> np.ndarray:
+        """The map of a normalised image back in the original frame (:func:`restore_map`;
+        unchanged when :meth:`normalise` returned no pose)."""
+        return anomaly_map if pose is None else restore_map(anomaly_map, pose)
 
     def to_meta(self) -> dict[str, Any]:
         """The fields a checkpoint's ``config.json`` stores."""

@@ -164,6 +164,19 @@ def _border_pixels(gray: np.ndarray, width: int) -> np.ndarray:
     )
 
 
+def _class_means_gap(gray: np.ndarray, threshold: float) -> float:
+    """``|mean(gray > threshold) - mean(gray <= threshold)|`` of a uint8 image (from its
+    histogram: the same integer sums and counts as the pixel means; both classes non-empty)."""
+    hist = np.bincount(gray.ravel(), minlength=256).astype(np.float64)
+    values = np.arange(256, dtype=np.float64)
+    cut = int(threshold) + 1  # gray > threshold <=> gray >= cut for integer levels
+    low, high = hist[:cut], hist[cut:]
+    return abs(
+        float(high @ values[cut:]) / float(high.sum())
+        - float(low @ values[:cut]) / float(low.sum())
+    )
+
+
 def _ellipse(size: int) -> np.ndarray:
     size = max(1, size) | 1  # odd
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
@@ -173,6 +186,8 @@ def _keep_large_components(mask: np.ndarray, min_area: int) -> np.ndarray:
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     keep = np.zeros(n, dtype=bool)
     keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area
+    if keep[1:].all():  # the common case: every component stays
+        return labels > 0
     return keep[labels]
 
 
@@ -220,7 +235,7 @@ def foreground_mask(
     above = blurred > threshold
     if not above.any() or above.all():
         return everything
-    if abs(float(blurred[above].mean()) - float(blurred[~above].mean())) < min_contrast:
+    if _class_means_gap(blurred, threshold) < min_contrast:
         return everything
     border = _border_pixels(blurred, max(1, side // 50))
     background_is_bright = np.mean(border > threshold) > 0.5

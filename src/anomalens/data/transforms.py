@@ -105,6 +105,14 @@ class Frame:
             cols[min(int((self.left + self.width / 2) * gw / self.size), gw - 1)] = True
         return (rows[:, None] & cols[None, :]).astype(np.float32)
 
+    def input_to_image(self, shape: Sequence[int]) -> np.ndarray:
+        """``2 x 3`` affine map from input pixel ``(x, y)`` to the pixel of the image of
+        ``shape`` (H, W, ...) placed in this frame (pixel centres aligned, as ``cv2.resize``)."""
+        sx, sy = int(shape[1]) / self.width, int(shape[0]) / self.height
+        return np.array(
+            [[sx, 0.0, (0.5 - self.left) * sx - 0.5], [0.0, sy, (0.5 - self.top) * sy - 0.5]]
+        )
+
     def to_image(self, grid_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """A map on the input grid back to the image's own ``shape`` (H, W): the content box
         cut out and resized (bilinear)."""

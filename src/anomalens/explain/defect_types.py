@@ -1,6 +1,8 @@
 """Defect types from a few labelled examples: each finding is named by its nearest labelled
-regions (pooled backbone features inside the region plus shape, contrast and position-on-the-part
-descriptors), with a confidence, and "unknown type" when it is far from all of them.
+regions (patch features pooled inside the region plus its position on the part), with a
+confidence, and "unknown type" when it is far from all of them. The patch features are the
+detector's own when it keeps them (PatchCore: naming costs no second backbone pass), else those
+of :func:`backbone_features`.
 
 Give examples as a folder ``defects/<type>/*.png`` (masks optional: ``<type>/masks/<stem>.png``
 or ``<type>/<stem>_mask.png``; without a mask the detector's strongest hotspot, else the whole
@@ -19,18 +21,21 @@ import cv2
 import numpy as np
 import torch
 
+from anomalens.data.transforms import Frame
 from anomalens.errors import DatasetError
+from anomalens.prediction import PatchFeatures, Prediction
 
 __all__ = [
+    "BACKBONE_KEY",
     "UNKNOWN_TYPE",
     "DefectTypes",
-    "embedding_map",
+    "backbone_features",
     "fit_defect_folder",
     "fit_defect_types",
     "hand_vector",
+    "image_features",
     "load_examples",
     "match_order",
-    "pool_embedding",
     "region_embeddings",
 ]
 
@@ -58,50 +63,61 @@ def hand_vector(numbers: dict[str, float]) -> np.ndarray:
     return np.asarray(out, dtype=np.float64)
 
 
-@functools.lru_cache(maxsize=2)
-def _backbone(spec: str, image_size: int):
+#: The feature key of :func:`backbone_features` (types fitted without a detector that keeps
+#: its features).
+BACKBONE_KEY = f"backbone {TYPE_BACKBONE} {TYPE_IMAGE_SIZE}px layers={list(TYPE_LAYERS)}"
+
+
+@functools.lru_cache(maxsize=1)
+def _backbone():
     from anomalens.backbones.registry import load_backbone
 
-    return load_backbone(spec, image_size=image_size, precision="fp32")
+    return load_backbone(TYPE_BACKBONE, image_size=TYPE_IMAGE_SIZE, precision="fp32")
 
 
-def embedding_map(
-    image: np.ndarray, backbone: str = TYPE_BACKBONE, image_size: int = TYPE_IMAGE_SIZE
-) -> np.ndarray:
-    """``[h, w, D]`` backbone patch features of one image (the grid regions are pooled on)."""
+def backbone_features(image: np.ndarray) -> PatchFeatures:
+    """The patch features regions are pooled on when the detector keeps none: a pass of
+    :data:`TYPE_BACKBONE` over the image stretched to :data:`TYPE_IMAGE_SIZE`."""
     from anomalens.methods.common import pool_patches
 
-    bb = _backbone(backbone, image_size)
+    bb = _backbone()
     rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
     with torch.inference_mode():
         feats = bb.encode_image(bb.preprocess([np.ascontiguousarray(rgb[..., :3])]), TYPE_LAYERS)
-        return pool_patches(feats, 3, len(TYPE_LAYERS) - 1)[0].numpy()
+        grid = pool_patches(feats, 3, len(TYPE_LAYERS) - 1)[0].numpy()
+    frame = Frame.fit(image.shape, TYPE_IMAGE_SIZE, "square")
+    return PatchFeatures(
+        grid,
+        BACKBONE_KEY,
+        frame.input_to_image(image.shape),
+        frame.size,
+        (frame.top, frame.left, frame.height, frame.width),
+        image.shape[:2],
+    )
 
 
-def pool_embedding(emb: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
-    """``[len(masks), D]`` L2-normalised features of ``emb`` (:func:`embedding_map`) averaged
-    inside each mask (masks at any resolution; weights are the mask's coverage of each patch)."""
-    h, w, _ = emb.shape
-    out = []
-    for mask in masks:
-        weight = cv2.resize(np.asarray(mask, np.float32), (w, h), interpolation=cv2.INTER_AREA)
-        if weight.sum() <= 0:
-            ys, xs = np.nonzero(mask)
-            weight[int(ys.mean() * h / mask.shape[0]), int(xs.mean() * w / mask.shape[1])] = 1
-        vec = (emb * weight[..., None]).sum((0, 1)) / weight.sum()
-        out.append(vec / max(np.linalg.norm(vec), 1e-12))
-    return np.stack(out)
+def image_features(
+    images: Sequence[np.ndarray], detector: Any = None, key: str | None = None
+) -> list[PatchFeatures]:
+    """Patch features of ``images`` under ``key`` (None: the detector's own when it keeps
+    them, else :data:`BACKBONE_KEY`); the detector's ``predict`` makes the detector's."""
+    key = key or getattr(detector, "feature_key", None) or BACKBONE_KEY
+    if key == BACKBONE_KEY:
+        return [backbone_features(img) for img in images]
+    if detector is None or getattr(detector, "feature_key", None) != key:
+        raise ValueError(
+            f"these defect types compare features of '{key}'; give the detector they were "
+            "fitted with"
+        )
+    return list(detector.predict(images).features)
 
 
 def region_embeddings(
-    image: np.ndarray,
-    masks: Sequence[np.ndarray],
-    backbone: str = TYPE_BACKBONE,
-    image_size: int = TYPE_IMAGE_SIZE,
+    image: np.ndarray, masks: Sequence[np.ndarray], features: PatchFeatures | None = None
 ) -> np.ndarray:
-    """``[len(masks), D]`` L2-normalised backbone features averaged inside each mask
-    (:func:`pool_embedding` of :func:`embedding_map`)."""
-    return pool_embedding(embedding_map(image, backbone, image_size), masks)
+    """``[len(masks), D]`` L2-normalised patch features averaged inside each mask
+    (:meth:`PatchFeatures.pool`; ``features`` None: :func:`backbone_features`)."""
+    return (features or backbone_features(image)).pool(masks)
 
 
 @dataclass
@@ -110,7 +126,10 @@ class DefectTypes:
 
     deep: ``[N, D]`` unit-norm pooled features; hand: ``[N, H]`` handcrafted descriptors
     (:func:`hand_vector`); labels: index into ``types``; groups: the example image of each
-    region (the "unknown" distance is measured between different images). The handcrafted part
+    region (the "unknown" distance is measured between different images); feature_key: the
+    features the deep part was pooled on (:class:`~anomalens.prediction.PatchFeatures`): a
+    query is pooled on features of the same key; detector: the detector that makes them when
+    they are its own. The handcrafted part
     is standardised over the examples and scaled by ``hand_weight`` (times the deep part's unit
     norm); None chooses it from :data:`HAND_WEIGHTS` on the examples alone: the weight whose
     rule names the most examples right from the examples of the other images (ties: the
@@ -122,11 +141,11 @@ class DefectTypes:
     hand: np.ndarray
     labels: np.ndarray
     groups: np.ndarray
-    backbone: str = TYPE_BACKBONE
-    image_size: int = TYPE_IMAGE_SIZE
+    feature_key: str = BACKBONE_KEY
     k: int = 5
     unknown_factor: float = 2.0
     hand_weight: float | None = None
+    detector: Any = field(default=None, repr=False)
     unknown_distance: float = field(init=False, default=float("inf"))
 
     def __post_init__(self) -> None:
@@ -198,20 +217,26 @@ class DefectTypes:
             self.hand[keep],
             self.labels[keep],
             self.groups[keep],
-            self.backbone,
-            self.image_size,
+            self.feature_key,
             self.k,
             self.unknown_factor,
+            detector=self.detector,
         )
 
     def predict_regions(
-        self, image: np.ndarray, analysis: Any, numbers: Sequence[dict[str, float]]
+        self,
+        image: np.ndarray,
+        analysis: Any,
+        numbers: Sequence[dict[str, float]],
+        features: PatchFeatures | None = None,
     ) -> list[tuple[str, float | None, float]]:
         """``(type, confidence, distance to the nearest example)`` of the regions of an
-        :class:`~anomalens.explain.grounded.Analysis` (:meth:`match`)."""
-        deep = region_embeddings(
-            image, [r.mask for r in analysis.regions], self.backbone, self.image_size
-        )
+        :class:`~anomalens.explain.grounded.Analysis` (:meth:`match`); ``features``: the
+        image's patch features from the prediction, used when their key is this rule's (else
+        they are computed: :func:`image_features`)."""
+        if features is None or features.key != self.feature_key:
+            features = image_features([image], self.detector, self.feature_key)[0]
+        deep = features.pool([r.mask for r in analysis.regions])
         hand = np.stack([hand_vector(n) for n in numbers])
         return self.match(deep, hand)
 
@@ -222,18 +247,19 @@ def match_order(matches: Sequence[tuple[str, float | None, float]]) -> list[int]
     return sorted(range(len(matches)), key=lambda i: (matches[i][0] == UNKNOWN_TYPE, matches[i][2]))
 
 
-def _example_region(image: np.ndarray, mask: np.ndarray | None, detector: Any):
-    """``(analysis-like part, gray, region)`` of a labelled example."""
+def _example_region(image: np.ndarray, mask: np.ndarray | None, prediction: Prediction | None):
+    """``(analysis-like part, gray, region)`` of a labelled example (``prediction``: the
+    detector's, used without a mask)."""
     from anomalens.explain.geometry import find_part, region_from_mask
     from anomalens.explain.grounded import analyse, region_threshold
 
     part, gray = find_part(image)
     if mask is not None and np.any(mask):
         return part, gray, region_from_mask(mask, gray.shape)
-    if detector is not None:
-        pred = detector.predict([image])
-        thr = region_threshold(pred.maps[0], pred.pixel_threshold, pred.threshold)
-        found = analyse(image, pred.maps[0], thr, top_k=1, force=True)
+    if prediction is not None:
+        m = prediction.maps[0]
+        thr = region_threshold(m, prediction.pixel_threshold, prediction.threshold)
+        found = analyse(image, m, thr, top_k=1, force=True)
         if found.regions:
             return part, gray, found.regions[0]
     full = cv2.resize(part.mask.astype(np.uint8), image.shape[1::-1], cv2.INTER_NEAREST)
@@ -245,11 +271,11 @@ def fit_defect_types(
     masks: Sequence[np.ndarray | None] | None,
     types: Sequence[str],
     detector: Any = None,
-    backbone: str = TYPE_BACKBONE,
-    image_size: int = TYPE_IMAGE_SIZE,
 ) -> DefectTypes:
     """Defect types from labelled defective images (one region per image: its mask, else the
-    detector's strongest hotspot, else the whole part)."""
+    detector's strongest hotspot, else the whole part). Regions are pooled on the detector's
+    own patch features when it keeps them (PatchCore: no second backbone pass at explain
+    time), else on :func:`backbone_features`."""
     from anomalens.explain.grounded import describe_region
 
     if len(images) != len(types) or (masks is not None and len(masks) != len(images)):
@@ -257,11 +283,17 @@ def fit_defect_types(
     if not images:
         raise ValueError("fit_defect_types needs at least one labelled image")
     names = tuple(sorted(set(types)))
+    key = getattr(detector, "feature_key", None) or BACKBONE_KEY
     deep, hand = [], []
     for i, image in enumerate(images):
-        part, gray, region = _example_region(image, None if masks is None else masks[i], detector)
+        mask = None if masks is None else masks[i]
+        prediction = None
+        if detector is not None and (key != BACKBONE_KEY or mask is None or not np.any(mask)):
+            prediction = detector.predict([image])
+        part, gray, region = _example_region(image, mask, prediction)
         _, numbers = describe_region(region, part, gray, None)
-        deep.append(region_embeddings(image, [region.mask], backbone, image_size)[0])
+        features = prediction.features[0] if key != BACKBONE_KEY else backbone_features(image)
+        deep.append(features.pool([region.mask])[0])
         hand.append(hand_vector(numbers))
     labels = np.array([names.index(t) for t in types])
     return DefectTypes(
@@ -270,8 +302,8 @@ def fit_defect_types(
         np.stack(hand),
         labels,
         np.arange(len(images)),
-        backbone,
-        image_size,
+        key,
+        detector=detector if key != BACKBONE_KEY else None,
     )
 
 

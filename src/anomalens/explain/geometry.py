@@ -205,13 +205,25 @@ def find_part(image: np.ndarray) -> tuple[Part, np.ndarray]:
         return _surface((h, w), scale), gray
     fy, fx = h / small.shape[0], w / small.shape[1]  # small -> working copy
     ys, xs = np.nonzero(small_mask)
-    pts = np.stack([(xs + 0.5) * fx - 0.5, (ys + 0.5) * fy - 0.5], 1)
-    centre = pts.mean(0)
-    d = pts - centre
-    cov = d.T @ d if len(pts) > 2 else np.eye(2)
+    # centre and scatter of the pixel centres in working-copy pixels, from the mask's moments
+    mo = cv2.moments(small_mask.view(np.uint8), binaryImage=True)
+    n = mo["m00"]
+    centre = np.array([(mo["m10"] / n + 0.5) * fx - 0.5, (mo["m01"] / n + 0.5) * fy - 0.5])
+    cov = (
+        np.array(
+            [
+                [mo["mu20"] * fx * fx, mo["mu11"] * fx * fy],
+                [mo["mu11"] * fx * fy, mo["mu02"] * fy * fy],
+            ]
+        )
+        if n > 2
+        else np.eye(2)
+    )
     _evals, evecs = np.linalg.eigh(cov)
     u, v = evecs[:, 1], evecs[:, 0]
-    proj_u, proj_v = d @ u, d @ v
+    dx = xs * fx + (0.5 * fx - 0.5 - centre[0])
+    dy = ys * fy + (0.5 * fy - 0.5 - centre[1])
+    proj_u, proj_v = dx * u[0] + dy * u[1], dx * v[0] + dy * v[1]
     half_length, half_width = _percentile99(np.abs(proj_u)), _percentile99(np.abs(proj_v))
     # orient u towards the wider end: compare the widths of the outer quarters
     ends_differ = False

@@ -232,7 +232,9 @@ class GroundedExplainer:
         if self.defect_types is not None and findings:
             from anomalens.explain.defect_types import match_order
 
-            named = self.defect_types.predict_regions(image, analysis, [n for _, n in described])
+            features = prediction.features[i] if prediction.features else None
+            numbers = [n for _, n in described]
+            named = self.defect_types.predict_regions(image, analysis, numbers, features)
             for f, (name, confidence, _) in zip(findings, named, strict=True):
                 f.defect_type, f.type_confidence = name, confidence
             # the finding most like a labelled defect leads (its type is the image's)

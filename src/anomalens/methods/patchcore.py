@@ -53,6 +53,7 @@ from anomalens.postprocess import (
     resize_map,
     soft_foreground,
 )
+from anomalens.prediction import PatchFeatures
 
 logger = logging.getLogger(__name__)
 
@@ -315,6 +316,41 @@ class PatchCore(MemoryDetector):
 
     # ------------------------------------------------------------------ predict
     def predict(self, images: Sequence[np.ndarray], progress: bool = False) -> Prediction:
-        """Image scores and anomaly maps (at each input's resolution) for RGB uint8 images."""
-        score = self.pose.wrap(lambda batch: self._score(self.embed_images(batch), batch))
-        return self._predict_batches(images, score, progress)
+        """Image scores and anomaly maps (at each input's resolution) for RGB uint8 images;
+        ``features`` holds the patch features each map came from (:class:`PatchFeatures`)."""
+        kept: list[PatchFeatures] = []
+
+        def score(batch: list[np.ndarray]) -> tuple[list[float], list[np.ndarray]]:
+            normed = [self.pose.normalise(img) for img in batch]
+            posed = [img for img, _ in normed]
+            feats = self.embed_images(posed)
+            scores, maps = self._score(feats, posed)
+            for f, img, (seen, pose) in zip(feats, batch, normed, strict=True):
+                frame = self.frame(seen.shape)
+                affine = frame.input_to_image(seen.shape)
+                kept.append(
+                    PatchFeatures(
+                        f.numpy(),
+                        self.feature_key,
+                        affine if pose is None else pose.to_original(affine),
+                        frame.size,
+                        (frame.top, frame.left, frame.height, frame.width),
+                        img.shape[:2],
+                    )
+                )
+            return scores, [self.pose.restore(m, p) for m, (_, p) in zip(maps, normed, strict=True)]
+
+        prediction = self._predict_batches(images, score, progress)
+        prediction.features = kept
+        return prediction
+
+    @property
+    def feature_key(self) -> str:
+        """What the patch features of :meth:`predict` depend on (see :class:`PatchFeatures`)."""
+        c = self.config
+        layers = list(c.layers or self.backbone.default_layers)
+        return (
+            f"{self.method} {c.backbone} {self.backbone.image_size}px layers={layers} "
+            f"grid={c.grid_layer} neighbourhood={c.neighbourhood} {c.resize} border={c.border} "
+            f"pose={'on' if self.pose.on else 'off'}"
+        )
