@@ -28,6 +28,7 @@ from anomalens import testing as tm
 from anomalens.atomic import atomic_write_json
 from anomalens.data.io import load_image
 from anomalens.explain import build_explainer
+from anomalens.explain.defect_types import BACKBONE_KEY
 from anomalens.explain.vlm_hf import _load_processor
 from anomalens.methods.base import Prediction, load_detector
 from anomalens.runtime import keep_freed_memory
@@ -105,8 +106,8 @@ def time_grounded(
     model_dir: str, image_dir: str, n: int, repeats: int = 5, defect_types: str | None = None
 ) -> dict:
     """Predict and grounded ms/image on the same images; with ``defect_types`` (a folder of
-    labelled examples) also the grounded explainer that names types (one more backbone pass
-    per image with findings)."""
+    labelled examples) also the grounded explainer that names types (regions pooled on the
+    detector's patch features when it keeps them)."""
     detector = load_detector(model_dir)
     paths = sorted(Path(image_dir).glob("*.png"))[:n]
     images = [load_image(p) for p in paths]
@@ -134,6 +135,9 @@ def time_grounded(
         out[f"{name}_ms_per_image"] = round(g, 2)
         out[f"{name}_share_of_predict"] = round(g / p, 4)
     out["defect_types"] = defect_types
+    if defect_types:  # the features the types pool regions on (see DefectTypes.feature_key)
+        rule = explainers["grounded_types"].defect_types
+        out["types_features"] = "backbone" if rule.feature_key == BACKBONE_KEY else "detector"
     out["repeats"] = repeats
     out["note"] = (
         "threshold set to the median score so half the images get findings; "

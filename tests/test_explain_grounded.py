@@ -194,3 +194,19 @@ def test_regions_match_postprocess_hotspots():
         for r, b in zip(got, ref, strict=True):
             assert int(r.mask.sum()) == b.area
             assert r.peak == pytest.approx(b.score)
+
+
+def test_principal_axis_is_the_top_eigenvector():
+    """The closed-form axis of the part equals numpy's eigenvector of the larger eigenvalue
+    (up to sign), diagonal matrices included."""
+    from anomalens.explain.geometry import _principal_axis
+
+    rng = np.random.default_rng(0)
+    cases = [np.diag([3.0, 1.0]), np.diag([1.0, 3.0]), np.array([[2.0, -1.5], [-1.5, 2.0]])]
+    for _ in range(200):
+        m = rng.normal(size=(2, 2)) * rng.uniform(0.01, 1e4)
+        cases.append(m @ m.T)
+    for cov in cases:
+        ref = np.linalg.eigh(cov)[1][:, 1]
+        got = _principal_axis(cov)
+        assert abs(float(got @ ref)) == pytest.approx(1.0, abs=1e-9)

@@ -164,17 +164,17 @@ def _border_pixels(gray: np.ndarray, width: int) -> np.ndarray:
     )
 
 
-def _class_means_gap(gray: np.ndarray, threshold: float) -> float:
-    """``|mean(gray > threshold) - mean(gray <= threshold)|`` of a uint8 image (from its
-    histogram: the same integer sums and counts as the pixel means; both classes non-empty)."""
-    hist = np.bincount(gray.ravel(), minlength=256).astype(np.float64)
+def _class_means_gap(gray: np.ndarray, threshold: float) -> float | None:
+    """``|mean(gray > threshold) - mean(gray <= threshold)|`` of a uint8 image, None when one
+    side is empty (from its histogram: the same integer sums and counts as the pixel means)."""
+    hist = cv2.calcHist([gray], [0], None, [256], [0, 256]).ravel().astype(np.float64)
     values = np.arange(256, dtype=np.float64)
     cut = int(threshold) + 1  # gray > threshold <=> gray >= cut for integer levels
     low, high = hist[:cut], hist[cut:]
-    return abs(
-        float(high @ values[cut:]) / float(high.sum())
-        - float(low @ values[:cut]) / float(low.sum())
-    )
+    n_low, n_high = float(low.sum()), float(high.sum())
+    if n_low == 0 or n_high == 0:
+        return None
+    return abs(float(high @ values[cut:]) / n_high - float(low @ values[:cut]) / n_low)
 
 
 def _ellipse(size: int) -> np.ndarray:
@@ -231,25 +231,24 @@ def foreground_mask(
         return everything
     side = min(height, width)
     blurred = cv2.GaussianBlur(gray, (0, 0), sigmaX=max(1.0, side / 200))
-    threshold, _ = cv2.threshold(blurred, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    above = blurred > threshold
-    if not above.any() or above.all():
+    # above: 1 where blurred > threshold
+    threshold, above = cv2.threshold(blurred, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    gap = _class_means_gap(blurred, threshold)
+    if gap is None or gap < min_contrast:
         return everything
-    if _class_means_gap(blurred, threshold) < min_contrast:
-        return everything
-    border = _border_pixels(blurred, max(1, side // 50))
-    background_is_bright = np.mean(border > threshold) > 0.5
-    mask = ~above if background_is_bright else above
+    border = _border_pixels(above, max(1, side // 50))
+    background_is_bright = np.count_nonzero(border) > border.size / 2
+    mask = 1 - above if background_is_bright else above
 
     kernel = _ellipse(side // 50)
-    mask_u8 = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, kernel)
+    mask_u8 = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
     mask_u8 = cv2.morphologyEx(mask_u8, cv2.MORPH_OPEN, kernel)
     mask = _keep_large_components(mask_u8, int(0.01 * height * width))
     mask = fill_holes(mask)
     if margin > 0:
         mask = cv2.dilate(mask.astype(np.uint8), _ellipse(2 * round(margin * side) + 1)) > 0
 
-    fraction = float(mask.mean())
+    fraction = np.count_nonzero(mask) / mask.size
     if not min_fraction <= fraction <= max_fraction:
         return everything
     return mask

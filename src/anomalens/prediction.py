@@ -31,10 +31,20 @@ class PatchFeatures:
     content: tuple[int, int, int, int]
     shape: tuple[int, int]
 
+    _sampled: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+
     def _sampling(self, mask_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """``(matrix, on)``: the ``2 x 3`` affine map from the sample grid (``POOL_SAMPLES x
         POOL_SAMPLES`` points per grid cell) to the pixels of a mask of ``mask_shape`` (the
-        image at any resolution), and which sample points lie on the image's content."""
+        image at any resolution), and which sample points lie on the image's content (cached
+        per shape)."""
+        if mask_shape not in self._sampled:
+            self._sampled[mask_shape] = self._make_sampling(mask_shape)
+        return self._sampled[mask_shape]
+
+    def _make_sampling(self, mask_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         h, w = self.grid.shape[:2]
         ky, kx = self.size / (h * POOL_SAMPLES), self.size / (w * POOL_SAMPLES)
         # sample (j, i) -> input pixel -> original pixel -> mask pixel (pixel centres aligned)
@@ -84,11 +94,14 @@ class PatchFeatures:
     def pool(self, masks: Sequence[np.ndarray]) -> np.ndarray:
         """``[len(masks), D]`` L2-normalised features averaged inside each mask (weights:
         :meth:`weights`)."""
-        weights = np.stack([self.weights(mask).ravel() for mask in masks])
-        dims = self.grid.shape[-1]
-        vecs = (weights @ self.grid.reshape(-1, dims)).astype(np.float64)
-        vecs /= np.maximum(weights.sum(1, keepdims=True), 1e-12)
-        return vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        cells = self.grid.reshape(-1, self.grid.shape[-1])
+        out = []
+        for mask in masks:
+            weight = self.weights(mask).ravel()
+            used = np.flatnonzero(weight)  # only the covered cells are read
+            vec = (weight[used] @ cells[used]).astype(np.float64) / max(weight[used].sum(), 1e-12)
+            out.append(vec / max(float(np.linalg.norm(vec)), 1e-12))
+        return np.stack(out)
 
 
 def _compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:

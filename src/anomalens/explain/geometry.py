@@ -189,6 +189,17 @@ def _percentile99(values: np.ndarray) -> float:
     return float(part[lo] + (pos - lo) * (part[hi] - part[lo]))
 
 
+def _principal_axis(cov: np.ndarray) -> np.ndarray:
+    """Unit eigenvector of the larger eigenvalue of a symmetric ``2 x 2`` matrix (closed form;
+    its sign is arbitrary)."""
+    a, b, c = float(cov[0, 0]), float(cov[0, 1]), float(cov[1, 1])
+    if b == 0.0:
+        return np.array([1.0, 0.0]) if a >= c else np.array([0.0, 1.0])
+    top = (a + c) / 2 + math.hypot((a - c) / 2, b)
+    vec = np.array([top - c, b]) if a >= c else np.array([b, top - a])
+    return vec / math.hypot(vec[0], vec[1])
+
+
 def find_part(image: np.ndarray) -> tuple[Part, np.ndarray]:
     """The part in an RGB uint8 image and the working-copy gray image (the part itself is
     found on a copy of at most ``PART_SIDE`` pixels)."""
@@ -219,8 +230,8 @@ def find_part(image: np.ndarray) -> tuple[Part, np.ndarray]:
         if n > 2
         else np.eye(2)
     )
-    _evals, evecs = np.linalg.eigh(cov)
-    u, v = evecs[:, 1], evecs[:, 0]
+    u = _principal_axis(cov)
+    v = np.array([-u[1], u[0]])
     dx = xs * fx + (0.5 * fx - 0.5 - centre[0])
     dy = ys * fy + (0.5 * fy - 0.5 - centre[1])
     proj_u, proj_v = dx * u[0] + dy * u[1], dx * v[0] + dy * v[1]
@@ -235,8 +246,9 @@ def find_part(image: np.ndarray) -> tuple[Part, np.ndarray]:
         if w_neg > w_pos:
             u = -u
             v = -v
-    x0, y0 = math.floor(xs.min() * fx), math.floor(ys.min() * fy)
-    x1, y1 = min(w, math.ceil((xs.max() + 1) * fx)), min(h, math.ceil((ys.max() + 1) * fy))
+    bx, by, bw, bh = cv2.boundingRect(small_mask.view(np.uint8))
+    x0, y0 = math.floor(bx * fx), math.floor(by * fy)
+    x1, y1 = min(w, math.ceil((bx + bw) * fx)), min(h, math.ceil((by + bh) * fy))
     mask = small_mask
     if small.shape != gray.shape:
         mask = cv2.resize(small_mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
