@@ -229,6 +229,32 @@ def test_explanations_come_from_the_injected_explainer():
     assert exp.seen == [(1, [pytest.approx(250 / 255)], ["s.png"])]
 
 
+def test_the_explainer_gets_the_features_the_model_kept():
+    """Defect types pool regions on the model's own patch features: the service hands them
+    from the batch's prediction to the explainer (no second pass)."""
+
+    class KeepsFeatures(BrightModel):
+        def predict(self, images):
+            pred = super().predict(images)
+            pred.features = [f"features of {img.shape[:2]}" for img in images]
+            return pred
+
+    class Seen:
+        def to_dict(self):
+            return {}
+
+    seen = []
+
+    class Explainer:
+        def explain(self, images, prediction, names=None):
+            seen.append(prediction.features)
+            return [Seen() for _ in images]
+
+    with TestClient(create_app(KeepsFeatures(), explainer=Explainer())) as c:
+        c.post("/v1/predict", files=files(("s.png", png(spot_image())), ("d.png", png(DARK))))
+    assert seen == [["features of (48, 64)", "features of (32, 32)"]]
+
+
 def test_grounded_explanations_through_the_service():
     from anomalens.explain import build_explainer
 

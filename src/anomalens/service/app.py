@@ -236,6 +236,7 @@ def _results(
             [s.map for s in scored],
             scored[0].threshold,
             scored[0].pixel_threshold,
+            None if any(s.features is None for s in scored) else [s.features for s in scored],
         )
         try:
             explanations = [e.to_dict() for e in explainer.explain(list(images), pred, list(names))]

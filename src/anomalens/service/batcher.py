@@ -34,6 +34,7 @@ class Scored:
     queue_ms: float
     predict_ms: float
     batch_size: int
+    features: Any = None  # the image's PatchFeatures when the model keeps them (defect types)
 
 
 @dataclass
@@ -143,5 +144,6 @@ class MicroBatcher:
                     (start - item.queued) * 1000,
                     predict_ms,
                     len(batch),
+                    pred.features[k] if pred.features else None,
                 )
             )
