@@ -71,6 +71,8 @@ def describe_all(detector, bad, category, features="detector"):
     ``detector`` pools regions on the patch features the prediction kept (as the explainer
     does), ``backbone`` on a separate backbone pass (``backbone_features``)."""
     gt_deep, gt_hand, queries, rows = [], [], [], []
+    if features == "detector":
+        detector.keep_features = True  # PatchCore; other detectors keep none (backbone pass)
     for s in tqdm(bad, desc=f"{category}: describe", unit="img"):
         pred = detector.predict([s.image])
         thr = region_threshold(pred.maps[0], pred.pixel_threshold, pred.threshold)
@@ -257,7 +259,11 @@ def main() -> None:
         "flagged_rate": rate("flagged")[0],
         "seconds": round(time.perf_counter() - t0, 1),
         "descriptors_from_cache": bool(cache is not None and cached),
-        "features": args.features,
+        # where regions were pooled: detectors without patch features of their own (not
+        # PatchCore) fall back to the separate backbone pass
+        "features": "detector"
+        if args.features == "detector" and getattr(detector, "feature_key", None)
+        else "backbone",
         "environment": {
             "cpu": cpu_model(),
             "cores": torch.get_num_threads() and __import__("os").cpu_count(),

@@ -98,9 +98,17 @@ def surfaces():
 
 
 def test_predict_keeps_the_features_its_maps_came_from(surfaces):
+    """Off by default (they cost memory); defect types fitted with the detector turn it on."""
     det, _ = surfaces
+    assert det.keep_features
+    assert PatchCore.keep_features is False
     images = [sample("spot", np.random.default_rng(i))[0] for i in range(3)]
+    det.keep_features = False
+    plain = det.predict(images)
+    assert plain.features is None
+    det.keep_features = True
     pred = det.predict(images)
+    np.testing.assert_array_equal(pred.scores, plain.scores)
     assert len(pred.features) == 3
     grid = det.embed_images(images).numpy()
     for i, f in enumerate(pred.features):

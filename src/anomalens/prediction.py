@@ -119,8 +119,9 @@ class Prediction:
     maps: one float32 ``H x W`` anomaly map per image, at that image's own resolution.
     threshold: calibrated image-score threshold (None when the detector is not calibrated).
     pixel_threshold: calibrated threshold on map values, used for hotspots and boxes.
-    features: the patch features each map came from, when the detector keeps them (PatchCore;
-    defect types reuse them instead of another backbone pass), else None.
+    features: the patch features each map came from, when the detector keeps them (PatchCore
+    with ``keep_features``; defect types reuse them instead of another backbone pass), else
+    None.
     """
 
     scores: np.ndarray

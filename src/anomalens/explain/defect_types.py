@@ -109,6 +109,7 @@ def image_features(
             f"these defect types compare features of '{key}'; give the detector they were "
             "fitted with"
         )
+    detector.keep_features = True
     return list(detector.predict(images).features)
 
 
@@ -274,8 +275,9 @@ def fit_defect_types(
 ) -> DefectTypes:
     """Defect types from labelled defective images (one region per image: its mask, else the
     detector's strongest hotspot, else the whole part). Regions are pooled on the detector's
-    own patch features when it keeps them (PatchCore: no second backbone pass at explain
-    time), else on :func:`backbone_features`."""
+    own patch features when it can keep them (PatchCore; its ``keep_features`` is turned on,
+    so its predictions carry them and naming needs no second backbone pass), else on
+    :func:`backbone_features`."""
     from anomalens.explain.grounded import describe_region
 
     if len(images) != len(types) or (masks is not None and len(masks) != len(images)):
@@ -284,6 +286,8 @@ def fit_defect_types(
         raise ValueError("fit_defect_types needs at least one labelled image")
     names = tuple(sorted(set(types)))
     key = getattr(detector, "feature_key", None) or BACKBONE_KEY
+    if key != BACKBONE_KEY:
+        detector.keep_features = True
     deep, hand = [], []
     for i, image in enumerate(images):
         mask = None if masks is None else masks[i]

@@ -127,10 +127,16 @@ def _fill_padding(feats: torch.Tensor, frames: Sequence[Frame]) -> None:
 
 
 class PatchCore(MemoryDetector):
-    """Memory-bank detector; see the module docstring. ``PatchCore(**config_fields)``."""
+    """Memory-bank detector; see the module docstring. ``PatchCore(**config_fields)``.
+
+    ``keep_features``: predictions carry the patch features each map came from
+    (``Prediction.features``, for defect types; :func:`~anomalens.explain.defect_types.
+    fit_defect_types` turns it on); off by default, as they take about as much memory as maps.
+    """
 
     method = "patchcore"
     config_class = PatchCoreConfig
+    keep_features: bool = False
 
     def frames(self, images: Sequence[np.ndarray]) -> list[Frame]:
         """Where each image sits in the square backbone input (``resize``, ``border``)."""
@@ -317,7 +323,8 @@ class PatchCore(MemoryDetector):
     # ------------------------------------------------------------------ predict
     def predict(self, images: Sequence[np.ndarray], progress: bool = False) -> Prediction:
         """Image scores and anomaly maps (at each input's resolution) for RGB uint8 images;
-        ``features`` holds the patch features each map came from (:class:`PatchFeatures`)."""
+        with ``keep_features``, ``features`` holds the patch features each map came from
+        (:class:`PatchFeatures`)."""
         kept: list[PatchFeatures] = []
 
         def score(batch: list[np.ndarray]) -> tuple[list[float], list[np.ndarray]]:
@@ -326,6 +333,8 @@ class PatchCore(MemoryDetector):
             feats = self.embed_images(posed)
             scores, maps = self._score(feats, posed)
             for f, img, (seen, pose) in zip(feats, batch, normed, strict=True):
+                if not self.keep_features:
+                    break
                 frame = self.frame(seen.shape)
                 affine = frame.input_to_image(seen.shape)
                 kept.append(
@@ -341,7 +350,7 @@ class PatchCore(MemoryDetector):
             return scores, [self.pose.restore(m, p) for m, (_, p) in zip(maps, normed, strict=True)]
 
         prediction = self._predict_batches(images, score, progress)
-        prediction.features = kept
+        prediction.features = kept if self.keep_features else None
         return prediction
 
     @property
