@@ -152,3 +152,23 @@ def test_types_of_detector_features_need_that_detector(surfaces):
     pred = Prediction(np.array([2.0], np.float32), [mask.astype(np.float32) * 2], 1.0, 1.0)
     with pytest.raises(ValueError, match="give the detector they were fitted with"):
         build_explainer("grounded", defect_types=orphan).explain([img], pred)
+
+
+def test_types_follow_a_reloaded_detector_with_the_same_features(surfaces, tmp_path):
+    """The service's reload: a model making the same features takes over (its features are
+    kept and used); one making other features leaves the rule on the detector it was fitted
+    with."""
+    det, types = surfaces
+    rule = types.subset(np.ones(len(types.labels), bool))
+    det.save(tmp_path / "same")
+    same = PatchCore.load(tmp_path / "same")
+    assert same.feature_key == det.feature_key
+    assert not same.keep_features
+    rule.use_detector(same)
+    assert same.keep_features
+    assert rule.detector is same
+    other = PatchCore(image_size=96, memory_size=300, precision="fp32", search_precision="fp32")
+    other.fit([sample("spot", np.random.default_rng(9))[0]], progress=False)
+    rule.use_detector(other)
+    assert rule.detector is same
+    assert not other.keep_features

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib
 import io
 import json
 import logging
@@ -281,8 +282,19 @@ def test_reload_swaps_atomically_and_a_failed_reload_keeps_serving(monkeypatch):
             return new
         raise CheckpointError(f"{folder}/config.json: not found")
 
+    class Explainer:
+        def __init__(self):
+            self.adopted = []
+
+        def explain(self, images, prediction, names=None):
+            return [type("E", (), {"to_dict": lambda self: {}})() for _ in images]
+
+        def use_detector(self, detector):
+            self.adopted.append(detector)
+
+    explainer = Explainer()
     monkeypatch.setattr(app_module, "load_model", fake_load)
-    with TestClient(create_app(BrightModel(name="A"), token=TOKEN)) as c:
+    with TestClient(create_app(BrightModel(name="A"), token=TOKEN, explainer=explainer)) as c:
         r = c.post("/v1/model/reload", json={"model": "models/bad"}, headers=AUTH)
         assert r.status_code == 400
         assert r.json()["error"].startswith("reload failed, still serving bright: models/bad/")
@@ -294,6 +306,7 @@ def test_reload_swaps_atomically_and_a_failed_reload_keeps_serving(monkeypatch):
         r = c.post("/v1/model/reload", json={"model": "models/good"}, headers=AUTH)
         assert r.status_code == 200
         assert r.json()["model"]["folder"] == "models/good"
+        assert explainer.adopted == [new]  # defect types may follow the new model
         c.post("/v1/predict", files=files(("a.png", png(DARK))), headers=AUTH)
         assert new.calls == [1]
         assert c.post("/v1/model/reload", content=b"[]", headers=AUTH).status_code == 400
@@ -392,3 +405,23 @@ def test_public_address_needs_a_token(tmp_path, monkeypatch, capsys):
     assert load_token(tmp_path / "tok") == TOKEN
     monkeypatch.setenv("ANOMALENS_TOKEN", "from-env")
     assert load_token() == "from-env"
+
+
+def test_serve_names_defect_types_from_a_folder(tmp_path, monkeypatch, capsys):
+    """``serve --explain grounded --defect-types DIR`` builds the explainer with the model and
+    the folder; without --explain it is a one-line error."""
+    serve_module = importlib.import_module("anomalens.service.serve")
+
+    model, built, served = BrightModel(), [], []
+    monkeypatch.setattr(serve_module, "load_model", lambda folder: model)
+    monkeypatch.setattr(
+        serve_module, "build_explainer", lambda spec, **kw: built.append((spec, kw)) or "E"
+    )
+    monkeypatch.setattr(serve_module, "create_app", lambda *a, **kw: served.append(kw) or "app")
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    argv = ["serve", "--model", str(tmp_path), "--explain", "grounded"]
+    assert main([*argv, "--defect-types", str(tmp_path / "defects")]) == 0
+    assert built == [("grounded", {"detector": model, "defect_types": tmp_path / "defects"})]
+    assert served[0]["explainer"] == "E"
+    assert main(["serve", "--model", str(tmp_path), "--defect-types", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == "anomalens: error: --defect-types needs --explain"

@@ -174,6 +174,13 @@ def _add_deploy_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--model", required=True, type=Path, metavar="MODEL_DIR")
     p.add_argument("--explain", metavar="SPEC", help="explainer spec (anomalens.explain)")
+    p.add_argument(
+        "--defect-types",
+        type=Path,
+        metavar="DIR",
+        help="labelled examples DIR/<type>/*.png (masks optional) to name defects (needs "
+        "--explain)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="%(default)s")
     p.add_argument("--port", type=_int_at_least(1), default=8000, help="%(default)s")
     p.add_argument("--token-file", type=Path, metavar="F")
@@ -200,12 +207,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from anomalens.service import serve
 
+    if args.defect_types is not None and not args.explain:
+        raise ValueError("--defect-types needs --explain")
     serve(
         args.model,
         host=args.host,
         port=args.port,
         token_file=args.token_file,
         explain=args.explain,
+        explain_options=None if args.defect_types is None else {"defect_types": args.defect_types},
     )
     return EXIT_OK
 

@@ -224,6 +224,16 @@ class DefectTypes:
             detector=self.detector,
         )
 
+    def use_detector(self, detector: Any) -> None:
+        """Take findings' features from ``detector`` from now on (a model reloaded in the
+        service) when it makes the features this rule was fitted on; its ``keep_features`` is
+        turned on. Otherwise the rule keeps the detector it was fitted with."""
+        if self.feature_key != BACKBONE_KEY and (
+            getattr(detector, "feature_key", None) == self.feature_key
+        ):
+            detector.keep_features = True
+            self.detector = detector
+
     def predict_regions(
         self,
         image: np.ndarray,

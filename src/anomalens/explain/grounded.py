@@ -190,6 +190,12 @@ class GroundedExplainer:
         self.top_k = top_k
         self.explain_all = explain_all
 
+    def use_detector(self, detector: Any) -> None:
+        """A new detector replaces the one this explainer was built with (service reload):
+        defect types follow it when it makes the same features (``DefectTypes.use_detector``)."""
+        if self.defect_types is not None and hasattr(self.defect_types, "use_detector"):
+            self.defect_types.use_detector(detector)
+
     def explain(
         self,
         images: Sequence[np.ndarray],

@@ -78,6 +78,10 @@ class VLMExplainer:
     def ask(self, request: VLMRequest) -> Answer:
         raise NotImplementedError
 
+    def use_detector(self, detector: Any) -> None:
+        """See :meth:`GroundedExplainer.use_detector`."""
+        self.grounded.use_detector(detector)
+
     def request(self, image: np.ndarray, explanation: Explanation) -> VLMRequest:
         """The question about one image and its grounded explanation."""
         rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)

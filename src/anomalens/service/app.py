@@ -462,6 +462,8 @@ def create_app(
             raise APIError(
                 400, f"reload failed, still serving {old.folder or old.info['method']}: {exc}"
             ) from exc
+        if hasattr(explainer, "use_detector"):  # defect types follow the new model
+            explainer.use_detector(new)
         state["slot"] = _slot(new, folder)
         logger.info("reloaded model from %s", folder)
         return {"reloaded": True, "model": state["slot"].info}

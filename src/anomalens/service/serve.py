@@ -44,19 +44,23 @@ def serve(
     port: int = 8000,
     token_file: str | os.PathLike | None = None,
     explain: str | None = None,
+    explain_options: dict[str, Any] | None = None,
     config: ServiceConfig | None = None,
 ) -> None:
     """Serve the model folder (torch or ONNX export) until interrupted.
 
     A token (``token_file`` or ``$ANOMALENS_TOKEN``) is required unless ``host`` is loopback;
-    ServiceError otherwise, before anything is loaded.
+    ServiceError otherwise, before anything is loaded. ``explain_options`` go to
+    :func:`~anomalens.explain.build_explainer` (e.g. ``defect_types``).
     """
     import uvicorn
 
     token = load_token(token_file)
     require_token_for(host, token)
     detector = load_model(model)
-    explainer = build_explainer(explain, detector=detector) if explain else None
+    explainer = (
+        build_explainer(explain, detector=detector, **(explain_options or {})) if explain else None
+    )
     app = create_app(detector, token=token, explainer=explainer, config=config, model_folder=model)
     access_log_to_stderr()
     uvicorn.run(
