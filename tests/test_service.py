@@ -424,4 +424,6 @@ def test_serve_names_defect_types_from_a_folder(tmp_path, monkeypatch, capsys):
     assert built == [("grounded", {"detector": model, "defect_types": tmp_path / "defects"})]
     assert served[0]["explainer"] == "E"
     assert main(["serve", "--model", str(tmp_path), "--defect-types", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.strip() == "anomalens: error: --defect-types needs --explain"
+    assert capsys.readouterr().err.strip() == (
+        "anomalens: error: --defect-types, --explain-all and --trust-remote-code need --explain"
+    )

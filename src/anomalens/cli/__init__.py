@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate a --checkpoint even on images it was trained on (results are marked "
         '"overlap": true; they do not measure generalisation)',
     )
-    _add_explain_options(p, predict=False)
+    _add_explain_options(p, "benchmark")
     p.set_defaults(handler=_cmd_benchmark)
 
     p = sub.add_parser(
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cpus-per-worker", type=_int_at_least(1), default=1, help="%(default)s")
     g.add_argument("--address", help="Ray cluster: auto or ray://HOST:10001 (default: local)")
     g.add_argument("--hash", action="store_true", help="resume by content hash, not size/mtime")
-    _add_explain_options(p, predict=True)
+    _add_explain_options(p, "predict")
     p.set_defaults(handler=_cmd_predict)
 
     p = sub.add_parser(

@@ -11,8 +11,9 @@ from anomalens.cli.options import EXIT_OK, _int_at_least, _method_options, _name
 from anomalens.data.datasets import DATASET_NAMES
 
 
-def _add_explain_options(p: argparse.ArgumentParser, predict: bool) -> None:
-    """``--explain SPEC`` (and, for predict, its options and ``--report``)."""
+def _add_explain_options(p: argparse.ArgumentParser, command: str) -> None:
+    """``--explain SPEC`` of ``command``: for ``predict`` and ``serve`` also the explainer's
+    options (:func:`_explain_options`), for ``predict`` ``--report``."""
     g = p.add_argument_group("explanations (anomalens.explain)")
     g.add_argument(
         "--explain",
@@ -20,11 +21,12 @@ def _add_explain_options(p: argparse.ArgumentParser, predict: bool) -> None:
         help="explain each image: grounded (offline), hf:HUB_ID_OR_FOLDER (a transformers VLM, "
         "e.g. hf:llava-hf/llava-onevision-qwen2-0.5b-ov-hf) or openai:URL#MODEL (an "
         "OpenAI-compatible server, API key from $OPENAI_API_KEY)"
-        + ("" if predict else "; writes report.html per category"),
+        + ("; writes report.html per category" if command == "benchmark" else ""),
     )
-    if not predict:
+    if command == "predict":
+        g.add_argument("--report", action="store_true", help="also write OUT/report.html")
+    if command == "benchmark":
         return
-    g.add_argument("--report", action="store_true", help="also write OUT/report.html")
     g.add_argument(
         "--defect-types",
         type=Path,
@@ -173,14 +175,7 @@ def _add_deploy_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "or $ANOMALENS_TOKEN) is required on any address but loopback.",
     )
     p.add_argument("--model", required=True, type=Path, metavar="MODEL_DIR")
-    p.add_argument("--explain", metavar="SPEC", help="explainer spec (anomalens.explain)")
-    p.add_argument(
-        "--defect-types",
-        type=Path,
-        metavar="DIR",
-        help="labelled examples DIR/<type>/*.png (masks optional) to name defects (needs "
-        "--explain)",
-    )
+    _add_explain_options(p, "serve")
     p.add_argument("--host", default="127.0.0.1", help="%(default)s")
     p.add_argument("--port", type=_int_at_least(1), default=8000, help="%(default)s")
     p.add_argument("--token-file", type=Path, metavar="F")
@@ -207,15 +202,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from anomalens.service import serve
 
-    if args.defect_types is not None and not args.explain:
-        raise ValueError("--defect-types needs --explain")
     serve(
         args.model,
         host=args.host,
         port=args.port,
         token_file=args.token_file,
         explain=args.explain,
-        explain_options=None if args.defect_types is None else {"defect_types": args.defect_types},
+        explain_options=_explain_options(args),
     )
     return EXIT_OK
 
