@@ -23,8 +23,7 @@ GRID = 16
 
 def features_of(frame: Frame, shape: tuple[int, int], affine: np.ndarray) -> PatchFeatures:
     grid = np.random.default_rng(0).normal(size=(GRID, GRID, 8)).astype(np.float32)
-    content = (frame.top, frame.left, frame.height, frame.width)
-    return PatchFeatures(grid, "test", affine, frame.size, content, shape)
+    return PatchFeatures(grid, "test", frame, affine, shape)
 
 
 def assert_same_weights(weights: np.ndarray, expected: np.ndarray) -> None:

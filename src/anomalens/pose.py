@@ -29,7 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from anomalens.data.transforms import spread_indices
+from anomalens.data.transforms import compose_affine, spread_indices
 from anomalens.errors import CheckpointError, check_choice
 from anomalens.postprocess import foreground_mask, has_plain_background, to_gray
 
@@ -96,10 +96,7 @@ class Pose:
     def to_original(self, affine: np.ndarray) -> np.ndarray:
         """``affine`` (``2 x 3``, to pixels of the normalised square) followed by the way back
         to the original image's pixels."""
-        back = cv2.invertAffineTransform(self.matrix)
-        out = back[:, :2] @ affine
-        out[:, 2] += back[:, 2]
-        return out
+        return compose_affine(cv2.invertAffineTransform(self.matrix), affine)
 
     def scaled_fill(self, gain: float) -> Pose:
         """The same pose with the background colour multiplied by ``gain`` (clipped to 255)."""

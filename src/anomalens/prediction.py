@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
+
+from anomalens.data.transforms import Frame, compose_affine
 
 #: Sample points per grid cell side when a mask is pooled onto the patch grid.
 POOL_SAMPLES = 4
@@ -16,24 +19,32 @@ POOL_SAMPLES = 4
 class PatchFeatures:
     """The patch features of one image as a model saw them, and where they lie on the image.
 
-    grid: ``[h, w, D]`` float32 features on a grid over the square model input of side
-    ``size``; key: what made them (model and input settings): features are only compared with
-    features of the same key; to_image: ``2 x 3`` affine map from input pixel ``(x, y)`` to
-    the original image's pixel (letterbox, border and pose undone); content: ``(top, left,
-    height, width)`` of the image inside the input (the rest is padding); shape: the original
-    image's ``(H, W)``.
+    grid: ``[h, w, D]`` float32 features on a grid over the square model input; key: what made
+    them (model and input settings): features are only compared with features of the same key;
+    frame: where the (posed) image sat in the input; to_image: ``2 x 3`` affine map from input
+    pixel ``(x, y)`` to the original image's pixel (letterbox, border and pose undone); shape:
+    the original image's ``(H, W)``. Build with :meth:`placed`.
     """
 
     grid: np.ndarray
     key: str
+    frame: Frame
     to_image: np.ndarray
-    size: int
-    content: tuple[int, int, int, int]
     shape: tuple[int, int]
-
     _sampled: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(
         default_factory=dict, init=False, repr=False
     )
+
+    @classmethod
+    def placed(
+        cls, grid: np.ndarray, key: str, frame: Frame, shape: Sequence[int], pose: Any = None
+    ) -> PatchFeatures:
+        """Features of an image of ``shape`` placed in ``frame``; ``pose``: the
+        :class:`~anomalens.pose.Pose` that image was normalised with (None: the original)."""
+        affine = frame.input_to_image(shape)
+        if pose is None:
+            return cls(grid, key, frame, affine, (int(shape[0]), int(shape[1])))
+        return cls(grid, key, frame, pose.to_original(affine), tuple(pose.shape))
 
     def _sampling(self, mask_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """``(matrix, on)``: the ``2 x 3`` affine map from the sample grid (``POOL_SAMPLES x
@@ -41,25 +52,16 @@ class PatchFeatures:
         image at any resolution), and which sample points lie on the image's content (cached
         per shape)."""
         if mask_shape not in self._sampled:
-            self._sampled[mask_shape] = self._make_sampling(mask_shape)
+            h, w = self.grid.shape[:2]
+            samples = (h * POOL_SAMPLES, w * POOL_SAMPLES)
+            ky, kx = self.frame.size / samples[0], self.frame.size / samples[1]
+            # sample -> input pixel -> original pixel -> mask pixel (pixel centres aligned)
+            to_input = np.array([[kx, 0.0, 0.5 * kx - 0.5], [0.0, ky, 0.5 * ky - 0.5]])
+            fy, fx = mask_shape[0] / self.shape[0], mask_shape[1] / self.shape[1]
+            to_mask = np.array([[fx, 0.0, 0.5 * fx - 0.5], [0.0, fy, 0.5 * fy - 0.5]])
+            matrix = compose_affine(to_mask, compose_affine(self.to_image, to_input))
+            self._sampled[mask_shape] = (matrix, self.frame.content_grid(samples))
         return self._sampled[mask_shape]
-
-    def _make_sampling(self, mask_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        h, w = self.grid.shape[:2]
-        ky, kx = self.size / (h * POOL_SAMPLES), self.size / (w * POOL_SAMPLES)
-        # sample (j, i) -> input pixel -> original pixel -> mask pixel (pixel centres aligned)
-        to_input = np.array([[kx, 0.0, 0.5 * kx - 0.5], [0.0, ky, 0.5 * ky - 0.5]])
-        (mh, mw), (height, width) = mask_shape, self.shape
-        to_mask = np.array(
-            [[mw / width, 0.0, 0.5 * mw / width - 0.5], [0.0, mh / height, 0.5 * mh / height - 0.5]]
-        )
-        matrix = _compose(to_mask, _compose(self.to_image, to_input))
-        top, left, ch, cw = self.content
-        ys = (np.arange(h * POOL_SAMPLES) + 0.5) * ky - 0.5
-        xs = (np.arange(w * POOL_SAMPLES) + 0.5) * kx - 0.5
-        rows = (ys >= top - 0.5) & (ys < top + ch - 0.5)
-        cols = (xs >= left - 0.5) & (xs < left + cw - 0.5)
-        return matrix, (rows[:, None] & cols[None, :]).astype(np.float32)
 
     def weights(self, mask: np.ndarray) -> np.ndarray:
         """``[h, w]`` share of each grid cell that falls inside ``mask`` (a boolean mask of the
@@ -71,7 +73,7 @@ class PatchFeatures:
         samples = cv2.warpAffine(
             m,
             matrix,
-            (w * POOL_SAMPLES, h * POOL_SAMPLES),
+            on.shape[::-1],
             flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
             borderMode=cv2.BORDER_CONSTANT,
             borderValue=0,
@@ -79,15 +81,10 @@ class PatchFeatures:
         weight = cv2.resize(samples * on, (w, h), interpolation=cv2.INTER_AREA)
         if weight.any() or not m.any():
             return weight
-        (mh, mw), (height, width) = m.shape, self.shape
-        ys, xs = np.nonzero(m)  # the cell of the mask's centre, in input pixels
-        cx = (xs.mean() + 0.5) * width / mw - 0.5
-        cy = (ys.mean() + 0.5) * height / mh - 0.5
-        back = cv2.invertAffineTransform(self.to_image)
-        ix = back[0, 0] * cx + back[0, 1] * cy + back[0, 2]
-        iy = back[1, 0] * cx + back[1, 1] * cy + back[1, 2]
-        row = int(np.clip((iy + 0.5) * h / self.size, 0, h - 1))
-        col = int(np.clip((ix + 0.5) * w / self.size, 0, w - 1))
+        ys, xs = np.nonzero(m)  # the sample point nearest the mask's centre, and its cell
+        sx, sy = cv2.invertAffineTransform(matrix) @ np.array([xs.mean(), ys.mean(), 1.0])
+        row = int(np.clip(round(sy), 0, on.shape[0] - 1)) // POOL_SAMPLES
+        col = int(np.clip(round(sx), 0, on.shape[1] - 1)) // POOL_SAMPLES
         weight[row, col] = 1.0
         return weight
 
@@ -102,13 +99,6 @@ class PatchFeatures:
             vec = (weight[used] @ cells[used]).astype(np.float64) / max(weight[used].sum(), 1e-12)
             out.append(vec / max(float(np.linalg.norm(vec)), 1e-12))
         return np.stack(out)
-
-
-def _compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
-    """The ``2 x 3`` affine map ``outer(inner(p))``."""
-    out = outer[:, :2] @ inner
-    out[:, 2] += outer[:, 2]
-    return out
 
 
 @dataclass

@@ -125,6 +125,13 @@ class Frame:
         return resize_map(box, shape)
 
 
+def compose_affine(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """The ``2 x 3`` affine map ``outer(inner(p))``."""
+    out = outer[:, :2] @ inner
+    out[:, 2] += outer[:, 2]
+    return out
+
+
 def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """``image`` resized to ``height x width`` (area averaging when shrinking, else bilinear)."""
     if image.shape[:2] == (height, width):

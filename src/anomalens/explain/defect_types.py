@@ -33,9 +33,10 @@ __all__ = [
     "fit_defect_folder",
     "fit_defect_types",
     "hand_vector",
-    "image_features",
     "load_examples",
     "match_order",
+    "own_features",
+    "patch_features",
     "region_embeddings",
 ]
 
@@ -86,30 +87,30 @@ def backbone_features(image: np.ndarray) -> PatchFeatures:
         feats = bb.encode_image(bb.preprocess([np.ascontiguousarray(rgb[..., :3])]), TYPE_LAYERS)
         grid = pool_patches(feats, 3, len(TYPE_LAYERS) - 1)[0].numpy()
     frame = Frame.fit(image.shape, TYPE_IMAGE_SIZE, "square")
-    return PatchFeatures(
-        grid,
-        BACKBONE_KEY,
-        frame.input_to_image(image.shape),
-        frame.size,
-        (frame.top, frame.left, frame.height, frame.width),
-        image.shape[:2],
-    )
+    return PatchFeatures.placed(grid, BACKBONE_KEY, frame, image.shape)
 
 
-def image_features(
-    images: Sequence[np.ndarray], detector: Any = None, key: str | None = None
-) -> list[PatchFeatures]:
-    """Patch features of ``images`` under ``key`` (None: the detector's own when it keeps
-    them, else :data:`BACKBONE_KEY`); the detector's ``predict`` makes the detector's."""
-    key = key or getattr(detector, "feature_key", None) or BACKBONE_KEY
+def own_features(detector: Any) -> str:
+    """The key of the features regions are pooled on with ``detector``: its own when it can
+    keep them (PatchCore; its ``keep_features`` is turned on, so its predictions carry them),
+    else :data:`BACKBONE_KEY`."""
+    key = getattr(detector, "feature_key", None)
+    if key is None:
+        return BACKBONE_KEY
+    detector.keep_features = True
+    return key
+
+
+def patch_features(images: Sequence[np.ndarray], detector: Any, key: str) -> list[PatchFeatures]:
+    """Patch features of ``images`` under ``key``: :func:`backbone_features`, or the
+    detector's ``predict`` when ``key`` is its own (:func:`own_features`)."""
     if key == BACKBONE_KEY:
         return [backbone_features(img) for img in images]
-    if detector is None or getattr(detector, "feature_key", None) != key:
+    if detector is None or own_features(detector) != key:
         raise ValueError(
             f"these defect types compare features of '{key}'; give the detector they were "
             "fitted with"
         )
-    detector.keep_features = True
     return list(detector.predict(images).features)
 
 
@@ -231,8 +232,8 @@ class DefectTypes:
         if self.feature_key != BACKBONE_KEY and (
             getattr(detector, "feature_key", None) == self.feature_key
         ):
-            detector.keep_features = True
             self.detector = detector
+            own_features(detector)
 
     def predict_regions(
         self,
@@ -244,9 +245,9 @@ class DefectTypes:
         """``(type, confidence, distance to the nearest example)`` of the regions of an
         :class:`~anomalens.explain.grounded.Analysis` (:meth:`match`); ``features``: the
         image's patch features from the prediction, used when their key is this rule's (else
-        they are computed: :func:`image_features`)."""
+        they are computed: :func:`patch_features`)."""
         if features is None or features.key != self.feature_key:
-            features = image_features([image], self.detector, self.feature_key)[0]
+            features = patch_features([image], self.detector, self.feature_key)[0]
         deep = features.pool([r.mask for r in analysis.regions])
         hand = np.stack([hand_vector(n) for n in numbers])
         return self.match(deep, hand)
@@ -295,9 +296,7 @@ def fit_defect_types(
     if not images:
         raise ValueError("fit_defect_types needs at least one labelled image")
     names = tuple(sorted(set(types)))
-    key = getattr(detector, "feature_key", None) or BACKBONE_KEY
-    if key != BACKBONE_KEY:
-        detector.keep_features = True
+    key = own_features(detector)
     deep, hand = [], []
     for i, image in enumerate(images):
         mask = None if masks is None else masks[i]
@@ -306,7 +305,8 @@ def fit_defect_types(
             prediction = detector.predict([image])
         part, gray, region = _example_region(image, mask, prediction)
         _, numbers = describe_region(region, part, gray, None)
-        features = prediction.features[0] if key != BACKBONE_KEY else backbone_features(image)
+        features = prediction.features[0] if prediction and prediction.features else None
+        features = features or backbone_features(image)
         deep.append(features.pool([region.mask])[0])
         hand.append(hand_vector(numbers))
     labels = np.array([names.index(t) for t in types])

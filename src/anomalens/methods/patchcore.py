@@ -328,24 +328,15 @@ class PatchCore(MemoryDetector):
         kept: list[PatchFeatures] = []
 
         def score(batch: list[np.ndarray]) -> tuple[list[float], list[np.ndarray]]:
-            normed = [self.pose.normalise(img) for img in batch]
+            normed = [self.pose.normalise(img) for img in batch]  # (image seen, pose or None)
             posed = [img for img, _ in normed]
             feats = self.embed_images(posed)
             scores, maps = self._score(feats, posed)
-            for f, img, (seen, pose) in zip(feats, batch, normed, strict=True):
-                if not self.keep_features:
-                    break
-                frame = self.frame(seen.shape)
-                affine = frame.input_to_image(seen.shape)
-                kept.append(
-                    PatchFeatures(
-                        f.numpy(),
-                        self.feature_key,
-                        affine if pose is None else pose.to_original(affine),
-                        frame.size,
-                        (frame.top, frame.left, frame.height, frame.width),
-                        img.shape[:2],
-                    )
+            if self.keep_features:
+                key = self.feature_key
+                kept.extend(
+                    PatchFeatures.placed(f.numpy(), key, self.frame(seen.shape), seen.shape, pose)
+                    for f, (seen, pose) in zip(feats, normed, strict=True)
                 )
             return scores, [self.pose.restore(m, p) for m, (_, p) in zip(maps, normed, strict=True)]
 
