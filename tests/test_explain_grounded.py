@@ -177,25 +177,6 @@ def test_bad_specs_and_options_are_clear_errors():
         build_explainer("grounded", timeout=3)
 
 
-def test_regions_match_postprocess_hotspots():
-    """find_regions keeps postprocess.hotspots' boxes, peaks, areas and order."""
-    from anomalens.explain.geometry import find_regions
-    from anomalens.postprocess import gaussian_blur, hotspots
-
-    rng = np.random.default_rng(3)
-    for _ in range(5):
-        import torch
-
-        m = gaussian_blur(torch.from_numpy(rng.random((64, 80), dtype=np.float32)), 2.0).numpy()
-        thr = float(np.quantile(m, 0.9))
-        ref = hotspots(m, thr, min_area=4, top_k=3)
-        got = find_regions(m, thr, m.shape, top_k=3, min_area=4)
-        assert [r.box for r in got] == ref
-        for r, b in zip(got, ref, strict=True):
-            assert int(r.mask.sum()) == b.area
-            assert r.peak == pytest.approx(b.score)
-
-
 def test_principal_axis_is_the_top_eigenvector():
     """The closed-form axis of the part equals numpy's eigenvector of the larger eigenvalue
     (up to sign), diagonal matrices included."""

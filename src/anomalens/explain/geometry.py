@@ -21,7 +21,6 @@ __all__ = [
     "Part",
     "Region",
     "find_part",
-    "find_regions",
     "location_contains",
     "map_baseline",
     "peak_regions",
@@ -318,46 +317,6 @@ def _box(
         score=float(peak),
         area=round(int(np.count_nonzero(mask[y : y + h, x : x + w])) * sx * sy),
     )
-
-
-def find_regions(
-    anomaly_map: np.ndarray,
-    threshold: float,
-    work_shape: tuple[int, int],
-    top_k: int = 3,
-    min_area: int = 4,
-    work_map: np.ndarray | None = None,
-) -> list[Region]:
-    """The ``top_k`` strongest 8-connected regions of ``map >= threshold`` (highest peak
-    first), found on the map resized to ``work_shape`` (``work_map`` when already resized);
-    boxes in the map's own pixels."""
-    full = np.asarray(anomaly_map, dtype=np.float32)
-    m = scaled_map(full, work_shape) if work_map is None else work_map
-    sy, sx = full.shape[0] / work_shape[0], full.shape[1] / work_shape[1]
-    above = m >= threshold
-    # one labelling gives boxes, areas, peaks and masks (postprocess.hotspots' rules, without
-    # its per-label sort of every pixel)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(above.astype(np.uint8), connectivity=8)
-    if n <= 1:
-        return []
-    peaks = np.full(n, -np.inf, dtype=np.float32)
-    np.maximum.at(peaks, labels[above], m[above])
-    keep = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area]
-    keep.sort(key=lambda i: -peaks[i])
-    out = []
-    for i in keep[:top_k]:
-        x, y = int(stats[i, cv2.CC_STAT_LEFT]), int(stats[i, cv2.CC_STAT_TOP])
-        w, h = int(stats[i, cv2.CC_STAT_WIDTH]), int(stats[i, cv2.CC_STAT_HEIGHT])
-        box = Box(
-            x0=math.floor(x * sx),
-            y0=math.floor(y * sy),
-            x1=min(full.shape[1], math.ceil((x + w) * sx)),
-            y1=min(full.shape[0], math.ceil((y + h) * sy)),
-            score=float(peaks[i]),
-            area=round(int(stats[i, cv2.CC_STAT_AREA]) * sx * sy),
-        )
-        out.append(Region(box, labels == i, float(peaks[i])))
-    return out
 
 
 def map_baseline(work_map: np.ndarray, part: Part) -> float:
