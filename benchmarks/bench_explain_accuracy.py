@@ -28,9 +28,7 @@ the weight of position is chosen on the labelled regions of each leave-one-out f
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -52,17 +50,7 @@ from anomalens.explain.defect_types import (
 from anomalens.explain.geometry import location_contains, region_from_mask
 from anomalens.explain.grounded import analyse, describe_region, region_threshold
 from anomalens.methods.base import load_detector
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
+from anomalens.results import environment
 
 
 def describe_all(detector, bad, category, features="detector"):
@@ -264,13 +252,7 @@ def main() -> None:
         "features": "detector"
         if args.features == "detector" and getattr(detector, "feature_key", None)
         else "backbone",
-        "environment": {
-            "cpu": cpu_model(),
-            "cores": torch.get_num_threads() and __import__("os").cpu_count(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "date": datetime.date.today().isoformat(),
-        },
+        "environment": environment(),
         "command": "python benchmarks/bench_explain_accuracy.py --root "
         f"{args.root} --category {args.category} --model {args.model}"
         + (f" --shots {args.shots}" if args.shots else "")

@@ -14,10 +14,7 @@ bf16 on a CPU without native bf16 (AVX2 only, like the AMD EPYC used here) is em
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -31,6 +28,7 @@ from anomalens.explain import build_explainer
 from anomalens.explain.defect_types import BACKBONE_KEY
 from anomalens.explain.vlm_hf import _load_processor
 from anomalens.methods.base import Prediction, load_detector
+from anomalens.results import environment
 from anomalens.runtime import keep_freed_memory
 
 MODELS = {
@@ -40,24 +38,10 @@ MODELS = {
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        cpu = next(
-            x.split(":", 1)[1].strip() for x in out.splitlines() if x.startswith("Model name")
-        )
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        pass
+    """:func:`anomalens.results.environment` plus whether bf16 is native here."""
     from anomalens.runtime import native_bf16
 
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "native_bf16": bool(native_bf16()),
-        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-    }
+    return environment() | {"native_bf16": bool(native_bf16())}
 
 
 def one_defect(size: int = 512) -> tuple[np.ndarray, Prediction]:
